@@ -1,0 +1,7 @@
+"""teacher_checkpoint contract (see checkpoints.py for the shared row model)."""
+from data_contracts.checkpoints import TEACHER_CONTRACT as CONTRACT, TEACHER_EXAMPLE as EXAMPLE, Checkpoint
+
+SCHEMA_VERSION = CONTRACT.version
+SCHEMA = CONTRACT.schema
+validate = CONTRACT.validate
+__all__ = ["CONTRACT", "EXAMPLE", "Checkpoint", "SCHEMA", "SCHEMA_VERSION", "validate"]

@@ -1,0 +1,1 @@
+"""Infrastructure adapters (storage, manifests, tracking, models, services). Used by tasks and flows only."""

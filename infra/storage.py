@@ -1,0 +1,150 @@
+"""One fsspec-based store for every artifact: a local folder by default, S3 through s3fs.
+
+Writes are atomic per file (local: write to a temporary name, then rename; S3: a PUT is atomic), so a
+reader never sees half a file. Whole-artifact atomicity comes from the manifest: an artifact exists only
+once its manifest record is written, and that record lists the exact part files it is made of.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import uuid
+from typing import Any, Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from infra import settings
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    """A root folder on some filesystem, with the few operations the factory needs."""
+
+    def __init__(self, root: str | None = None, storage_options: dict[str, Any] | None = None):
+        self.root = settings.data_root(root)
+        if settings.is_remote(self.root):
+            protocol = self.root.split("://", 1)[0]
+            opts = dict(settings.s3_storage_options() if protocol in ("s3", "s3a") else {})
+            opts.update(storage_options or {})
+            self.fs = fsspec.filesystem(protocol, **opts)
+            self.local = False
+        else:
+            self.root = self.root.removeprefix("file://")
+            self.fs = fsspec.filesystem("file", auto_mkdir=True)
+            self.local = True
+            os.makedirs(self.root, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    # -- paths ------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def rel(self, path: str) -> str:
+        return path.removeprefix(self.root).lstrip("/")
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def ls(self, path: str) -> list[str]:
+        try:
+            return sorted(self._full(p) for p in self.fs.ls(path, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(self._full(p) for p in self.fs.glob(pattern))
+
+    def _full(self, p: str) -> str:
+        # s3fs returns paths without the protocol
+        if not self.local and "://" not in p:
+            return f"{self.root.split('://', 1)[0]}://{p}"
+        return p
+
+    def rm(self, path: str, recursive: bool = False) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=recursive)
+
+    # -- bytes --------------------------------------------------------------------------------------
+    def write_bytes(self, path: str, data: bytes) -> None:
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self.read_bytes(path))
+
+    # -- tables -------------------------------------------------------------------------------------
+    def write_parquet(self, path: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_bytes(path, buf.getvalue())
+
+    def read_parquet(self, path: str) -> pa.Table:
+        with self.fs.open(path, "rb") as f:
+            return pq.read_table(f)
+
+    def read_parquets(self, paths: list[str], schema: pa.Schema | None = None) -> pa.Table:
+        tables = [self.read_parquet(p) for p in paths]
+        if not tables:
+            if schema is None:
+                raise ValueError("no parts to read and no schema given")
+            return schema.empty_table()
+        return pa.concat_tables(tables, promote_options="default")
+
+    def iter_parquet_batches(self, paths: list[str], batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
+        """Stream record batches part by part: memory stays bounded by one part."""
+        for p in paths:
+            with self.fs.open(p, "rb") as f:
+                yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size)
+
+    # -- folders (model checkpoints) -----------------------------------------------------------------
+    def put_dir(self, local_dir: str, path: str) -> list[str]:
+        """Upload a local folder's files (flat) and return their relative names."""
+        names = []
+        for name in sorted(os.listdir(local_dir)):
+            src = os.path.join(local_dir, name)
+            if os.path.isfile(src):
+                dst = f"{path}/{name}"
+                if self.local:
+                    os.makedirs(path, exist_ok=True)
+                    tmp = f"{dst}.tmp-{uuid.uuid4().hex[:8]}"
+                    import shutil
+
+                    shutil.copyfile(src, tmp)
+                    os.replace(tmp, dst)
+                else:
+                    self.fs.put_file(src, dst)
+                names.append(name)
+        return names
+
+    def get_dir(self, path: str, files: list[str], local_dir: str) -> str:
+        """Materialise a stored folder locally (no copy when the store is local)."""
+        if self.local:
+            return path
+        os.makedirs(local_dir, exist_ok=True)
+        for name in files:
+            dst = os.path.join(local_dir, name)
+            if not os.path.exists(dst):
+                self.fs.get_file(f"{path}/{name}", dst + ".part")
+                os.replace(dst + ".part", dst)
+        return local_dir

@@ -1,0 +1,1 @@
+"""Prefect tasks: one module per stage, thin adapters (load -> core -> validate -> write -> register -> log)."""

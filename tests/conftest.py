@@ -1,0 +1,48 @@
+"""Shared fixtures: the SmolLM2 tokenizer, tiny random models on its vocabulary, the real builtin model."""
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = ["tests.infra.services_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir() -> str:
+    from infra.models import builtin_tokenizer_dir
+
+    return builtin_tokenizer_dir()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_tokenizer_dir):
+    from rlt_core.modeling import load_tokenizer
+
+    return load_tokenizer(smol_tokenizer_dir)
+
+
+@pytest.fixture
+def tiny_lm(smol_tokenizer):
+    from rlt_core.modeling import tiny_causal_lm
+
+    return tiny_causal_lm(smol_tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def smol_model_path() -> str:
+    from infra.models import resolve_model
+
+    return resolve_model("builtin:smollm2-135m-instruct").path
+
+
+@pytest.fixture(autouse=True)
+def _quiet_http_logs():
+    for name in ("httpx", "urllib3", "botocore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    yield
