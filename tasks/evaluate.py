@@ -1,0 +1,119 @@
+"""evaluate: a student (checkpoint or model reference) -> per-sample eval results + pass@1 with a CI.
+
+Each benchmark's result is keyed by its evaluation contract: model digest, benchmark dataset digest, grader
+name@version, prompt template and system prompt, sampling config, k and seeds. A change in any part is a
+different result (a different key), never merged into an old one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from data_contracts import ArtifactRef, eval_results
+from infra.artifacts import ArtifactWriter, KeyParts, digest
+from rlt_core import benchmarks as bm
+from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
+from rlt_core.grading import get_grader
+from rlt_core.prompts import PromptStyle
+from tasks.common import RunContext, cached, finish, logger, stage_run
+from tasks.models import model_and_tokenizer
+
+STAGE = "evaluate"
+STAGE_VERSION = "1"
+
+
+class EvaluateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    benchmarks: list[str] = Field(default_factory=lambda: ["countdown-heldout", "arithmetic-heldout"])
+    max_items: Optional[int] = Field(default=50, ge=1, description="first N items of each benchmark")
+    k: int = Field(default=1, ge=1, description="samples per item; pass@1 is averaged over them")
+    seed: int = 41
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=256)
+    system_prompt: Literal["student", "none"] = "student"
+    batch_size: int = Field(default=8, ge=1)
+    include_base: bool = Field(default=True, description="also evaluate the base student (before distillation)")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    style: PromptStyle = Field(default_factory=PromptStyle)
+
+
+def _items(cfg: EvaluateConfig, name: str) -> list[bm.Item]:
+    spec = bm.get_benchmark(name)
+    if cfg.max_items:
+        spec = spec.model_copy(update={"limit": cfg.max_items})
+    return bm.benchmark_items(spec, bm.load_benchmark_rows(spec))
+
+
+def eval_contract(cfg: EvaluateConfig, name: str, items: list[bm.Item], model_digest: str) -> dict:
+    spec = bm.get_benchmark(name)
+    return {"model": model_digest, "benchmark": name,
+            "dataset": digest([(i.item_id, i.prompt, i.reference, i.grader_args) for i in items]),
+            "grader": get_grader(spec.grader).version_fn(), "template": spec.prompt_template,
+            "system_prompt": cfg.style.student_system_prompt if cfg.system_prompt == "student" else "",
+            "sampling": cfg.sampling.model_dump(mode="json"), "k": cfg.k,
+            "seeds": [cfg.seed + j for j in range(cfg.k)]}
+
+
+def key_parts(cfg: EvaluateConfig, model_key: str, model_digest: str) -> KeyParts:
+    conf = cfg.model_dump(mode="json", exclude={"batch_size", "include_base"})
+    return KeyParts(STAGE, STAGE_VERSION, conf, inputs={"model": model_key}, models={"model": model_digest})
+
+
+def _prompt(tok, cfg: EvaluateConfig, text: str) -> str:
+    msgs = [{"role": "user", "content": text}]
+    if cfg.system_prompt == "student":
+        msgs.insert(0, {"role": "system", "content": cfg.style.student_system_prompt})
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def run(ctx: RunContext, cfg: EvaluateConfig, model_key: str, model_path: str, model_digest: str,
+        label: str) -> ArtifactRef:
+    """Evaluate one model on every configured benchmark; ``model_key`` names it (checkpoint key or reference)."""
+    parts = key_parts(cfg, model_key, model_digest)
+    if (hit := cached(ctx, STAGE, parts.key())) is not None:
+        return hit
+    log, t0 = logger(), time.time()
+    with stage_run(ctx, STAGE, parts) as mlrun:
+        model, tok = model_and_tokenizer(model_path, cfg.dtype)
+        gen = HFGenerator(model, tok, cfg.batch_size)
+        writer = ArtifactWriter(ctx.store, ctx.manifest, "eval_results", parts, ctx.run_id, eval_results.CONTRACT)
+        summary: dict[str, dict] = {}
+        for name in cfg.benchmarks:
+            items = _items(cfg, name)
+            contract = eval_contract(cfg, name, items, model_digest)
+            ekey = digest(contract, 20)
+            grader = get_grader(items[0].grader) if items else None
+            reqs = [GenRequest(f"{it.item_id}#{j}", _prompt(tok, cfg, it.prompt), cfg.seed + j)
+                    for it in items for j in range(cfg.k)]
+            results = gen.generate(reqs, cfg.sampling)
+            rows, correct = [], []
+            for n, it in enumerate(items):
+                per = []
+                for j in range(cfg.k):
+                    res = results[n * cfg.k + j]
+                    g = grader(res.text, it.reference, **it.grader_args)
+                    per.append(g.correct)
+                    rows.append(dict(eval_key=ekey, benchmark=name, item_id=it.item_id, sample_index=j,
+                                     seed=cfg.seed + j, prompt=it.prompt, response=res.text, extracted=g.extracted,
+                                     reference=it.reference, correct=g.correct, grader=g.grader,
+                                     completion_tokens=res.completion_tokens))
+                correct.append(per)
+            writer.write_part(eval_results.CONTRACT.to_table(rows), shard=name)
+            mean, lo, hi = bm.pass_at_1(correct)
+            summary[name] = {"pass@1": mean, "ci_low": lo, "ci_high": hi, "items": len(items), "k": cfg.k,
+                             "eval_key": ekey, "contract": contract}
+            ctx.tracker.log_metrics(mlrun, {f"{name}.pass@1": mean})
+            log.info("evaluate[%s] %s: pass@1 %.3f (95%% CI %.3f-%.3f, %d items x %d)", label, name, mean, lo, hi,
+                     len(items), cfg.k)
+        paper = [summary[b]["pass@1"] for b in ("aime24", "math500", "gpqa_diamond") if b in summary]
+        stats = {"label": label, "benchmarks": summary, "model_digest": model_digest,
+                 "overall": sum(paper) / 3 if len(paper) == 3 else None}
+        ref = finish(ctx, writer, STAGE, t0, stats, mlrun)
+    return ref
+
+
+def summary(ctx: RunContext, ref: ArtifactRef) -> dict:
+    rec = ctx.manifest.artifact(ref.key)
+    return json.loads(rec["stats_json"]) if rec else {}
