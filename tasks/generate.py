@@ -134,7 +134,7 @@ def run(ctx: RunContext, cfg: GenerateConfig, problems: ArtifactRef, teacher: Ar
 
         def submit(job: shards.ShardJob, i: int):
             ep = endpoints[i % len(endpoints)] if endpoints else None
-            return generate_shard.submit(ctx, cfg, job, snap.path, snap.digest, teacher.key, ep)
+            return shards.submit_task(generate_shard, ctx, cfg, job, snap.path, snap.digest, teacher.key, ep)
 
         summary = shards.run_shards(ctx, STAGE, writer, _problem_stream(ctx, problems, cfg), cfg.shard_size,
                                     submit, "explanation_id", expected_per_row=per_sample,
@@ -143,6 +143,8 @@ def run(ctx: RunContext, cfg: GenerateConfig, problems: ArtifactRef, teacher: Ar
             raise StageFailed(f"generate: {len(summary.failed)} shard(s) failed: {summary.failed}; "
                               "re-run the same command to redo only those")
         stats = dict(summary.stats(), **_token_stats(ctx, writer))
+        elapsed = max(time.time() - t0, 1e-9)
+        stats.update(seconds=elapsed, completion_tok_per_s=stats["completion_tokens"] / elapsed)
         ref = finish(ctx, writer, STAGE, t0, stats, mlrun)
         write_provenance(ctx, ref.key, "explanation", list(_ids(ctx, writer)), "explanation_id", "problem_id",
                          "problem")

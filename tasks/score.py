@@ -86,7 +86,8 @@ def run(ctx: RunContext, cfg: ScoreConfig, explanations: ArtifactRef, teacher: A
                                 scored_explanations.CONTRACT)
         summary = shards.run_shards(
             ctx, STAGE, writer, iter_rows(ctx, explanations), cfg.shard_size,
-            lambda job, i: score_shard.submit(ctx, cfg, job, tsnap.path, tsnap.digest, student.path, student.digest),
+            lambda job, i: shards.submit_task(score_shard, ctx, cfg, job, tsnap.path, tsnap.digest, student.path,
+                                               student.digest),
             "explanation_id", parallel=cfg.parallel_shards, label="score", total_rows=explanations.num_rows)
         if summary.failed:
             raise StageFailed(f"score: shard(s) {summary.failed} failed; re-run to redo only those")

@@ -63,6 +63,30 @@ class ShardSummary:
         return {"shards_run": self.done, "shards_reused": self.reused, "rows_resumed": self.resumed_rows}
 
 
+class _Done:
+    """A finished call that looks like a Prefect future (used outside a flow run)."""
+
+    def __init__(self, fn, args):
+        try:
+            self._value, self._exc = fn(*args), None
+        except Exception as exc:  # re-raised by result(), like a failed future
+            self._value, self._exc = None, exc
+
+    def result(self):
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+
+def submit_task(task, *args):
+    """``task.submit(*args)`` inside a flow run (a Prefect task run per shard); a direct call outside one."""
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is not None:
+        return task.submit(*args)
+    return _Done(task.fn, args)
+
+
 def write_part(ctx: RunContext, job: ShardJob, contract: Contract, rows: list[dict]) -> str:
     """Append one part to a shard (atomic), then honour fault injection (a crash after a part is on disk)."""
     path = f"{job.folder}/part-{uuid.uuid4().hex[:12]}.parquet"

@@ -46,3 +46,17 @@ def _quiet_http_logs():
     for name in ("httpx", "urllib3", "botocore"):
         logging.getLogger(name).setLevel(logging.WARNING)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer_dir) -> str:
+    """A saved tiny random-weight model (safetensors) + the SmolLM2 tokenizer: a valid model reference."""
+    from rlt_core.modeling import load_tokenizer, tiny_causal_lm
+
+    tok = load_tokenizer(smol_tokenizer_dir)
+    out = tmp_path_factory.mktemp("tiny-model")
+    model = tiny_causal_lm(tok, seed=0)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return str(out)

@@ -1,0 +1,122 @@
+"""ingest (quarantine, dedup, counts in the manifest) and filter (decisions ledger, re-filter with no forward pass)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlt_core.sources import SourceError
+from tasks import filter as filter_
+from tasks import ingest
+from tasks.common import RunContext
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
+
+
+def test_ingest_quarantines_bad_rows_and_dedups(tmp_path):
+    src = tmp_path / "problems.jsonl"
+    good = {"question": "What is 2+3?", "solution": "2+3 = 5"}
+    lines = [json.dumps(good), json.dumps(good),                                      # exact duplicate
+             json.dumps({"question": "what is  2+3 ?", "solution": "five"}),          # normalised duplicate
+             json.dumps({"question": "Q?", "solution": ""}),                          # empty field
+             json.dumps({"solution": "x"}),                                           # missing field
+             json.dumps({"question": 7, "solution": "x"}),                            # wrong type
+             "{not json", json.dumps({"prompt": "What is 6*7?", "solution": "42"})]
+    src.write_text("\n".join(lines) + "\n")
+    ctx = RunContext(str(tmp_path / "store"), tracking=False)
+    out = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
+    assert out["problems"].num_rows == 2
+    q = ctx.manifest.sql("SELECT reason, field, source_row FROM data_quarantine ORDER BY source_row").to_pylist()
+    assert [r["reason"] for r in q] == ["duplicate_exact", "duplicate_normalised", "empty_field", "missing_field",
+                                        "wrong_type", "undecodable"]
+    assert q[2]["field"] == "solution" and q[2]["source_row"] == 3
+    stats = json.loads(ctx.manifest.artifact(out["problems"].key)["stats_json"])
+    assert stats["rows_in"] == 8 and stats["quarantined"] == 6 and stats["quarantine.empty_field"] == 1
+    again = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
+    assert again["problems"] == out["problems"]
+    src.write_text("\n".join(lines[:1]) + "\n")          # an edited file is a new artifact
+    changed = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
+    assert changed["problems"].key != out["problems"].key
+
+
+def test_ingest_sharegpt_layout_keeps_trace(tmp_path):
+    ctx = RunContext(str(tmp_path), tracking=False)
+    out = ingest.run(ctx, ingest.IngestConfig(source={"uri": os.path.join(FIXTURES, "bespoke_stratos_sample.jsonl")},
+                                              heldout_fraction=0.0))
+    rows = ctx.manifest.sql("SELECT question, solution, reasoning_trace FROM data_problems").to_pylist()
+    assert rows and all(r["reasoning_trace"] for r in rows) and out["problems"].num_rows == len(rows)
+    assert not any("<|begin_of_solution|>" in r["solution"] for r in rows)
+
+
+def test_not_a_dataset_is_a_clear_error(tmp_path):
+    bad = tmp_path / "image.parquet"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    ctx = RunContext(str(tmp_path / "s"), tracking=False)
+    with pytest.raises(SourceError, match="image.parquet"):
+        ingest.run(ctx, ingest.IngestConfig(source={"uri": str(bad)}))
+    assert ctx.manifest.sql("SELECT count(*) AS n FROM artifacts").to_pylist() == [{"n": 0}]
+
+
+def _ledger(ctx, rows):
+    """Commit a hand-made reward ledger + explanations + problems, as the score stage would."""
+    from data_contracts import explanations, problems, scored_explanations
+    from infra.artifacts import ArtifactWriter, KeyParts
+
+    refs = {}
+    for name, contract, data in (("problems", problems.CONTRACT, rows["problems"]),
+                                 ("explanations", explanations.CONTRACT, rows["explanations"]),
+                                 ("scored_explanations", scored_explanations.CONTRACT, rows["scored"])):
+        w = ArtifactWriter(ctx.store, ctx.manifest, name, KeyParts(name, "1", {"t": name}), "r", contract)
+        w.write_part(contract.to_table(data))
+        refs[name] = w.commit()
+    return refs
+
+
+def _fixture_rows():
+    from data_contracts import explanations, problems, scored_explanations
+
+    probs = [dict(problems.EXAMPLE, problem_id=f"p_{i:016d}", question=f"Q{i}?", solution=f"S{i}") for i in range(2)]
+    expl, scored = [], []
+    rewards = {(0, 0): -1.0, (0, 1): -0.5, (1, 0): -3.0, (1, 1): -2.0}
+    for (p, k), r in rewards.items():
+        eid = f"e_{p}{k:015d}"
+        expl.append(dict(explanations.EXAMPLE, explanation_id=eid, problem_id=f"p_{p:016d}", sample_index=k,
+                         question=f"Q{p}?", solution=f"S{p}", completion=f"because {p}{k}\n\n<|end_of_explanation|>"))
+        scored.append(dict(scored_explanations.EXAMPLE, explanation_id=eid, problem_id=f"p_{p:016d}",
+                           sample_index=k, reward=r, format_penalty=-1.0 if (p, k) == (1, 1) else 0.0,
+                           kl_mean=0.1 * k, kl_max=1.0, answer_logprob_mean=r, answer_logprob_min=r * 2))
+    return {"problems": probs, "explanations": expl, "scored": scored}
+
+
+def test_filter_best_of_k_reasons_and_reference_fallback(tmp_path, monkeypatch):
+    ctx = RunContext(str(tmp_path), tracking=False)
+    refs = _ledger(ctx, _fixture_rows())
+    import tasks.models
+
+    def no_models(*a, **k):
+        raise AssertionError("filter must not load a model")
+
+    monkeypatch.setattr(tasks.models, "model_and_tokenizer", no_models)
+    cfg = filter_.FilterConfig(rules={"min_reward": -2.5})
+    out = filter_.run(ctx, cfg, refs["scored_explanations"], refs["explanations"], refs["problems"])
+    dec = {r["explanation_id"] or r["problem_id"]: r for r in ctx.manifest.sql(
+        "SELECT * FROM data_filter_decisions").to_pylist()}
+    assert dec["e_0000000000000001"]["kept"] and dec["e_0000000000000001"]["reason"] == "best_of_k"
+    assert dec["e_0000000000000000"]["reason"] == "not_top_k"
+    assert dec["e_1000000000000001"]["reason"] == "missing_end_tag"
+    assert dec["e_1000000000000000"]["reason"] == "below_min_reward"
+    assert dec["p_0000000000000001"]["reason"] == "reference_fallback"
+    ds = ctx.manifest.sql("SELECT origin, assistant FROM data_distill_set ORDER BY origin").to_pylist()
+    assert [d["origin"] for d in ds] == ["reference", "teacher"]
+    assert ds[1]["assistant"].startswith("<|begin_of_thought|>\n\nbecause 01")
+    assert ds[1]["assistant"].endswith("<|begin_of_solution|>\n\nS0\n\n<|end_of_solution|>")
+    # re-filter with re-weighted coefficients: a new artifact from the same ledger, no forward pass
+    cfg2 = filter_.FilterConfig(rules={"reweight": {"answer_coef": [0.0, 0.0], "kl_coef": [1.0, 0.0]}})
+    out2 = filter_.run(ctx, cfg2, refs["scored_explanations"], refs["explanations"], refs["problems"])
+    assert out2["distill_set"].key != out["distill_set"].key
+    kept = ctx.manifest.sql(f"SELECT explanation_id FROM data_filter_decisions WHERE kept AND artifact_key = "
+                            f"'{out2['filter_decisions'].key}' ORDER BY 1").to_pylist()
+    assert [k["explanation_id"] for k in kept] == ["e_0000000000000000", "e_1000000000000000"]  # lowest KL wins
