@@ -9,6 +9,7 @@ STAMP := $(VENV)/.rlt-setup-$(shell cat requirements.lock pyproject.toml 2>/dev/
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 .PHONY: setup demo test test-slow test-all bench stack-up stack-down clean setup-vllm
 

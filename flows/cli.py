@@ -13,8 +13,15 @@ log = logging.getLogger("rlt")
 STAGE_NAMES = ("ingest", "train_teacher", "generate", "score", "filter", "distill", "evaluate")
 
 
-def _setup_env() -> None:
+def _setup_env(root_arg: str | None = None) -> None:
+    """Environment defaults, set before prefect/mlflow are imported (they read settings at import)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    root = root_arg or os.environ.get("RLT_DATA_ROOT") or "./rlt-data"
+    if "://" not in root and not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
+        # embedded default: the ephemeral Prefect database lives in the data root, beside the artifacts
+        os.environ["PREFECT_HOME"] = os.path.join(os.path.abspath(root), "_prefect", "home")
+        os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=os.environ.get("RLT_LOG_LEVEL", "INFO"),
@@ -172,13 +179,13 @@ def cmd_stack(args) -> int:
     if args.action == "up":
         env = stack.up(root)
         print("# the stack is up; point the factory at it with:")
-        for k, v in env.items():
-            print(f"export {k}={v}")
+        print(stack.format_exports(env))
     elif args.action == "down":
         stack.down(root)
         print("stack stopped")
     else:
-        _table([s if isinstance(s, dict) else s.__dict__ for s in stack.status(root)], "services")
+        _table([s.model_dump() if hasattr(s, "model_dump") else dict(s.__dict__) for s in stack.status(root)],
+               "services")
     return 0
 
 
@@ -258,14 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_env()
-    from flows.recipe import RecipeError
-
+    _setup_env(args.data_root)
     try:
         return args.func(args)
-    except RecipeError as exc:
-        print(f"rlt: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if type(exc).__name__ in ("RecipeError", "SourceError", "StageFailed", "ContractError"):
+            print(f"rlt: {exc}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("rlt: interrupted; committed work is kept, re-run to resume", file=sys.stderr)
         return 130

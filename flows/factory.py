@@ -57,6 +57,11 @@ def _run(ctx: RunContext, stage: str, key: str, fn: Callable[[], Any], label: st
     if any(arts.find(ctx.manifest, r.key) is None for r in _refs(out)):
         # Prefect remembered a result whose artifact is gone from the store: recompute it
         out = stage_task.with_options(refresh_cache=True, **opts)(stage, key, fn)
+    refs = _refs(out)
+    if refs and all(r.run_id != ctx.run_id for r in refs):  # served by Prefect's cache: no body ran
+        logger().info("%s: cached (artifact %s from run %s)", stage, refs[0].key[:12], refs[0].run_id)
+        ctx.manifest.append("stage_runs", [dict(run_id=ctx.run_id, stage=stage, artifact_key=key, status="cached",
+                                                cached=True, seconds=0.0)])
     return out
 
 

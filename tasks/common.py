@@ -95,12 +95,10 @@ def stage_run(ctx: RunContext, stage: str, parts: KeyParts) -> Iterator[str]:
 
 
 def cached(ctx: RunContext, stage: str, key: str) -> ArtifactRef | None:
-    """The committed artifact with this key, if any (and record that the stage was served from cache)."""
+    """The committed artifact with this key, if any (the flow records cache hits in ``stage_runs``)."""
     ref = arts.find(ctx.manifest, key)
     if ref is not None:
         logger().info("%s: cache hit %s (%d rows), no work to do", stage, key, ref.num_rows)
-        ctx.manifest.append("stage_runs", [dict(run_id=ctx.run_id, stage=stage, artifact_key=key, status="cached",
-                                                cached=True, seconds=0.0)])
     return ref
 
 

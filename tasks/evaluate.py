@@ -104,7 +104,7 @@ def run(ctx: RunContext, cfg: EvaluateConfig, model_key: str, model_path: str, m
             mean, lo, hi = bm.pass_at_1(correct)
             summary[name] = {"pass@1": mean, "ci_low": lo, "ci_high": hi, "items": len(items), "k": cfg.k,
                              "eval_key": ekey, "contract": contract}
-            ctx.tracker.log_metrics(mlrun, {f"{name}.pass@1": mean})
+            ctx.tracker.log_metrics(mlrun, {f"{name}.pass_at_1": mean, f"{name}.ci_low": lo, f"{name}.ci_high": hi})
             log.info("evaluate[%s] %s: pass@1 %.3f (95%% CI %.3f-%.3f, %d items x %d)", label, name, mean, lo, hi,
                      len(items), cfg.k)
         paper = [summary[b]["pass@1"] for b in ("aime24", "math500", "gpqa_diamond") if b in summary]

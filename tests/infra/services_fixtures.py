@@ -1,0 +1,42 @@
+"""Fixtures that start real local services; loaded through ``pytest_plugins`` in tests/conftest.py.
+
+``seaweed_s3`` runs one ``weed mini`` (SeaweedFS S3 gateway) per test session in a temporary
+folder on free loopback ports, with a bucket created, and stops it (SIGTERM, then SIGKILL)
+at the end. Tests using it should carry ``@pytest.mark.services``.
+"""
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from pydantic import SecretStr
+
+from infra import services, stack
+
+
+@pytest.fixture(scope="session")
+def seaweed_s3(tmp_path_factory):
+    """A running SeaweedFS S3 endpoint.
+
+    Yields a dict: ``endpoint_url``, ``key``, ``secret``, ``bucket``, ``region``, ``root`` (the
+    service folder) and ``env`` (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_DEFAULT_REGION) ready for ``monkeypatch.setenv``. Only that key pair is accepted.
+    """
+    root = tmp_path_factory.mktemp("seaweedfs")
+    creds = stack.S3Credentials(key="rlt-test", secret=SecretStr(f"test-{secrets.token_hex(8)}"))
+    ports = stack.allocate_ports(stack.StackConfig())
+    spec = stack.seaweedfs_spec(root, ports, creds)
+    services.start_and_wait(root, spec, timeout_s=120.0)
+    try:
+        endpoint, bucket, region = stack.s3_endpoint(ports), "rlt-test", "us-east-1"
+        stack.ensure_bucket(endpoint, creds, bucket, region)
+        secret = creds.secret.get_secret_value()
+        yield {
+            "endpoint_url": endpoint, "key": creds.key, "secret": secret, "bucket": bucket,
+            "region": region, "root": str(root),
+            "env": {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": creds.key,
+                    "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": region},
+        }
+    finally:
+        services.stop(root, spec.name, grace_s=10.0)
+        stack.remove_weed_sockets(ports)
