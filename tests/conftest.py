@@ -61,3 +61,8 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer_dir) -> str:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return str(out)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Prefect stops its temporary API server at interpreter exit and logs to a stream pytest has closed by then
+    logging.raiseExceptions = False
