@@ -1,0 +1,54 @@
+"""The `rlt` CLI on a small real store: manifest ls/sql, plan, lineage, errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from flows.cli import main
+from tests.flows.test_factory import tiny_recipe
+from tests.tasks.helpers import setup
+
+
+@pytest.fixture
+def store(tmp_path, tiny_model_dir):
+    ctx, problems, teacher = setup(str(tmp_path / "data"), tiny_model_dir, n=5)
+    return ctx, problems
+
+
+def test_manifest_sql_and_ls(store, capsys):
+    ctx, problems = store
+    assert main(["--data-root", ctx.root, "manifest", "sql",
+                 "SELECT name, num_rows FROM artifacts_committed WHERE name = 'problems'", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"name": "problems", "num_rows": 5}]
+    assert main(["--data-root", ctx.root, "manifest", "ls"]) == 0
+    assert problems.key[:10] in capsys.readouterr().out.replace("\n", "")
+
+
+def test_lineage_of_a_problem_and_an_unknown_id(store, capsys):
+    ctx, problems = store
+    pid = ctx.manifest.sql("SELECT problem_id FROM data_problems LIMIT 1").to_pylist()[0]["problem_id"]
+    assert main(["--data-root", ctx.root, "lineage", pid, "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)
+    assert [s["step"] for s in steps] == ["raw problem", "ingest artifact"]
+    assert steps[0]["source"] == "builtin:countdown" and steps[1]["key"] == problems.key
+    assert main(["--data-root", ctx.root, "lineage", "d_nope"]) == 1
+
+
+def test_plan_reports_cached_and_new_stages(store, tmp_path, tiny_model_dir, capsys):
+    ctx, _ = store
+    recipe = tiny_recipe(tiny_model_dir, ingest={"source": {"uri": "builtin:countdown", "n": 5},
+                                                 "heldout_fraction": 0.2})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["--data-root", ctx.root, "plan", "--recipe", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ingest" in out and "cached" in out and "new: no earlier" in out
+
+
+def test_bad_recipe_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ngenerate: {num_sampels: 3}\n")
+    assert main(["--data-root", str(tmp_path), "plan", "--recipe", str(path)]) == 2
+    assert "num_sampels" in capsys.readouterr().err
