@@ -82,7 +82,7 @@ class VLLMServer:
 
     Args:
         model_path: folder with HF safetensors + tokenizer (e.g. ``resolve_model(...).path``).
-        served_model_name: the ``model`` field clients send (default ``"rlt-model"``).
+        served_model_name: the ``model`` field clients send; default: the model path (vLLM's own default).
         dtype: ``bfloat16`` suits the CPU build (AVX-512 bf16) and GPUs.
         kv_cache_gib: CPU KV-cache size (``VLLM_CPU_KVCACHE_SPACE``); ignored by GPU builds.
         extra_args: more server flags, e.g. ``("--max-model-len", "4096")``.
@@ -97,7 +97,7 @@ class VLLMServer:
     """
 
     def __init__(self, model_path: str | os.PathLike, *, python: str | None = None, host: str = "127.0.0.1",
-                 port: int | None = None, served_model_name: str = "rlt-model", dtype: str = "bfloat16",
+                 port: int | None = None, served_model_name: str | None = None, dtype: str = "bfloat16",
                  enforce_eager: bool = True, kv_cache_gib: int | None = 2, extra_args: Sequence[str] = (),
                  chunked_prefill: bool | None = None, env: Mapping[str, str] | None = None,
                  log_path: str | os.PathLike | None = None, startup_timeout_s: float = 300.0,
@@ -117,10 +117,17 @@ class VLLMServer:
             raise RuntimeError("server not started")
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def model_name(self) -> str:
+        """What clients must send as ``model``."""
+        return self.served_model_name or self.model_path
+
     def command(self) -> list[str]:
         cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
-               "--served-model-name", self.served_model_name, "--host", self.host, "--port", str(self.port),
+               "--host", self.host, "--port", str(self.port),
                "--dtype", self.dtype, "--disable-log-stats", "--disable-uvicorn-access-log"]
+        if self.served_model_name:
+            cmd += ["--served-model-name", self.served_model_name]
         if self.enforce_eager:
             cmd.append("--enforce-eager")
         chunked = self.chunked_prefill
@@ -204,7 +211,7 @@ class VLLMServer:
 
     def generator(self, **kwargs) -> VLLMServerGenerator:
         """A client for this server (kwargs go to ``VLLMServerGenerator``)."""
-        return VLLMServerGenerator(self.base_url, self.served_model_name, **kwargs)
+        return VLLMServerGenerator(self.base_url, self.model_name, **kwargs)
 
     def __enter__(self) -> VLLMServer:
         return self.start()

@@ -70,8 +70,10 @@ def test_seed_fixes_the_sample_whatever_runs_beside_it(server, smol_tokenizer):
 
 @needs_vllm
 @pytest.mark.vllm
-def test_finish_reasons_and_token_counts(server, smol_tokenizer):
-    gen = server.generator()
+def test_finish_reasons_and_token_counts(server, smol_tokenizer, smol_model_path):
+    from rlt_core.generation import VLLMServerGenerator
+
+    gen = VLLMServerGenerator(server.base_url, smol_model_path)  # served under its path, as vLLM does by default
     prompt = _chat(smol_tokenizer, "What is 2+2? Answer with the number only.")
     n_prompt = len(smol_tokenizer(prompt, add_special_tokens=False).input_ids)
     (short,) = gen.generate([GenRequest("short", prompt, 0)], SamplingConfig(temperature=0, max_new_tokens=40))
