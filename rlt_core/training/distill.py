@@ -94,8 +94,8 @@ def make_distill_trainer(model, tokenizer, rows: Iterable[Mapping[str, Any]], cf
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio
-       
+        # transformers 5 dropped warmup_ratio: a warmup_steps float < 1 is a ratio of the total steps
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,
         adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
         per_device_train_batch_size=cfg.per_device_batch_size,

@@ -118,7 +118,8 @@ def test_train_saves_safetensors_and_resumes_reference(smol_tokenizer, tmp_path,
     assert not os.path.exists(tmp_path / "reference_init")  # scratch copy for TRL's reference loader removed
     # Resume to 2 steps: starts from checkpoint-1 and reloads the synced reference saved with it.
     loaded, real_load = [], st.load_model
-    monkeypatch.setattr(st, "load_model", lambda model, path, **kw: (loaded.append(path), real_load(model, path, **kw)))
+    monkeypatch.setattr(st, "load_model",
+                        lambda model, path, **kw: (loaded.append(path), real_load(model, path, **kw)))
     steps = []
     again = train_teacher_grpo(tiny_causal_lm(tok, seed=0), tiny_causal_lm(tok, seed=1), tok, ROWS,
                                cfg.model_copy(update={"max_steps": 2}), _reward_cfg(), str(tmp_path),
@@ -127,19 +128,32 @@ def test_train_saves_safetensors_and_resumes_reference(smol_tokenizer, tmp_path,
     assert loaded == [str(ref_file)]
 
 
+def _lora_trainer(tok, tmp_path):
+    from rlt_core.training.common import LoraSettings
+
+    cfg = _cfg(max_steps=1, sync_ref_model=False, lora=LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")))
+    return make_teacher_grpo_trainer(tiny_causal_lm(tok, seed=0), tiny_causal_lm(tok, seed=1), tok, ROWS, cfg,
+                                     _reward_cfg(), str(tmp_path))
+
+
 def test_lora_policy_is_the_rewarded_object(smol_tokenizer, tmp_path):
     from peft import PeftModel
 
     from rlt_core.training.common import LoraSettings
 
-    tok = smol_tokenizer
-    policy = tiny_causal_lm(tok, seed=0)
-    cfg = _cfg(max_steps=1, sync_ref_model=False, lora=LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj")))
-    trainer, reward, _, _ = make_teacher_grpo_trainer(policy, tiny_causal_lm(tok, seed=1), tok, ROWS, cfg,
-                                                      _reward_cfg(), str(tmp_path))
+    trainer, reward, _, _ = _lora_trainer(smol_tokenizer, tmp_path)
     assert isinstance(trainer.model, PeftModel) and reward.teacher is trainer.model
-    lora_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_B" in k and ".default." in k}
-    trainer.train()
-    assert any(not torch.equal(p, lora_before[k]) for k, p in trainer.model.named_parameters() if k in lora_before)
+    assert trainer.ref_model is None  # TRL's reference with LoRA: the adapter switched off
     with pytest.raises(ValueError, match="LoRA"):
         _cfg(lora=LoraSettings(r=4))  # sync_ref_model=True cannot be honoured with LoRA
+
+
+@pytest.mark.slow
+def test_lora_grpo_step_moves_the_adapter(smol_tokenizer, tmp_path):
+    trainer, _, _, _ = _lora_trainer(smol_tokenizer, tmp_path)
+    lora_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_B" in k and ".default." in k}
+    base_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora" not in k}
+    trainer.train()
+    params = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(params[k], v) for k, v in lora_before.items())
+    assert all(torch.equal(params[k], v) for k, v in base_before.items())  # base weights frozen

@@ -92,7 +92,8 @@ def test_resume_after_crash(smol_tokenizer, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_teacher_sft(tiny_causal_lm(smol_tokenizer, seed=0), smol_tokenizer, ROWS, cfg, str(tmp_path),
                           log_metric=crash_at_3)
-    assert sorted(d for d in os.listdir(tmp_path / "checkpoints") if d.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-2"]
+    ckpts = sorted(d for d in os.listdir(tmp_path / "checkpoints") if d.startswith("checkpoint-"))
+    assert ckpts == ["checkpoint-1", "checkpoint-2"]
     steps = []
     result = train_teacher_sft(tiny_causal_lm(smol_tokenizer, seed=0), smol_tokenizer, ROWS, cfg, str(tmp_path),
                                log_metric=lambda n, v, s: steps.append(s) if n == "sft/loss" else None)
