@@ -16,6 +16,31 @@ from infra.artifacts import ArtifactWriter, KeyParts
 from tasks.common import RunContext, logger
 
 TERMS = ("reward", "r_ss", "r_kl", "answer_logprob_mean", "kl_mean", "format_penalty")
+# rlt-method.md section 6, Table 1 (accuracy %, as reported; 17K Bespoke-Stratos questions, Qwen2.5-Instruct students)
+PAPER_TABLE = {
+    "Qwen2.5-7B-Instruct": {"aime24": 10.0, "math500": 74.2, "gpqa_diamond": 33.3},
+    "Bespoke-7B (R1 traces)": {"aime24": 20.0, "math500": 82.0, "gpqa_diamond": 37.8},
+    "RLT-7B": {"aime24": 23.3, "math500": 82.8, "gpqa_diamond": 42.4},
+    "Bespoke-32B (R1 traces)": {"aime24": 63.3, "math500": 93.0, "gpqa_diamond": 58.1},
+    "RLT-32B": {"aime24": 66.7, "math500": 93.4, "gpqa_diamond": 59.6},
+}
+
+
+def paper_comparison(ours: dict[str, dict[str, float]]) -> str:
+    """An HTML table of our pass@1 (%) beside the paper's rows, for the paper benchmarks we ran ('' if none)."""
+    benches = [b for b in ("aime24", "math500", "gpqa_diamond") if any(b in v for v in ours.values())]
+    if not benches:
+        return ""
+    head = "".join(f"<th>{b}</th>" for b in benches) + "<th>overall</th>"
+    rows = []
+    for label, vals in [*((f"ours: {k}", v) for k, v in ours.items()), *PAPER_TABLE.items()]:
+        cells = [vals.get(b) for b in benches]
+        overall = sum(cells) / 3 if len(benches) == 3 and None not in cells else None
+        rows.append(f"<tr><td>{html.escape(label)}</td>" + "".join(
+            f"<td>{c:.1f}</td>" if c is not None else "<td>-</td>" for c in cells)
+            + (f"<td>{overall:.2f}</td>" if overall is not None else "<td>-</td>") + "</tr>")
+    return (f"<h2>Beside the paper (Table 1, accuracy %)</h2><table><tr><th>model</th>{head}</tr>"
+            + "".join(rows) + "</table>")
 
 
 def _plt():
@@ -124,15 +149,17 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
     if hist:
         _history_plot(hist, os.path.join(tmp, "accuracy.png"))
         images.append("accuracy.png")
-        items = []
+        items, ours = [], {}
         for key in ("eval_base", "eval_distilled"):
             if key in out:
                 st = json.loads(ctx.manifest.artifact(out[key].key)["stats_json"])
+                ours[st.get("label", key)] = {b: 100 * s["pass@1"] for b, s in st.get("benchmarks", {}).items()}
                 for b, s in st.get("benchmarks", {}).items():
                     items.append(f"<tr><td>{st.get('label')}</td><td>{b}</td><td>{s['pass@1']:.3f}</td>"
                                  f"<td>[{s['ci_low']:.3f}, {s['ci_high']:.3f}]</td><td>{s['items']}x{s['k']}</td></tr>")
         sections.append("<h2>Evaluation</h2><table><tr><th>model</th><th>benchmark</th><th>pass@1</th>"
                         "<th>95% CI</th><th>items x k</th></tr>" + "".join(items) + "</table>")
+        sections.append(paper_comparison(ours))
     plan_rows = "".join(f"<tr><td>{p.stage}{'[' + p.label + ']' if p.label else ''}</td><td>{p.status}</td>"
                         f"<td>{html.escape(p.reason)}</td></tr>" for p in plans)
     sections.append(f"<h2>Plan at start</h2><table>{plan_rows}</table>")
