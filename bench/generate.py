@@ -69,8 +69,8 @@ def run_pair(model_dir: str, n: int, k: int, tokens: int, batch: int) -> dict:
     t0 = time.perf_counter()
     ref = generate.run(ctx, cfg, problems, teacher)
     stage_s = time.perf_counter() - t0
-    stage_tok = ctx.manifest.sql(f"SELECT sum(completion_tokens) AS t FROM data_explanations "
-                                 f"WHERE artifact_key = '{ref.key}'").to_pylist()[0]["t"]
+    stage_tok = int(ctx.manifest.sql(f"SELECT sum(completion_tokens) AS t FROM data_explanations "
+                                 f"WHERE artifact_key = '{ref.key}'").to_pylist()[0]["t"])
     return {"rows": ref.num_rows, "bare_tok_s": bare_tok / bare_s, "stage_tok_s": stage_tok / stage_s,
             "bare_s": bare_s, "stage_s": stage_s, "same_tokens": bare_tok == stage_tok}
 

@@ -134,7 +134,8 @@ def _chain(ctx: RunContext, r: Recipe, keys: dict, stop: int) -> dict[str, Any]:
 
     def eval_student():
         snap = checkpoint_snapshot(ctx, out["student_checkpoint"])
-        return evaluate.run(ctx, r.evaluate, out["student_checkpoint"].key, snap.path, snap.digest, "distilled")
+        return evaluate.run(ctx, r.evaluate, out["student_checkpoint"].key, snap.path, snap.digest, "distilled",
+                            key_digest="checkpoint:" + out["student_checkpoint"].key)
 
     out["eval_distilled"] = _run(ctx, "evaluate", keys[("evaluate", "distilled")], eval_student, "distilled")
     return out

@@ -6,7 +6,9 @@ import re
 from typing import Any
 
 DEFAULT_DATA_ROOT = "./rlt-data"
-_SECRET_NAME = re.compile(r"(secret|password|passwd|token|credential|api[_-]?key|access[_-]?key|session)", re.I)
+# names that hold credentials; "tokens"/"tokenizer" (counts, model parts) are not secrets
+_SECRET_NAME = re.compile(r"(secret|password|passwd|credential|api[_-]?key|access[_-]?key|(^|[_-])token$|"
+                          r"session[_-]?token|auth)", re.I)
 
 
 def data_root(override: str | None = None) -> str:

@@ -69,9 +69,13 @@ def _prompt(tok, cfg: EvaluateConfig, text: str) -> str:
 
 
 def run(ctx: RunContext, cfg: EvaluateConfig, model_key: str, model_path: str, model_digest: str,
-        label: str) -> ArtifactRef:
-    """Evaluate one model on every configured benchmark; ``model_key`` names it (checkpoint key or reference)."""
-    parts = key_parts(cfg, model_key, model_digest)
+        label: str, key_digest: str | None = None) -> ArtifactRef:
+    """Evaluate one model on every configured benchmark; ``model_key`` names it (checkpoint key or reference).
+
+    ``key_digest`` stands in for the weights digest in the artifact key when the model is a checkpoint
+    artifact (its key is known before training; the eval contract still records the real weights digest).
+    """
+    parts = key_parts(cfg, model_key, key_digest or model_digest)
     if (hit := cached(ctx, STAGE, parts.key())) is not None:
         return hit
     log, t0 = logger(), time.time()

@@ -69,7 +69,8 @@ def test_factory_end_to_end_cached_rerun_and_failed_only_rerun(tmp_path, tiny_mo
     if d["origin"] == "teacher":
         assert {"filter decision", "reward ledger row", "generation request", "teacher checkpoint"} <= set(steps)
 
-    # identical second run: no stage body runs
+    # identical second run: the plan says everything is cached, and no stage body runs
+    assert {p.status for p in annotate(ctx, stage_keys(Recipe.model_validate(recipe)))} == {"cached"}
     second = factory_flow(recipe=recipe, root=root, tracking=True)
     assert {r["status"] for r in _stage_runs(ctx, second["run_id"])} == {"cached"}
     assert second["eval_distilled"]["key"] == first["eval_distilled"]["key"]
