@@ -54,8 +54,10 @@ def _run(ctx: RunContext, stage: str, key: str, fn: Callable[[], Any], label: st
     opts = dict(name=stage, task_run_name=f"{stage}{'-' + label if label else ''}[{key[:8]}]",
                 result_storage=result_storage(ctx.root))
     out = stage_task.with_options(**opts)(stage, key, fn)
-    if any(arts.find(ctx.manifest, r.key) is None for r in _refs(out)):
-        # Prefect remembered a result whose artifact is gone from the store: recompute it
+    refs = _refs(out)
+    if not any(r.key == key for r in refs) or any(arts.find(ctx.manifest, r.key) is None for r in refs):
+        # Prefect remembered a result whose artifact is gone from the store, or that was made under another
+        # key (older code): recompute it, so the manifest and Prefect's cache agree on this key
         out = stage_task.with_options(refresh_cache=True, **opts)(stage, key, fn)
     refs = _refs(out)
     if refs and all(r.run_id != ctx.run_id for r in refs):  # served by Prefect's cache: no body ran
