@@ -21,6 +21,8 @@ Departures from the reference ``TeacherKLBasedReward`` (besides those listed in 
 * both temperatures are explicit config (the reference takes the teacher's from the trainer);
 * the normalisers are the identity (the paper recipe's ``null``; its +-1e5 clamps never bind) and the
   ``no_entropy`` logging variant is not computed;
+* an empty *solution* span gives the -1 fills for both answer terms (the reference's masked min returns the
+  float max there, as its solution log-probs are not left-aligned);
 * the models are injected at construction and the teacher is used as passed (the live policy under GRPO),
   switched to eval mode while scoring and restored afterwards.
 """

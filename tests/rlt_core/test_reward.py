@@ -51,6 +51,16 @@ class RepeatStub(torch.nn.Module):
         return SimpleNamespace(logits=self.beta * torch.nn.functional.one_hot(input_ids, self.vocab).float())
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread, and idle OpenMP workers spinning on a busy 2-core machine
+    make every op many times slower; restored after this module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _score_all(reward, cases, **kw):
     return reward.score([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases], **kw)
 
