@@ -87,19 +87,11 @@ def run(ctx: RunContext, cfg: FilterConfig, scored: ArtifactRef, explanations: A
         stats = {"candidates": n_cand, "kept": len(buf), "kept_teacher": len(kept_expl),
                  "kept_reference": len(fallback), "yield": len(kept_expl) / n_cand if n_cand else 0.0,
                  "decisions_key": dkey, **{f"reason.{k}": v for k, v in sorted(reasons.items())}}
-        dwriter.commit({"of": key, **stats})
+        dref = dwriter.commit({"of": key, **stats})
         ref = finish(ctx, writer, STAGE, t0, stats, mlrun)
         log.info("filter: kept %d of %d candidates (+%d reference fallbacks) %s", len(kept_expl), n_cand,
                  len(fallback), dict(reasons))
-    return {"distill_set": ref, "filter_decisions": find_decisions(ctx, dkey)}
-
-
-def find_decisions(ctx: RunContext, key: str) -> ArtifactRef:
-    from infra.artifacts import find
-
-    ref = find(ctx.manifest, key)
-    assert ref is not None
-    return ref
+    return {"distill_set": ref, "filter_decisions": dref}
 
 
 def _row(style: PromptStyle, problem_id: str, explanation_id: str | None, origin: str, question: str,

@@ -158,13 +158,10 @@ def _ids(ctx: RunContext, writer: ArtifactWriter) -> Iterator[dict]:
 
 
 def _token_stats(ctx: RunContext, writer: ArtifactWriter) -> dict:
-    ptok = ctok = 0
-    lat = 0.0
-    stops = 0
+    ptok = ctok = stops = 0
     for batch in ctx.store.iter_parquet_batches([ctx.store.path(f) for f in writer.files]):
-        d = batch.select(["prompt_tokens", "completion_tokens", "latency_s", "finish_reason"]).to_pydict()
+        d = batch.select(["prompt_tokens", "completion_tokens", "finish_reason"]).to_pydict()
         ptok += sum(d["prompt_tokens"])
         ctok += sum(d["completion_tokens"])
         stops += sum(1 for r in d["finish_reason"] if r == "stop")
-        lat = max([lat, *d["latency_s"]])
     return {"prompt_tokens": ptok, "completion_tokens": ctok, "finish_stop": stops}
