@@ -23,3 +23,5 @@ class ArtifactRef(BaseModel):
     num_rows: int = 0
     run_id: str = ""
     created_at: str = ""
+    label: str = Field(default="", description="which slot of the recipe made it, e.g. evaluate 'base'")
+    digest: str = Field(default="", description="sha256 of the stored weight files (checkpoints)")

@@ -1,4 +1,4 @@
-"""The `rlt` command line: factory, run, plan, lineage, manifest, deploy, serve, report, stack, models."""
+"""The `rlt` command line: factory, run, plan, lineage, manifest, catalog, deploy, serve, report, stack, models."""
 from __future__ import annotations
 
 import argparse
@@ -33,7 +33,8 @@ def _setup_env(root_arg: str | None = None) -> None:
 def _console():
     from rich.console import Console
 
-    return Console()
+    # piped output (logs, CI, tests): wide enough that keys and ids are never folded
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _table(rows: list[dict], title: str = "") -> None:
@@ -69,15 +70,26 @@ def _recipe(args):
 
 
 # -- commands ----------------------------------------------------------------------------------------
-def cmd_factory(args, until: str | None = None) -> int:
+def cmd_factory(args) -> int:
     from flows.factory import factory_flow
     from infra.settings import data_root
 
     recipe = _recipe(args)
-    root = data_root(args.data_root)
     t0 = time.time()
-    out = factory_flow(recipe=recipe.model_dump(mode="json"), root=root, until=until,
+    out = factory_flow(recipe=recipe.model_dump(mode="json"), root=data_root(args.data_root),
                        fail_shards=args.inject_failure or None, recipe_path=os.path.abspath(args.recipe))
+    _summary(args, out, time.time() - t0)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from flows.factory import STAGE_FLOWS
+    from infra.settings import data_root
+
+    recipe = _recipe(args)
+    t0 = time.time()
+    out = STAGE_FLOWS[args.stage](recipe=recipe.model_dump(mode="json"), root=data_root(args.data_root),
+                                  fail_shards=args.inject_failure or None, recipe_path=os.path.abspath(args.recipe))
     _summary(args, out, time.time() - t0)
     return 0
 
@@ -93,28 +105,27 @@ def _summary(args, out: dict, seconds: float) -> None:
     ctx = _ctx(args)
     if "report" in out:
         con.print(f"report:   {out['report']['uri']}/index.html")
-    con.print(f"manifest: {ctx.store.root}/_manifest  (rlt manifest sql \"SELECT * FROM artifacts_committed\")")
+    con.print(f"catalog:  {ctx.catalog.location.describe()}  (rlt manifest sql \"SELECT * FROM artifacts_committed\")")
     con.print(f"mlflow:   {Tracker(ctx.store.root).ui_hint()}")
 
 
 def cmd_plan(args) -> int:
     from flows.plan import annotate, stage_keys
 
-    plans = annotate(_ctx(args), stage_keys(_recipe(args)))
-    _table([{"stage": p.stage + (f"[{p.label}]" if p.label else ""), "will": p.status, "key": p.key[:16],
-             "why": p.reason} for p in plans], "plan")
+    plans = annotate(_ctx(args), stage_keys(_recipe(args), [args.stage] if args.stage else None))
+    _table([{"stage": p.node.id, "will": p.status, "key": p.key[:16], "why": p.reason} for p in plans], "plan")
     return 0
 
 
 def cmd_lineage(args) -> int:
     from flows.lineage import artifact_chain, example_chain
 
-    ctx = _ctx(args)
-    steps = example_chain(ctx.manifest, args.id)
+    cat = _reader(args)
+    steps = example_chain(cat, args.id)
     if not steps:
-        steps = [{"step": f"artifact {a['name']}", **a} for a in artifact_chain(ctx.manifest, args.id)]
+        steps = [{"step": f"artifact {a['name']}", **a} for a in artifact_chain(cat, args.id)]
     if not steps:
-        print(f"rlt lineage: no example or artifact with id {args.id!r} in {ctx.store.root}", file=sys.stderr)
+        print(f"rlt lineage: no example or artifact with id {args.id!r} in {cat.store.root}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(steps, indent=1, default=str))
@@ -128,28 +139,81 @@ def cmd_lineage(args) -> int:
     return 0
 
 
+def _reader(args, snapshot: int | None = None):
+    from infra.catalog import open_reader
+    from infra.settings import data_root
+    from infra.storage import Store
+
+    return open_reader(Store(data_root(args.data_root)), snapshot=snapshot)
+
+
 def cmd_manifest(args) -> int:
-    ctx = _ctx(args)
-    if args.action == "ls":
-        t = ctx.manifest.sql("SELECT name, key, producer, num_rows, run_id, ts FROM artifacts_committed ORDER BY ts")
-        _table(t.to_pylist(), "artifacts")
+    from infra.catalog import read_query
+
+    cat = _reader(args, args.snapshot)
+    if args.action == "snapshots":
+        _table(cat.snapshots(args.limit), "snapshots (newest first; query one with --snapshot N)")
         return 0
-    t = ctx.manifest.sql(args.query)
+    query = args.query
+    if args.action == "ls":
+        query = "SELECT name, label, key, producer, num_rows, run_id, ts FROM artifacts_committed ORDER BY ts"
+    elif query is None:
+        raise SystemExit("rlt manifest sql: give a query, e.g. rlt manifest sql \"SELECT * FROM artifacts_committed\"")
+    cols, rows = read_query(cat, query)
     if args.json:
-        print(json.dumps(t.to_pylist(), default=str, indent=1))
-    else:
-        _table(t.to_pylist()[: args.limit], f"{t.num_rows} row(s)")
+        sys.stdout.write("[")
+        for i, r in enumerate(rows):
+            sys.stdout.write(("," if i else "") + "\n " + json.dumps(dict(zip(cols, r)), default=str))
+        sys.stdout.write("\n]\n")
+        return 0
+    shown = [dict(zip(cols, r)) for _, r in zip(range(args.limit), rows)]
+    more = sum(1 for _ in rows)
+    _table(shown, f"{len(shown) + more} row(s)" + (f", first {len(shown)} shown (--limit)" if more else ""))
+    return 0
+
+
+def cmd_catalog(args) -> int:
+    from infra.catalog import Catalog
+    from infra.settings import data_root
+    from infra.storage import Store
+
+    store = Store(data_root(args.data_root))
+    if args.action == "import":
+        from infra.catalog_import import import_manifest
+
+        print(json.dumps(import_manifest(store), indent=1))
+        return 0
+    cat = Catalog(store)
+    if args.action == "verify":
+        from infra.artifacts import verify
+
+        recs = cat.rows("SELECT * FROM artifacts_committed" + (" WHERE key = ?" if args.key else ""),
+                        [args.key] if args.key else [])
+        problems = [p for r in recs for p in verify(store, r)]
+        for p in problems:
+            print(f"MISMATCH {p}")
+        print(f"verified {len(recs)} artifact(s): {len(problems)} problem(s)")
+        return 1 if problems else 0
+    if args.action == "maintain":
+        print(json.dumps(cat.maintain(ledger_retention_s=args.retention_s), indent=1))
+        return 0
+    info = {"catalog": cat.location.describe(), "data_path": cat.location.data_path,
+            **cat.rows("SELECT (SELECT count(*) FROM artifacts_committed) AS artifacts, (SELECT count(*) FROM "
+                       "runs_latest) AS runs, (SELECT count(*) FROM lake.snapshots()) AS snapshots")[0],
+            "tables": cat.refresh_data_views()}
+    print(json.dumps(info, indent=1, default=str))
     return 0
 
 
 def cmd_report(args) -> int:
     ctx = _ctx(args)
-    rows = [a for a in ctx.manifest.table("artifacts").to_pylist() if a["name"] == "report" and
-            (a["run_id"] == args.run_id or args.run_id == "latest")]
+    cond = "" if args.run_id == "latest" else " AND run_id = ?"
+    rows = ctx.catalog.rows(f"SELECT uri FROM artifacts_committed WHERE name = 'report'{cond} ORDER BY ts DESC "
+                            "LIMIT 1", [] if args.run_id == "latest" else [args.run_id])
     if not rows:
         print(f"rlt report: no report for run {args.run_id!r}", file=sys.stderr)
         return 1
-    a = max(rows, key=lambda r: r["ts"])
+    a = rows[0]
     print(f"{a['uri']}/index.html")
     return 0
 
@@ -207,8 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         "runs to MLflow ($MLFLOW_TRACKING_URI, default sqlite in the data root), flows to Prefect."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  rlt factory --recipe flows/recipes/tiny.yaml\n"
-               "  rlt plan --recipe flows/recipes/tiny.yaml --set generate.sampling.temperature=0.9\n"
-               "  rlt manifest sql \"SELECT stage, status, seconds FROM stage_runs\"\n  rlt lineage d_0123abcd...")
+               "  rlt plan --recipe flows/recipes/tiny.yaml --set temperature=0.9\n"
+               "  rlt run generate --recipe flows/recipes/tiny.yaml\n"
+               "  rlt manifest sql \"SELECT stage, label, status, seconds FROM stage_runs\"\n"
+               "  rlt manifest snapshots; rlt manifest sql --snapshot 12 \"SELECT count(*) FROM data_explanations\"\n"
+               "  rlt lineage d_0123abcd...\n\n"
+               "catalog: $RLT_CATALOG_URL (postgresql://... for many machines; default: a SQLite file in the "
+               "data root)")
     p.add_argument("--data-root", help="artifact store root (default: $RLT_DATA_ROOT or ./rlt-data)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -222,24 +291,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--inject-failure", action="append", metavar="STAGE:SHARD",
                     help="testing aid: make a shard fail, e.g. generate:00001")
     sp.set_defaults(func=cmd_factory)
-    sp = sub.add_parser("run", help="run one stage (and whatever upstream it needs)")
+    sp = sub.add_parser("run", help="run one stage as its own flow (and whatever upstream of it is not committed)")
     sp.add_argument("stage", choices=STAGE_NAMES)
     recipe_args(sp)
     sp.add_argument("--inject-failure", action="append", metavar="STAGE:SHARD", help=argparse.SUPPRESS)
-    sp.set_defaults(func=lambda a: cmd_factory(a, until=a.stage))
-    sp = sub.add_parser("plan", help="what each stage would do and why (which key part changed)")
+    sp.set_defaults(func=cmd_run)
+    sp = sub.add_parser("plan", help="what each stage would do and why (which key part changed, who runs it now)")
     recipe_args(sp)
+    sp.add_argument("--stage", choices=STAGE_NAMES, help="only this stage and what it needs")
     sp.set_defaults(func=cmd_plan)
     sp = sub.add_parser("lineage", help="trace an example (d_/e_/p_ id, eval item id) or artifact key to its source")
     sp.add_argument("id")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_lineage)
-    sp = sub.add_parser("manifest", help="query the manifest: `ls` or `sql \"SELECT ...\"`")
-    sp.add_argument("action", choices=["ls", "sql"])
-    sp.add_argument("query", nargs="?", default="SELECT * FROM artifacts_committed")
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--limit", type=int, default=200)
+    sp = sub.add_parser("manifest", help="query the catalog read-only: `ls`, `sql \"SELECT ...\"`, `snapshots`",
+                        description="Read-only SQL over the catalog: relations runs, artifacts, lineage, shards, "
+                                    "provenance, stage_runs (+ views runs_latest, artifacts_committed, "
+                                    "shards_latest) and one data_<artifact> view per artifact kind. Data is "
+                                    "streamed from the lake, never loaded whole. Exactly one SELECT/EXPLAIN.")
+    sp.add_argument("action", choices=["ls", "sql", "snapshots"])
+    sp.add_argument("query", nargs="?", default=None)
+    sp.add_argument("--json", action="store_true", help="all rows as JSON (streamed)")
+    sp.add_argument("--limit", type=int, default=200, help="rows shown in the table view")
+    sp.add_argument("--snapshot", type=int, default=None, help="query the lake as of this snapshot id")
     sp.set_defaults(func=cmd_manifest)
+    sp = sub.add_parser("catalog", help="the catalog itself: `info`, `verify` (re-hash committed files), `maintain`, "
+                                        "`import` (a pre-catalog data root)")
+    sp.add_argument("action", choices=["info", "verify", "maintain", "import"])
+    sp.add_argument("--key", help="verify: only this artifact")
+    sp.add_argument("--retention-s", type=float, default=3600.0,
+                    help="maintain: bookkeeping snapshots older than this expire")
+    sp.set_defaults(func=cmd_catalog)
     sp = sub.add_parser("report", help="print the path of a run's HTML report (RUN_ID or 'latest')")
     sp.add_argument("run_id")
     sp.set_defaults(func=cmd_report)
@@ -269,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:
-        if type(exc).__name__ in ("RecipeError", "SourceError", "StageFailed", "ContractError"):
+        if type(exc).__name__ in ("RecipeError", "SourceError", "StageFailed", "ContractError", "CatalogError",
+                                  "QueryError", "LockTimeout", "CheckpointCorrupt", "ExtensionError"):
             print(f"rlt: {exc}", file=sys.stderr)
             return 2
         raise

@@ -4,18 +4,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infra.manifest import Manifest
+from infra.catalog import Catalog
 
 
-def _one(con, sql: str, params: list) -> dict | None:
-    cur = con.execute(sql, params)
-    cols = [d[0] for d in cur.description]
-    row = cur.fetchone()
-    return dict(zip(cols, row)) if row else None
+def _one(con: Catalog, sql: str, params: list) -> dict | None:
+    rows = con.rows(sql + ("" if " LIMIT " in sql else " LIMIT 1"), params)
+    return rows[0] if rows else None
 
 
-def _has(con, view: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [view]).fetchone()[0])
+def _has(con: Catalog, view: str) -> bool:
+    return view.removeprefix("data_") in con.refresh_data_views()
 
 
 def _artifact(con, key: str) -> dict | None:
@@ -23,9 +21,8 @@ def _artifact(con, key: str) -> dict | None:
                      "FROM artifacts_committed WHERE key = ?", [key])
 
 
-def artifact_chain(man: Manifest, key: str) -> list[dict]:
+def artifact_chain(con: Catalog, key: str) -> list[dict]:
     """The artifact and every ancestor (breadth-first through lineage edges)."""
-    con = man.connect()
     out, todo, seen = [], [key], set()
     while todo:
         k = todo.pop(0)
@@ -36,13 +33,12 @@ def artifact_chain(man: Manifest, key: str) -> list[dict]:
         if a is None:
             continue
         out.append(a)
-        todo.extend(json.loads(a["inputs_json"]).values())
+        todo.extend(v for v in json.loads(a["inputs_json"]).values() if not v.startswith("model:"))
     return out
 
 
-def example_chain(man: Manifest, example_id: str) -> list[dict[str, Any]]:
+def example_chain(con: Catalog, example_id: str) -> list[dict[str, Any]]:
     """Steps from an example back to its raw problem; each step names its artifact and run."""
-    con = man.connect()
     steps: list[dict[str, Any]] = []
     expl_id = prob_id = None
     if _has(con, "data_eval_results") and (ev := _one(con, "SELECT * FROM data_eval_results WHERE item_id = ? "
@@ -50,7 +46,7 @@ def example_chain(man: Manifest, example_id: str) -> list[dict[str, Any]]:
                                                       [example_id, example_id])):
         steps.append({"step": "eval sample", **ev})
         a = _artifact(con, ev["artifact_key"])
-        for k in artifact_chain(man, a["key"])[1:]:
+        for k in artifact_chain(con, a["key"])[1:]:
             steps.append({"step": f"artifact {k['name']}", **k})
         return steps
     if example_id.startswith("d_") and _has(con, "data_distill_set"):

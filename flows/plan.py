@@ -2,51 +2,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
-from infra.artifacts import KeyParts, digest
-from infra.models import resolve_model
+from flows.pipeline import Planned, plan as plan_keys
 from flows.recipe import Recipe
-from tasks import distill, evaluate, filter as filter_, generate, ingest, score, train_teacher
+from infra.artifacts import KeyParts, digest
+from infra.locks import describe
 from tasks.common import RunContext
 
-
-@dataclass
-class StagePlan:
-    stage: str
-    parts: KeyParts
-    label: str = ""
-    status: str = ""          # cached | run | resume
-    reason: str = ""
-    shards: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return self.parts.key()
+StagePlan = Planned   # the name older code and tests use
 
 
-def stage_keys(recipe: Recipe) -> list[StagePlan]:
+def stage_keys(recipe: Recipe, targets: list[str] | None = None) -> list[Planned]:
     """Keys of every stage, in order (content-addressed: computable before anything runs)."""
-    r = recipe
-    base = resolve_model(r.train_teacher.base_model)
-    reward_student = resolve_model(r.train_teacher.student_model)
-    score_student = resolve_model(r.score.student_model)
-    student_base = resolve_model(r.distill.student_model)
-    p_ing = ingest.key_parts(r.ingest)
-    p_tt = train_teacher.key_parts(r.train_teacher, p_ing.key(), base.digest, reward_student.digest)
-    p_gen = generate.key_parts(r.generate, p_ing.key(), p_tt.key())
-    p_sc = score.key_parts(r.score, p_gen.key(), p_tt.key(), score_student.digest)
-    p_fl = filter_.key_parts(r.filter, p_sc.key(), p_gen.key(), p_ing.key())
-    p_ds = distill.key_parts(r.distill, p_fl.key(), student_base.digest)
-    plans = [StagePlan("ingest", p_ing), StagePlan("train_teacher", p_tt), StagePlan("generate", p_gen),
-             StagePlan("score", p_sc), StagePlan("filter", p_fl), StagePlan("distill", p_ds)]
-    if r.evaluate.include_base:
-        plans.append(StagePlan("evaluate", evaluate.key_parts(r.evaluate, r.distill.student_model,
-                                                              student_base.digest), label="base"))
-    plans.append(StagePlan("evaluate", evaluate.key_parts(r.evaluate, p_ds.key(), "checkpoint:" + p_ds.key()),
-                           label="distilled"))
-    return plans
+    return plan_keys(recipe, targets)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -78,33 +47,35 @@ def explain_change(new: KeyParts, old: dict) -> str:
     return "; ".join(reasons) or "same key parts, never committed"
 
 
-def annotate(ctx: RunContext, plans: list[StagePlan]) -> list[StagePlan]:
-    """Fill in status and reason for each stage from the manifest."""
-    arts = ctx.manifest.table("artifacts").to_pylist()
-    committed = {a["key"] for a in arts}
+def annotate(ctx: RunContext, plans: list[Planned]) -> list[Planned]:
+    """Fill in status and reason for each stage from the catalog (and the locks: what runs elsewhere now)."""
+    found = ctx.catalog.artifacts(k for p in plans for k in p.keys.values())
     for p in plans:
-        if p.key in committed:
-            p.status, p.reason = "cached", "artifact committed"
+        if all(k in found for k in p.keys.values()):
+            p.status, p.reason = "cached", f"committed by run {found[p.key]['run_id']}"
             continue
-        states = ctx.manifest.shard_states(p.key)
+        holder = ctx.locks.holder(f"stage:{p.key}")
+        states = ctx.catalog.shard_states(p.key)
         if states:
             counts: dict[str, int] = {}
             for s in states.values():
                 counts[s["status"]] = counts.get(s["status"], 0) + 1
             p.status, p.shards = "resume", counts
-            failed = [f"{sid}: {s['error'][:60]}" for sid, s in sorted(states.items()) if s["status"] == "failed"]
+            failed = [f"{sid}: {(s['error'] or '')[:60]}" for sid, s in sorted(states.items())
+                      if s["status"] == "failed"]
             p.reason = f"shards {counts}" + (f"; failed {failed[:3]}" if failed else "")
-            continue
-        p.status = "run"
-        previous = [a for a in arts if a["stage"] == p.stage and a["name"] not in ("quarantine", "filter_decisions")]
-        if p.stage == "evaluate":
-            previous = [a for a in previous if json.loads(a["stats_json"] or "{}").get("label") == p.label]
-        if previous:
-            p.reason = explain_change(p.parts, max(previous, key=lambda a: a["ts"]))
         else:
-            p.reason = "new: no earlier artifact of this stage"
+            p.status = "run"
+            prev = ctx.catalog.latest_artifact(p.stage, p.label, exclude_names=_secondary(p))
+            p.reason = explain_change(p.parts, prev) if prev else "new: no earlier artifact of this stage"
+        if holder is not None:
+            p.status, p.reason = "running", f"in progress in {describe(holder)}; this run would wait for it"
     return plans
 
 
-def plan_id(plans: list[StagePlan]) -> str:
+def _secondary(p: Planned) -> list[str]:
+    return [o.name for o in p.node.stage.outputs[1:]]
+
+
+def plan_id(plans: list[Planned]) -> str:
     return digest([p.key for p in plans])

@@ -1,4 +1,16 @@
-"""Recipes: one flat YAML file per run, parsed into typed stage configs (unknown keys are errors)."""
+"""Recipes: one flat YAML file per run, parsed into typed stage configs (unknown keys are errors).
+
+Settings that several stages must agree on are set once, at the top of the recipe, and derived into every stage
+config that uses them (so they are part of each stage's key):
+
+- ``style``: the prompt format (tags, system prompts) used by train_teacher (SFT and the reward), generate,
+  score, filter, distill and evaluate;
+- ``temperature``: the teacher's sampling temperature, in GRPO and in generate, and therefore the teacher
+  temperature of the RLT reward in train_teacher and score (rlt-method.md 2.1: the teacher's log-probs are
+  taken at the temperature its explanations were sampled at).
+
+Setting one of the derived stage fields directly to another value is an error that names the top-level field.
+"""
 from __future__ import annotations
 
 import copy
@@ -6,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlt_core.prompts import PromptStyle
 
 from tasks.distill import DistillStageConfig
 from tasks.evaluate import EvaluateConfig
@@ -19,10 +33,60 @@ from tasks.train_teacher import TrainTeacherConfig
 STAGES = ("ingest", "train_teacher", "generate", "score", "filter", "distill", "evaluate")
 
 
+DERIVED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "style": (("train_teacher", "sft", "style"), ("train_teacher", "reward", "prompt_style"), ("generate", "style"),
+              ("score", "reward", "prompt_style"), ("filter", "style"), ("distill", "train", "style"),
+              ("evaluate", "style")),
+    "temperature": (("train_teacher", "grpo", "temperature"), ("train_teacher", "reward", "teacher_temperature"),
+                    ("generate", "sampling", "temperature"), ("score", "reward", "teacher_temperature")),
+}
+
+
+def _get(data: dict, path: tuple[str, ...]):
+    node = data
+    for k in path:
+        if not isinstance(node, dict) or k not in node:
+            return None, False
+        node = node[k]
+    return node, True
+
+
+def _set(data: dict, path: tuple[str, ...], value) -> None:
+    node = data
+    for k in path[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{'.'.join(path)}: {k!r} is not a section")
+    node[path[-1]] = value
+
+
+def derive_shared(data: dict) -> dict:
+    """Copy the recipe-level ``style`` and ``temperature`` into every stage field they govern."""
+    data = copy.deepcopy(data)
+    values = {"style": PromptStyle.model_validate(data.get("style") or {}),
+              "temperature": float(data.get("temperature", 0.7))}
+    for name, paths in DERIVED.items():
+        top = values[name]
+        for path in paths:
+            given, present = _get(data, path)
+            if present:
+                same = (PromptStyle.model_validate(given or {}) == top) if name == "style" else given == top
+                if not same:
+                    shown = top if name == "temperature" else "(a prompt style)"
+                    raise ValueError(f"{'.'.join(path)} is set to {given!r}, but it is derived from the recipe's "
+                                     f"top-level `{name}` ({shown}) so that every stage agrees: set `{name}` once at "
+                                     f"the top of the recipe (or --set {name}=...) instead")
+            _set(data, path, top.model_dump(mode="json") if name == "style" else top)
+    return data
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     description: str = ""
+    style: PromptStyle = Field(default_factory=PromptStyle, description="prompt format shared by every stage")
+    temperature: float = Field(default=0.7, gt=0, description="teacher sampling temperature (GRPO, generate) = "
+                                                               "the reward's teacher temperature")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     train_teacher: TrainTeacherConfig = Field(default_factory=TrainTeacherConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
@@ -30,6 +94,11 @@ class Recipe(BaseModel):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     distill: DistillStageConfig = Field(default_factory=DistillStageConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data):
+        return derive_shared(data) if isinstance(data, dict) else data
 
 
 class RecipeError(ValueError):
@@ -66,5 +135,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data = apply_overrides(data, overrides or [])
     try:
         return Recipe.model_validate(data)
-    except Exception as exc:
-        raise RecipeError(f"recipe {p}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '<recipe>'}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise RecipeError(f"recipe {p}: {problems}") from None

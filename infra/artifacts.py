@@ -1,8 +1,10 @@
-"""Content-addressed artifact keys and the commit protocol.
+"""Content-addressed artifact keys, and the writer that stages an artifact's files before its catalog commit.
 
-Key = sha256 over (stage, stage version, resolved config, input artifact keys, model digests). Same key =
-same bytes = nothing to recompute. Commit protocol: parts first, then one manifest record listing them;
-a reader resolves an artifact through its manifest record only, so a crash never exposes half of one.
+Key = sha256 over (stage, stage version, resolved config, input artifact keys, model digests): same key = same
+bytes = nothing to recompute. A writer puts parquet parts (each carrying the artifact key as a column, so the
+catalog can prune by it) and checkpoint files on the store; nothing is visible until the catalog commits the
+artifact (infra.catalog). Files a run writes outside shards go under a per-run prefix, so two runs never write
+the same path and a record can only ever describe the bytes its own run wrote.
 """
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
 from data_contracts import ArtifactRef, Contract
-from infra.manifest import Manifest, now
+from infra.catalog import ARTIFACT_COL, OutputCommit, now
 from infra.settings import redact
 from infra.storage import Store
 
@@ -45,7 +47,7 @@ class KeyParts:
     stage: str
     stage_version: str
     config: dict[str, Any]
-    inputs: dict[str, str] = field(default_factory=dict)   # role -> artifact key
+    inputs: dict[str, str] = field(default_factory=dict)   # role -> artifact key (or "model:<ref>")
     models: dict[str, str] = field(default_factory=dict)   # role -> model digest
 
     def key(self) -> str:
@@ -56,67 +58,121 @@ class KeyParts:
         return digest(self.config)
 
 
+def files_digest(file_digests: Mapping[str, str]) -> str:
+    """One digest for a set of files, from each file's own digest (order-free)."""
+    return digest(sorted(file_digests.items()), 20)
+
+
+def secondary_key(primary: str, output: str) -> str:
+    """Key of a stage's second (third, ...) output: derived from the primary key, one rule for every stage."""
+    return digest({"of": primary, "output": output}, 20)
+
+
 class ArtifactWriter:
-    """Writes the parts of one artifact, then commits it with a single manifest record."""
+    """Stages one artifact's files on the store and builds its catalog commit."""
 
-    def __init__(self, store: Store, manifest: Manifest, name: str, parts: KeyParts, run_id: str = "",
-                 contract: Contract | None = None, key: str | None = None):
-        self.store, self.manifest, self.name, self.parts = store, manifest, name, parts
-        self.key = key or parts.key()
-        self.run_id = run_id
-        self.contract = contract
-        self.uri = store.path(LAYERS.get(name, "09_other"), name, self.key)
-        self.files: list[str] = []
+    def __init__(self, store: Store, name: str, key: str, parts: KeyParts, run_id: str,
+                 contract: Contract | None = None, label: str = ""):
+        self.store, self.name, self.key, self.parts = store, name, key, parts
+        self.run_id, self.contract, self.label = run_id, contract, label
+        self.uri = store.path(LAYERS.get(name, "09_other"), name, key)
+        self.run_prefix = f"{self.uri}/runs/{run_id}"
+        self.files: list[str] = []          # relative to the store root
+        self.file_digests: dict[str, str] = {}   # relative path -> sha256 of its bytes
         self.num_rows = 0
+        self.stats: dict[str, Any] = {}
+        self.digest = ""
 
-    def write_part(self, table: pa.Table, shard: str = "0") -> str:
-        """Write one parquet part (validated against the contract's schema) and remember it."""
-        if self.contract is not None:
-            table = table.select(self.contract.schema.names).cast(self.contract.schema)
-        path = f"{self.uri}/part-{shard}-{uuid.uuid4().hex[:10]}.parquet"
-        self.store.write_parquet(path, table)
-        self.add_files([path], table.num_rows)
+    @property
+    def schema(self) -> pa.Schema | None:
+        if self.contract is None:
+            return None
+        return self.contract.schema.append(pa.field(ARTIFACT_COL, pa.string()))
+
+    def table(self, data: pa.Table | Iterable[Mapping[str, Any]]) -> pa.Table:
+        """Rows (or a table) in the contract's schema, plus the artifact key column."""
+        if self.contract is None:
+            raise ValueError(f"{self.name}: no contract, so no tabular parts")
+        t = data if isinstance(data, pa.Table) else self.contract.to_table(data)
+        t = t.select(self.contract.schema.names).cast(self.contract.schema)
+        return t.append_column(ARTIFACT_COL, pa.array([self.key] * t.num_rows, pa.string()))
+
+    def write_part(self, data: pa.Table | Iterable[Mapping[str, Any]], folder: str | None = None) -> str:
+        """Write one parquet part (atomically) and count it in this artifact."""
+        t = self.table(data)
+        path = f"{folder or self.run_prefix}/part-{uuid.uuid4().hex[:12]}.parquet"
+        self.add_files([path], t.num_rows, [self.store.write_parquet(path, t)])
         return path
 
-    def add_files(self, paths: list[str], num_rows: int = 0) -> None:
-        self.files.extend(self.store.rel(p) for p in paths)
+    def add_files(self, paths: Iterable[str], num_rows: int = 0, digests: Iterable[str] | None = None) -> None:
+        rel = [self.store.rel(p) for p in paths]
+        self.files.extend(rel)
+        if digests is not None:
+            self.file_digests.update(zip(rel, digests))
         self.num_rows += num_rows
 
-    def commit(self, stats: dict[str, Any] | None = None) -> ArtifactRef:
+    def content_digest(self) -> str:
+        """What the record promises about its bytes: the weights digest of a checkpoint, else a sha256 over every
+        tabular part's (path, sha256) pair. Empty when some file's digest is unknown."""
+        if self.digest:
+            return self.digest
+        parts = [f for f in self.files if f.endswith(".parquet")]
+        if (not parts and self.contract is None) or any(f not in self.file_digests for f in parts):
+            return ""
+        return files_digest({f: self.file_digests[f] for f in parts})
+
+    def parquet_parts(self) -> list[str]:
+        return [self.store.path(f) for f in self.files if f.endswith(".parquet")]
+
+    def record(self, stats: Mapping[str, Any] | None = None) -> dict:
         schema_version = self.contract.schema_version if self.contract else f"{self.name}/v1"
-        record = dict(key=self.key, name=self.name, uri=self.uri, schema_version=schema_version,
-                      producer=f"{self.parts.stage}@{self.parts.stage_version}", stage=self.parts.stage,
-                      stage_version=self.parts.stage_version, config_hash=self.parts.config_hash(),
-                      config_json=canonical_json(redact(self.parts.config)),
-                      inputs_json=canonical_json(self.parts.inputs), models_json=canonical_json(self.parts.models),
-                      parents=sorted(set(self.parts.inputs.values())), files=list(self.files),
-                      num_rows=self.num_rows, stats_json=canonical_json(stats or {}), run_id=self.run_id, ts=now())
-        # lineage edges first, the artifact record last: the record is the commit point
-        self.manifest.append("lineage", [dict(child_key=self.key, parent_key=k, role=role, run_id=self.run_id)
-                                         for role, k in sorted(self.parts.inputs.items())])
-        self.manifest.append("artifacts", [record])
-        log.info("committed %s %s (%d rows, %d files)", self.name, self.key, self.num_rows, len(self.files))
-        return ref_from_record(record)
+        p = self.parts
+        return dict(key=self.key, name=self.name, uri=self.uri, schema_version=schema_version,
+                    producer=f"{p.stage}@{p.stage_version}", stage=p.stage, stage_version=p.stage_version,
+                    label=self.label, config_hash=p.config_hash(), config_json=canonical_json(redact(p.config)),
+                    inputs_json=canonical_json(p.inputs), models_json=canonical_json(p.models),
+                    parents=sorted({k for k in p.inputs.values() if not k.startswith("model:")}),
+                    files=list(self.files), num_rows=self.num_rows, digest=self.content_digest(),
+                    stats_json=canonical_json(redact(dict(stats if stats is not None else self.stats))),
+                    run_id=self.run_id, ts=now())
+
+    def commit_spec(self, provenance: tuple | None = None) -> OutputCommit:
+        lineage = [dict(child_key=self.key, parent_key=k, role=role, run_id=self.run_id)
+                   for role, k in sorted(self.parts.inputs.items()) if not k.startswith("model:")]
+        parts = self.parquet_parts()
+        return OutputCommit(record=self.record(), table=self.name if (self.contract and parts) else None,
+                            parts=parts, schema=self.schema, lineage=lineage,
+                            provenance=provenance if parts else None)
 
 
-def ref_from_record(r: dict) -> ArtifactRef:
+def ref_from_record(r: Mapping[str, Any]) -> ArtifactRef:
     return ArtifactRef(name=r["name"], uri=r["uri"], key=r["key"], schema_version=r["schema_version"],
-                       producer=r["producer"], config_hash=r["config_hash"], parents=tuple(r["parents"] or ()),
-                       num_rows=int(r["num_rows"] or 0), run_id=r["run_id"] or "", created_at=str(r["ts"]))
+                       producer=r["producer"], config_hash=r["config_hash"] or "", parents=tuple(r["parents"] or ()),
+                       num_rows=int(r["num_rows"] or 0), run_id=r["run_id"] or "", created_at=str(r["ts"]),
+                       label=r.get("label") or "", digest=r.get("digest") or "")
 
 
-def find(manifest: Manifest, key: str) -> ArtifactRef | None:
-    rec = manifest.artifact(key)
-    return ref_from_record(rec) if rec else None
-
-
-def part_paths(store: Store, manifest: Manifest, ref: ArtifactRef) -> list[str]:
-    rec = manifest.artifact(ref.key)
-    if rec is None:
-        raise KeyError(f"artifact {ref.key} ({ref.name}) is not committed in {store.root}")
-    return [store.path(f) for f in rec["files"] if f.endswith(".parquet")]
-
-
-def load_table(store: Store, manifest: Manifest, ref: ArtifactRef, contract: Contract | None = None) -> pa.Table:
-    table = store.read_parquets(part_paths(store, manifest, ref), contract.schema if contract else None)
-    return table
+def verify(store: Store, record: Mapping[str, Any]) -> list[str]:
+    """Re-hash a committed artifact's files from the store; problems found (empty = its bytes match its digest)."""
+    want = record.get("digest") or ""
+    if not want:
+        return []
+    files = list(record.get("files") or [])
+    missing = [f for f in files if not store.exists(store.path(f))]
+    if missing:
+        return [f"{record['key']}: missing files {missing[:3]}"]
+    weights = sorted(f for f in files if f.endswith(".safetensors"))
+    if weights:   # a checkpoint: the same recipe as infra.models.weights_digest, read from the store
+        folder = weights[0].rsplit("/", 1)[0]
+        extra = [f for f in files if f.rsplit("/", 1)[-1] in ("tokenizer.json", "config.json")
+                 and f.rsplit("/", 1)[0] == folder]
+        h = hashlib.sha256()
+        for f in sorted(weights + extra, key=lambda x: x.rsplit("/", 1)[-1]):
+            h.update(f.rsplit("/", 1)[-1].encode())
+            with store.fs.open(store.path(f), "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+        got = h.hexdigest()[:16]
+    else:
+        got = files_digest({f: store.file_digest(store.path(f)) for f in files if f.endswith(".parquet")})
+    return [] if got == want else [f"{record['key']} ({record['name']}): files hash to {got}, record says {want}"]

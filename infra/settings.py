@@ -51,3 +51,20 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, str):
         return re.sub(r"(\w+://)[^/@\s]+:[^/@\s]+@", r"\1***@", obj)
     return obj
+
+
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+               "PREFECT_API_KEY", "HF_TOKEN")
+
+
+def redact_text(text: str) -> str:
+    """Free text (exception messages) with URL credentials, ``?token=``-style query values and the values of
+    secret environment variables masked."""
+    text = re.sub(r"(\w+://)[^/@\s]+:[^/@\s]+@", r"\1***@", text or "")
+    text = re.sub(r"([?&](?:token|key|secret|password|signature|x-amz-signature|x-amz-credential)=)[^&\s]+",
+                  r"\1***", text, flags=re.I)
+    for name in _SECRET_ENV:
+        val = os.environ.get(name)
+        if val and len(val) >= 6:
+            text = text.replace(val, "***")
+    return text

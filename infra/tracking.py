@@ -6,6 +6,7 @@ data root (or in ~/.cache/rlt-factory when the data root is remote). Params are 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -55,18 +56,27 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             logging.getLogger("alembic").setLevel(logging.WARNING)
-            self._client = MlflowClient(tracking_uri=self.uri)
-            exp = self._client.get_experiment_by_name(self._experiment)
-            if exp is None:
-                location = None
-                if self.uri.startswith("sqlite:"):
-                    location = f"{self._root}/mlruns" if is_remote(self._root) else \
-                        "file://" + os.path.join(self._root, "mlruns")
-                self._experiment_id = self._client.create_experiment(self._experiment, artifact_location=location)
-            else:
-                self._experiment_id = exp.experiment_id
+            # a fresh sqlite store migrates its schema on first use: two runs starting at once must not both do it
+            with self._init_lock():
+                client = MlflowClient(tracking_uri=self.uri)
+                exp = client.get_experiment_by_name(self._experiment)
+                if exp is None:
+                    location = None
+                    if self.uri.startswith("sqlite:"):
+                        location = f"{self._root}/mlruns" if is_remote(self._root) else \
+                            "file://" + os.path.join(self._root, "mlruns")
+                    self._experiment_id = client.create_experiment(self._experiment, artifact_location=location)
+                else:
+                    self._experiment_id = exp.experiment_id
             mlflow.set_tracking_uri(self.uri)
+            self._client = client
         return self._client
+
+    def _init_lock(self):
+        from infra.locks import file_mutex
+
+        return file_mutex(self.uri.removeprefix("sqlite:///") + ".init.lock") if self.uri.startswith("sqlite:") \
+            else contextlib.nullcontext()
 
     def start_run(self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         if not self.enabled:

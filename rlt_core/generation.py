@@ -13,9 +13,11 @@ import hashlib
 import inspect
 import json
 import logging
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -78,6 +80,11 @@ class Generator(Protocol):
 
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
         """One completion per request, returned in the order of ``requests``."""
+        ...
+
+    def stream(self, requests: Sequence[GenRequest], sampling: SamplingConfig,
+               lock: AbstractContextManager | None = None) -> Iterator[GenResult]:
+        """The same completions, yielded as they finish (order not guaranteed)."""
         ...
 
 
@@ -192,20 +199,31 @@ class HFGenerator:
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
+        by_id = {r.request_id: r for r in self.stream(requests, sampling)}
+        return [by_id[r.request_id] for r in requests]
+
+    def stream(self, requests: Sequence[GenRequest], sampling: SamplingConfig,
+               lock: AbstractContextManager | None = None) -> Iterator[GenResult]:
+        """Results batch by batch (shortest prompts first), as soon as each batch is done.
+
+        ``lock`` (optional) is held around each batch's tokenisation and forward passes only, so callers that share
+        one model (and its tokenizer, whose padding state is not thread-safe) across threads take turns on it and do
+        their own work (writing results) outside it.
+        """
         check_requests(requests)
-        lengths = [len(self.tokenizer(r.prompt, add_special_tokens=False).input_ids) for r in requests]
+        with lock or nullcontext():   # a fast tokenizer's padding state is shared: never call it from two threads
+            lengths = [len(self.tokenizer(r.prompt, add_special_tokens=False).input_ids) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: lengths[i])
-        results: dict[int, GenResult] = {}
-        was_training = self.model.training
-        self.model.eval()  # dropout would make samples irreproducible
-        try:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                for i, res in zip(idx, self._generate_batch([requests[i] for i in idx], sampling)):
-                    results[i] = res
-        finally:
-            self.model.train(was_training)
-        return [results[i] for i in range(len(requests))]
+        for start in range(0, len(order), self.batch_size):
+            batch = [requests[i] for i in order[start:start + self.batch_size]]
+            with lock or nullcontext():
+                was_training = self.model.training
+                self.model.eval()  # dropout would make samples irreproducible
+                try:
+                    out = self._generate_batch(batch, sampling)
+                finally:
+                    self.model.train(was_training)
+            yield from out
 
     @torch.inference_mode()
     def _generate_batch(self, batch: list[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
@@ -317,15 +335,47 @@ class VLLMServerGenerator:
         self.base_url = base_url.rstrip("/")
         self.model_name, self.max_concurrency = model_name, max_concurrency
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self._mutex = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._client = None
 
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
+        by_id = {r.request_id: r for r in self.stream(requests, sampling)}
+        return [by_id[r.request_id] for r in requests]
+
+    def stream(self, requests: Sequence[GenRequest], sampling: SamplingConfig,
+               lock: AbstractContextManager | None = None) -> Iterator[GenResult]:
+        """Results in completion order. Every call of this client shares one window of ``max_concurrency``
+        requests in flight, so several callers (shards) keep the server saturated between them: while one
+        caller's last requests finish, the next caller's are already running. ``lock`` is not needed here."""
+        check_requests(requests)
+        pool, client = self._shared()
+        with self._mutex:   # one caller's requests enter the queue together, never interleaved with another's
+            futures = [pool.submit(self._one, client, r, sampling) for r in requests]
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    def _shared(self):
         import httpx
 
-        check_requests(requests)
-        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        with httpx.Client(timeout=httpx.Timeout(self.timeout_s, connect=10.0), limits=limits) as client:
-            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(1, len(requests)))) as pool:
-                return list(pool.map(lambda r: self._one(client, r, sampling), requests))
+        with self._mutex:
+            if self._pool is None:
+                limits = httpx.Limits(max_connections=self.max_concurrency,
+                                      max_keepalive_connections=self.max_concurrency)
+                self._client = httpx.Client(timeout=httpx.Timeout(self.timeout_s, connect=10.0), limits=limits)
+                self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="vllm-http")
+            return self._pool, self._client
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._client.close()
+                self._pool = self._client = None
 
     def _one(self, client, req: GenRequest, sampling: SamplingConfig) -> GenResult:
         import httpx
@@ -395,6 +445,13 @@ class VLLMOfflineGenerator:
                 kwargs.setdefault("enable_chunked_prefill", False)
             self._llm = LLM(model=self.model_path, dtype=self.dtype, **kwargs)
         return self._llm
+
+    def stream(self, requests: Sequence[GenRequest], sampling: SamplingConfig,
+               lock: AbstractContextManager | None = None) -> Iterator[GenResult]:
+        """One engine batch (vLLM schedules it continuously inside); results once it is done."""
+        with lock or nullcontext():
+            out = self.generate(requests, sampling)
+        yield from out
 
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
         from vllm import SamplingParams

@@ -1,44 +1,47 @@
-"""Register a trained model folder as a checkpoint artifact (safetensors only, never pickles)."""
+"""Checkpoints as artifacts: safetensors only (never pickles), uploaded under a per-run prefix, digest-recorded.
+
+Two runs that train the same key can never overwrite each other's weights: each uploads to
+``<artifact uri>/runs/<run_id>/`` and the committed record names exactly those files and their digest, which
+every reader checks after download (tasks/models.py).
+"""
 from __future__ import annotations
 
 import json
 import os
 
-from data_contracts import ArtifactRef
-from data_contracts.checkpoints import STUDENT_CONTRACT, TEACHER_CONTRACT
 from infra.artifacts import ArtifactWriter
-from infra.models import folder_digest
-from tasks.common import RunContext, finish
+from infra.models import weights_digest
 
 ALLOWED = (".safetensors", ".json", ".jinja", ".txt", ".model")
+PICKLES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-def commit_checkpoint(ctx: RunContext, writer: ArtifactWriter, stage: str, t0: float, mlrun: str, *,
-                      role: str, model_dir: str | None, base_ref: str, base_digest: str, phase: str, steps: int,
-                      data_keys: list[str], student_key: str | None, config: dict, metrics: dict) -> ArtifactRef:
-    """Upload the model folder's files (refusing pickles), then commit the checkpoint with its contract row."""
-    contract = TEACHER_CONTRACT if role == "teacher" else STUDENT_CONTRACT
+def store_checkpoint(run, writer: ArtifactWriter, model_dir: str | None, row: dict) -> None:
+    """Upload ``model_dir``'s files (refusing pickles) and write the contract row; the runner commits."""
     files: list[str] = []
-    digest = base_digest
+    digest = row.get("base_digest", "")
     if model_dir is not None:
-        bad = [f for f in os.listdir(model_dir) if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+        bad = [f for f in os.listdir(model_dir) if f.endswith(PICKLES)]
         if bad:
             raise ValueError(f"{model_dir}: pickle-based weight files {bad}; only safetensors are stored")
-        names = [f for f in os.listdir(model_dir) if f.endswith(ALLOWED)]
+        names = sorted(f for f in os.listdir(model_dir) if f.endswith(ALLOWED) and os.path.isfile(
+            os.path.join(model_dir, f)))
         if not any(n.endswith(".safetensors") for n in names):
             raise ValueError(f"{model_dir}: no .safetensors weights to register")
-        digest = folder_digest(model_dir)
+        digest = weights_digest(model_dir)
         staging = os.path.join(model_dir, ".upload")
         os.makedirs(staging, exist_ok=True)
         for n in names:
             dst = os.path.join(staging, n)
             if not os.path.exists(dst):
                 os.link(os.path.join(model_dir, n), dst)
-        files = ctx.store.put_dir(staging, writer.uri)
-        writer.add_files([f"{writer.uri}/{n}" for n in files])
-    row = dict(role=role, base_model=base_ref, base_digest=base_digest, digest=digest, files=files, phase=phase,
-               steps=steps, data_keys=data_keys, student_key=student_key, config_json=json.dumps(config, default=str),
-               metrics_json=json.dumps(metrics, default=str))
-    contract.check([row])
-    writer.write_part(contract.to_table([row]))
-    return finish(ctx, writer, stage, t0, {"checkpoint": row, "steps": steps, "digest": digest}, mlrun)
+        files = writer.store.put_dir(staging, writer.run_prefix)
+        writer.add_files([f"{writer.run_prefix}/{n}" for n in files])
+    row = dict(row, digest=digest, files=files, config_json=json.dumps(row.get("config_json", {}), default=str)
+               if not isinstance(row.get("config_json"), str) else row["config_json"],
+               metrics_json=row["metrics_json"] if isinstance(row.get("metrics_json"), str)
+               else json.dumps(row.get("metrics_json", {}), default=str))
+    writer.contract.check([row])
+    writer.write_part([row])
+    writer.digest = digest
+    writer.stats.update(checkpoint=row, steps=row["steps"], digest=digest)

@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from data_contracts import ArtifactRef, student_checkpoint
-from infra.artifacts import ArtifactWriter, KeyParts
+from data_contracts import student_checkpoint
 from infra.models import resolve_model
 from rlt_core.training.distill import DistillConfig
-from tasks.checkpoints import commit_checkpoint
-from tasks.common import RunContext, cached, iter_rows, logger, stage_run
 from tasks.models import fresh_model, model_and_tokenizer
-
-STAGE = "distill"
-STAGE_VERSION = "1"
+from tasks.stage import Output, Stage, StageRun
 
 
 class DistillStageConfig(BaseModel):
@@ -27,34 +21,36 @@ class DistillStageConfig(BaseModel):
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
-def key_parts(cfg: DistillStageConfig, distill_key: str, student_digest: str) -> KeyParts:
-    return KeyParts(STAGE, STAGE_VERSION, cfg.model_dump(mode="json"), inputs={"distill_set": distill_key},
-                    models={"student_base": student_digest})
-
-
-def run(ctx: RunContext, cfg: DistillStageConfig, distill_set: ArtifactRef) -> ArtifactRef:
+def distill(run: StageRun) -> dict:
+    """Supervised fine-tuning of the student on the kept explanations (SkyThought recipe, TRL as-is)."""
     from rlt_core.training.distill import distill_student
-    from tasks.train_teacher import work_dir
 
+    cfg: DistillStageConfig = run.cfg
     base = resolve_model(cfg.student_model)
-    parts = key_parts(cfg, distill_set.key, base.digest)
-    if (hit := cached(ctx, STAGE, parts.key())) is not None:
-        return hit
-    log, t0 = logger(), time.time()
-    with stage_run(ctx, STAGE, parts) as mlrun:
-        rows = list(iter_rows(ctx, distill_set))[: cfg.max_rows]
-        if not rows:
-            raise ValueError(f"distill: distill set {distill_set.key} is empty; nothing to train on")
-        model = fresh_model(base.path, cfg.dtype)
-        _, tok = model_and_tokenizer(base.path, cfg.dtype, padding_side="right")
-        work = work_dir(ctx, parts.key()).replace("/train_teacher/", "/distill/")
-        res = distill_student(model, tok, rows, cfg.train, os.path.join(work, "sft"),
-                              log_metric=ctx.tracker.metric_logger(mlrun))
-        writer = ArtifactWriter(ctx.store, ctx.manifest, "student_checkpoint", parts, ctx.run_id,
-                                student_checkpoint.CONTRACT)
-        ref = commit_checkpoint(ctx, writer, STAGE, t0, mlrun, role="student", model_dir=res.model_dir,
-                                base_ref=cfg.student_model, base_digest=base.digest, phase="distill",
-                                steps=res.steps, data_keys=[distill_set.key], student_key=None,
-                                config=parts.config, metrics={"final_loss": res.final_loss, "rows": len(rows)})
-        log.info("distill: %d steps on %d rows -> student %s", res.steps, len(rows), ref.key)
-    return ref
+    rows = list(run.rows("distill_set", ["system", "question", "assistant"]))[: cfg.max_rows]
+    if not rows:
+        raise ValueError(f"distill: distill set {run.ref('distill_set').key} is empty; nothing to train on")
+    model = fresh_model(base.path, cfg.dtype)
+    _, tok = model_and_tokenizer(base.path, cfg.dtype, padding_side="right")
+    res = distill_student(model, tok, rows, cfg.train, os.path.join(run.work_dir(), "sft"),
+                          log_metric=run.metric_logger())
+    run.save_checkpoint(res.model_dir, dict(
+        role="student", base_model=cfg.student_model, base_digest=base.digest, phase="distill", steps=res.steps,
+        data_keys=[run.ref("distill_set").key], student_key=None, config_json=run.parts.config,
+        metrics_json={"final_loss": res.final_loss, "rows": len(rows)}))
+    run.log.info("distill: %d steps on %d rows", res.steps, len(rows))
+    return {"steps": res.steps, "final_loss": res.final_loss, "rows": len(rows)}
+
+
+# version 2: training rows are read in example_id order from the catalog (was: part order)
+STAGE = Stage(
+    name="distill", version="2", config=DistillStageConfig, inputs=("distill_set",),
+    outputs=(Output("student_checkpoint", student_checkpoint.CONTRACT),), body=distill,
+    models=lambda cfg: {"student_base": cfg.student_model})
+
+
+def run(ctx, cfg: DistillStageConfig, distill_set):
+    """Run the stage outside a flow (tests, notebooks)."""
+    from tasks.runner import execute
+
+    return execute(STAGE, ctx, cfg, {"distill_set": distill_set})["student_checkpoint"]

@@ -7,22 +7,18 @@ different result (a different key), never merged into an old one.
 from __future__ import annotations
 
 import json
-import time
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from data_contracts import ArtifactRef, eval_results
-from infra.artifacts import ArtifactWriter, KeyParts, digest
+from data_contracts import eval_results
+from infra.artifacts import digest
 from rlt_core import benchmarks as bm
 from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
 from rlt_core.grading import get_grader
 from rlt_core.prompts import PromptStyle
-from tasks.common import RunContext, cached, finish, logger, stage_run
-from tasks.models import model_and_tokenizer
-
-STAGE = "evaluate"
-STAGE_VERSION = "1"
+from tasks.models import engine_lock, model_and_tokenizer
+from tasks.stage import Output, Stage, StageRun
 
 
 class EvaluateConfig(BaseModel):
@@ -56,11 +52,6 @@ def eval_contract(cfg: EvaluateConfig, name: str, items: list[bm.Item], model_di
             "seeds": [cfg.seed + j for j in range(cfg.k)]}
 
 
-def key_parts(cfg: EvaluateConfig, model_key: str, model_digest: str) -> KeyParts:
-    conf = cfg.model_dump(mode="json", exclude={"batch_size", "include_base"})
-    return KeyParts(STAGE, STAGE_VERSION, conf, inputs={"model": model_key}, models={"model": model_digest})
-
-
 def _prompt(tok, cfg: EvaluateConfig, text: str) -> str:
     msgs = [{"role": "user", "content": text}]
     if cfg.system_prompt == "student":
@@ -68,56 +59,61 @@ def _prompt(tok, cfg: EvaluateConfig, text: str) -> str:
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
-def run(ctx: RunContext, cfg: EvaluateConfig, model_key: str, model_path: str, model_digest: str,
-        label: str, key_digest: str | None = None) -> ArtifactRef:
-    """Evaluate one model on every configured benchmark; ``model_key`` names it (checkpoint key or reference).
-
-    ``key_digest`` stands in for the weights digest in the artifact key when the model is a checkpoint
-    artifact (its key is known before training; the eval contract still records the real weights digest).
-    """
-    parts = key_parts(cfg, model_key, key_digest or model_digest)
-    if (hit := cached(ctx, STAGE, parts.key())) is not None:
-        return hit
-    log, t0 = logger(), time.time()
-    with stage_run(ctx, STAGE, parts) as mlrun:
-        model, tok = model_and_tokenizer(model_path, cfg.dtype)
-        gen = HFGenerator(model, tok, cfg.batch_size)
-        writer = ArtifactWriter(ctx.store, ctx.manifest, "eval_results", parts, ctx.run_id, eval_results.CONTRACT)
-        summary: dict[str, dict] = {}
-        for name in cfg.benchmarks:
-            items = _items(cfg, name)
-            contract = eval_contract(cfg, name, items, model_digest)
-            ekey = digest(contract, 20)
-            grader = get_grader(items[0].grader) if items else None
+def evaluate(run: StageRun) -> dict:
+    """Sample k answers per item of every benchmark, grade them, and report pass@1 with a bootstrap CI."""
+    cfg: EvaluateConfig = run.cfg
+    snap = run.model("model")
+    model, tok = model_and_tokenizer(snap.path, cfg.dtype)
+    gen = HFGenerator(model, tok, cfg.batch_size)
+    writer = run.writer()
+    summary: dict[str, dict] = {}
+    for name in cfg.benchmarks:
+        items = _items(cfg, name)
+        contract = eval_contract(cfg, name, items, snap.digest)
+        ekey = digest(contract, 20)
+        grader = get_grader(items[0].grader) if items else None
+        with engine_lock(snap.path):   # the model and its tokenizer are shared per process
             reqs = [GenRequest(f"{it.item_id}#{j}", _prompt(tok, cfg, it.prompt), cfg.seed + j)
                     for it in items for j in range(cfg.k)]
             results = gen.generate(reqs, cfg.sampling)
-            rows, correct = [], []
-            for n, it in enumerate(items):
-                per = []
-                for j in range(cfg.k):
-                    res = results[n * cfg.k + j]
-                    g = grader(res.text, it.reference, **it.grader_args)
-                    per.append(g.correct)
-                    rows.append(dict(eval_key=ekey, benchmark=name, item_id=it.item_id, sample_index=j,
-                                     seed=cfg.seed + j, prompt=it.prompt, response=res.text, extracted=g.extracted,
-                                     reference=it.reference, correct=g.correct, grader=g.grader,
-                                     completion_tokens=res.completion_tokens))
-                correct.append(per)
-            writer.write_part(eval_results.CONTRACT.to_table(rows), shard=name)
-            mean, lo, hi = bm.pass_at_1(correct)
-            summary[name] = {"pass@1": mean, "ci_low": lo, "ci_high": hi, "items": len(items), "k": cfg.k,
-                             "eval_key": ekey, "contract": contract}
-            ctx.tracker.log_metrics(mlrun, {f"{name}.pass_at_1": mean, f"{name}.ci_low": lo, f"{name}.ci_high": hi})
-            log.info("evaluate[%s] %s: pass@1 %.3f (95%% CI %.3f-%.3f, %d items x %d)", label, name, mean, lo, hi,
-                     len(items), cfg.k)
-        paper = [summary[b]["pass@1"] for b in ("aime24", "math500", "gpqa_diamond") if b in summary]
-        stats = {"label": label, "benchmarks": summary, "model_digest": model_digest,
-                 "overall": sum(paper) / 3 if len(paper) == 3 else None}
-        ref = finish(ctx, writer, STAGE, t0, stats, mlrun)
-    return ref
+        rows, correct = [], []
+        for n, it in enumerate(items):
+            per = []
+            for j in range(cfg.k):
+                res = results[n * cfg.k + j]
+                g = grader(res.text, it.reference, **it.grader_args)
+                per.append(g.correct)
+                rows.append(dict(eval_key=ekey, benchmark=name, item_id=it.item_id, sample_index=j,
+                                 seed=cfg.seed + j, prompt=it.prompt, response=res.text, extracted=g.extracted,
+                                 reference=it.reference, correct=g.correct, grader=g.grader,
+                                 completion_tokens=res.completion_tokens))
+            correct.append(per)
+        if rows:
+            writer.write_part(rows)
+        mean, lo, hi = bm.pass_at_1(correct)
+        summary[name] = {"pass@1": mean, "ci_low": lo, "ci_high": hi, "items": len(items), "k": cfg.k,
+                         "eval_key": ekey, "contract": contract}
+        run.log_metrics({f"{name}.pass_at_1": mean, f"{name}.ci_low": lo, f"{name}.ci_high": hi})
+        run.log.info("evaluate[%s] %s: pass@1 %.3f (95%% CI %.3f-%.3f, %d items x %d)", run.label, name, mean, lo,
+                     hi, len(items), cfg.k)
+    paper = [summary[b]["pass@1"] for b in ("aime24", "math500", "gpqa_diamond") if b in summary]
+    return {"label": run.label, "benchmarks": summary, "model_digest": snap.digest,
+            "overall": sum(paper) / 3 if len(paper) == 3 else None}
 
 
-def summary(ctx: RunContext, ref: ArtifactRef) -> dict:
-    rec = ctx.manifest.artifact(ref.key)
+STAGE = Stage(
+    name="evaluate", version="1", config=EvaluateConfig, inputs=("model",),
+    outputs=(Output("eval_results", eval_results.CONTRACT),), body=evaluate,
+    key_exclude=frozenset({"batch_size", "include_base"}))
+
+
+def run(ctx, cfg: EvaluateConfig, model, label: str = ""):
+    """Evaluate ``model`` (a student checkpoint ArtifactRef, or a ModelSnapshot) outside a flow."""
+    from tasks.runner import execute
+
+    return execute(STAGE, ctx, cfg, {"model": model}, label)["eval_results"]
+
+
+def summary(ctx, ref) -> dict:
+    rec = ctx.catalog.artifact(ref.key)
     return json.loads(rec["stats_json"]) if rec else {}

@@ -3,20 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections import Counter
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts import problems, quarantine
-from data_contracts.artifact import ArtifactRef
-from infra.artifacts import ArtifactWriter, KeyParts, digest
 from rlt_core import sources
-from tasks.common import RunContext, cached, finish, logger, stage_run, write_provenance
+from tasks.stage import Output, Stage, StageRun
 
-STAGE = "ingest"
-STAGE_VERSION = "1"
 PART_ROWS = 5000
 
 
@@ -40,11 +35,6 @@ def source_fingerprint(spec: sources.SourceSpec) -> str:
     return spec.uri
 
 
-def key_parts(cfg: IngestConfig) -> KeyParts:
-    return KeyParts(STAGE, STAGE_VERSION, cfg.model_dump(mode="json"),
-                    inputs={}, models={"source": source_fingerprint(cfg.source)})
-
-
 def _dedup_keys(rec: sources.ProblemRecord, mode: str) -> list[tuple[str, str]]:
     keys = [("duplicate_exact", rec.problem_id)] if mode != "none" else []
     if mode == "normalised":
@@ -52,63 +42,67 @@ def _dedup_keys(rec: sources.ProblemRecord, mode: str) -> list[tuple[str, str]]:
     return keys
 
 
-def run(ctx: RunContext, cfg: IngestConfig) -> dict[str, ArtifactRef]:
-    parts = key_parts(cfg)
-    key = parts.key()
-    qkey = digest({"quarantine_of": key}, 20)
-    hit = cached(ctx, STAGE, key)
-    if hit is not None:
-        return {"problems": hit, "quarantine": cached(ctx, STAGE, qkey) or hit}
-    log, t0 = logger(), time.time()
-    with stage_run(ctx, STAGE, parts) as mlrun:
-        good = ArtifactWriter(ctx.store, ctx.manifest, "problems", parts, ctx.run_id, problems.CONTRACT)
-        bad = ArtifactWriter(ctx.store, ctx.manifest, "quarantine", parts, ctx.run_id, quarantine.CONTRACT, key=qkey)
-        seen: dict[str, str] = {}
-        buf, qbuf, reasons, splits = [], [], Counter(), Counter()
+def _classify(cfg: IngestConfig, seen: dict[str, str], source_row: int, raw) -> tuple[str, dict]:
+    """One raw row -> ("problem", problems row) or (reason, quarantine row)."""
+    item = sources.normalise_row(raw, cfg.source, source_row)
+    if isinstance(item, sources.Quarantine):
+        return item.reason, item.to_row(STAGE.name)
+    dup = next(((r, seen[k]) for r, k in _dedup_keys(item, cfg.dedup) if k in seen), None)
+    if dup is not None:
+        return dup[0], dict(stage=STAGE.name, source=item.source, source_row=source_row, reason=dup[0],
+                            field="question", detail=f"duplicate of {dup[1]}", raw=item.question[:2000])
+    row = item.to_row(sources.assign_split(item.problem_id, cfg.heldout_fraction, cfg.split_seed))
+    errors = problems.CONTRACT.validate_row(row, source_row)
+    if errors:
+        return "contract", dict(stage=STAGE.name, source=item.source, source_row=source_row, reason="contract",
+                                field=errors[0].field, detail=str(errors[0]), raw=item.question[:2000])
+    for _, k in _dedup_keys(item, cfg.dedup):
+        seen[k] = item.problem_id
+    return "problem", row
 
-        def flush(force: bool = False) -> None:
-            if buf and (force or len(buf) >= PART_ROWS):
-                good.write_part(problems.CONTRACT.to_table(buf))
-                write_provenance(ctx, good.key, "problem", buf, "problem_id", None, None)
-                buf.clear()
-            if qbuf and (force or len(qbuf) >= PART_ROWS):
-                bad.write_part(quarantine.CONTRACT.to_table(qbuf))
-                qbuf.clear()
 
-        for source_row, raw in sources.iter_raw_rows(cfg.source):
-            item = sources.normalise_row(raw, cfg.source, source_row)
-            if isinstance(item, sources.Quarantine):
-                qbuf.append(item.to_row(STAGE))
-                reasons[item.reason] += 1
-            else:
-                dup = next(((r, seen[k]) for r, k in _dedup_keys(item, cfg.dedup) if k in seen), None)
-                if dup is not None:
-                    qbuf.append(dict(stage=STAGE, source=item.source, source_row=source_row, reason=dup[0],
-                                     field="question", detail=f"duplicate of {dup[1]}", raw=item.question[:2000]))
-                    reasons[dup[0]] += 1
-                else:
-                    for _, k in _dedup_keys(item, cfg.dedup):
-                        seen[k] = item.problem_id
-                    split = sources.assign_split(item.problem_id, cfg.heldout_fraction, cfg.split_seed)
-                    row = item.to_row(split)
-                    errors = problems.CONTRACT.validate_row(row, source_row)
-                    if errors:
-                        qbuf.append(dict(stage=STAGE, source=item.source, source_row=source_row,
-                                         reason="contract", field=errors[0].field, detail=str(errors[0]),
-                                         raw=item.question[:2000]))
-                        reasons["contract"] += 1
-                    else:
-                        buf.append(row)
-                        splits[split] += 1
-            flush()
-        flush(force=True)
-        stats = {"rows_in": sum(splits.values()) + sum(reasons.values()), "problems": sum(splits.values()),
-                 "train": splits["train"], "heldout": splits["heldout"], "quarantined": sum(reasons.values()),
-                 "quarantine_key": qkey, **{f"quarantine.{r}": n for r, n in sorted(reasons.items())}}
-        if not splits:
-            raise sources.SourceError(f"{cfg.source.uri}: no usable rows ({dict(reasons)} quarantined)")
-        qref = bad.commit({"of": key, **{r: n for r, n in reasons.items()}})
-        ref = finish(ctx, good, STAGE, t0, stats, mlrun)
-        log.info("ingest: %d problems (%d train / %d heldout), %d quarantined %s", stats["problems"],
-                 splits["train"], splits["heldout"], stats["quarantined"], dict(reasons) or "")
-    return {"problems": ref, "quarantine": qref}
+def ingest(run: StageRun) -> dict:
+    """Stream the source; good rows become problems (deduplicated, split), bad rows go to quarantine with a reason."""
+    cfg: IngestConfig = run.cfg
+    good, bad = run.writer("problems"), run.writer("quarantine")
+    seen: dict[str, str] = {}
+    buf: list[dict] = []
+    qbuf: list[dict] = []
+    reasons, splits = Counter(), Counter()
+    for source_row, raw in sources.iter_raw_rows(cfg.source):
+        kind, row = _classify(cfg, seen, source_row, raw)
+        if kind == "problem":
+            buf.append(row)
+            splits[row["split"]] += 1
+        else:
+            qbuf.append(row)
+            reasons[kind] += 1
+        for b, w in ((buf, good), (qbuf, bad)):
+            if len(b) >= PART_ROWS:
+                w.write_part(b)
+                b.clear()
+    for b, w in ((buf, good), (qbuf, bad)):
+        if b:
+            w.write_part(b)
+    if not splits:
+        raise sources.SourceError(f"{cfg.source.uri}: no usable rows ({dict(reasons)} quarantined)")
+    bad.stats.update({"of": run.key, **reasons})
+    run.log.info("ingest: %d problems (%d train / %d heldout), %d quarantined %s", sum(splits.values()),
+                 splits["train"], splits["heldout"], sum(reasons.values()), dict(reasons) or "")
+    return {"rows_in": sum(splits.values()) + sum(reasons.values()), "problems": sum(splits.values()),
+            "train": splits["train"], "heldout": splits["heldout"], "quarantined": sum(reasons.values()),
+            **{f"quarantine.{r}": n for r, n in sorted(reasons.items())}}
+
+
+STAGE = Stage(
+    name="ingest", version="1", config=IngestConfig, inputs=(),
+    outputs=(Output("problems", problems.CONTRACT, ("problem_id", "problem", None, None)),
+             Output("quarantine", quarantine.CONTRACT)),
+    body=ingest, extra_key=lambda cfg: {"source": source_fingerprint(cfg.source)})
+
+
+def run(ctx, cfg: IngestConfig) -> dict:
+    """Run the stage outside a flow (tests, notebooks): {'problems': ref, 'quarantine': ref}."""
+    from tasks.runner import execute
+
+    return execute(STAGE, ctx, cfg, {})

@@ -2,34 +2,59 @@
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
+import shutil
 import threading
 
 import torch
 
 from data_contracts import ArtifactRef
-from infra.models import ModelSnapshot, resolve_model
+from infra.models import ModelSnapshot, resolve_model, weights_digest
 from rlt_core.modeling import load_causal_lm, load_tokenizer
 from tasks.common import RunContext
 
+log = logging.getLogger("rlt")
 _LOCK = threading.Lock()
+_VERIFIED: set[tuple[str, str]] = set()
+_ENGINE_LOCKS: dict[str, threading.Lock] = {}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+class CheckpointCorrupt(RuntimeError):
+    """A checkpoint's files do not hash to the digest its catalog record holds."""
+
+
 def checkpoint_snapshot(ctx: RunContext, ref: ArtifactRef) -> ModelSnapshot:
-    """A local folder for a checkpoint artifact (downloaded once when the store is remote)."""
-    rec = ctx.manifest.artifact(ref.key)
+    """A local, digest-verified folder for a checkpoint artifact (downloaded once when the store is remote)."""
+    rec = ctx.catalog.artifact(ref.key)
     if rec is None:
         raise KeyError(f"checkpoint {ref.key} is not committed")
-    import json
-
     row = json.loads(rec["stats_json"])["checkpoint"]
     if row["phase"] == "base":  # no training happened: the base model itself is the checkpoint
         return resolve_model(row["base_model"])
-    cache = os.path.join(os.path.expanduser("~"), ".cache", "rlt-factory", "checkpoints", ref.key)
-    files = [f.rsplit("/", 1)[-1] for f in rec["files"]]
-    path = ctx.store.get_dir(ref.uri, files, cache)
-    return ModelSnapshot(f"artifact:{ref.key}", path, row["digest"])
+    files = [f for f in rec["files"] if not f.endswith(".parquet")]
+    folders = {os.path.dirname(f) for f in files}
+    if len(folders) != 1:
+        raise CheckpointCorrupt(f"checkpoint {ref.key}: its files span {sorted(folders)}; expected one folder")
+    src = ctx.store.path(folders.pop())
+    with _LOCK:
+        if ctx.store.local:
+            path = src
+        else:
+            path = os.path.join(os.path.expanduser("~"), ".cache", "rlt-factory", "checkpoints",
+                                f"{ref.key}-{rec['digest']}")
+            ctx.store.get_dir(src, [os.path.basename(f) for f in files], path)
+        if (path, rec["digest"]) not in _VERIFIED:
+            got = weights_digest(path)
+            if got != rec["digest"]:
+                if not ctx.store.local:
+                    shutil.rmtree(path, ignore_errors=True)
+                raise CheckpointCorrupt(f"checkpoint {ref.key}: files at {src} hash to {got}, but the catalog "
+                                        f"records {rec['digest']}; refusing to use them")
+            _VERIFIED.add((path, rec["digest"]))
+    return ModelSnapshot(f"artifact:{ref.key}", path, rec["digest"])
 
 
 @functools.lru_cache(maxsize=4)
@@ -43,9 +68,22 @@ def _tok(path: str, padding_side: str):
 
 
 def model_and_tokenizer(path: str, dtype: str = "float32", padding_side: str = "left"):
-    """A loaded (shared, eval-mode) model and tokenizer for a local model folder."""
+    """A loaded (shared, eval-mode) model and tokenizer for a local model folder: loaded once per process."""
     with _LOCK:
         return _load(path, dtype), _tok(path, padding_side)
+
+
+def tokenizer(path: str, padding_side: str = "left"):
+    """Only the tokenizer of a model folder (a server backend needs no weights in this process)."""
+    with _LOCK:
+        return _tok(path, padding_side)
+
+
+def engine_lock(path: str) -> threading.Lock:
+    """One forward pass at a time per loaded model: shard threads take turns on the engine, and the one
+    waiting does its storage work meanwhile (the engine never waits for a part to be written)."""
+    with _LOCK:
+        return _ENGINE_LOCKS.setdefault(path, threading.Lock())
 
 
 def fresh_model(path: str, dtype: str = "float32"):

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from data_contracts import ArtifactRef
-from infra.artifacts import ArtifactWriter, KeyParts
+from infra.artifacts import ArtifactWriter, KeyParts, ref_from_record
 from tasks.common import RunContext, logger
 
 TERMS = ("reward", "r_ss", "r_kl", "answer_logprob_mean", "kl_mean", "format_penalty")
@@ -53,9 +53,10 @@ def _plt():
 
 
 def _reward_plot(ctx: RunContext, ref: ArtifactRef, path: str) -> dict:
-    from tasks.common import load
+    import pyarrow as pa
 
-    t = load(ctx, ref).to_pydict()
+    batches = list(ctx.catalog.scan(ref.name, ref.key, list(TERMS)))
+    t = pa.Table.from_batches(batches).to_pydict() if batches else {}
     plt = _plt()
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
     stats = {}
@@ -87,9 +88,7 @@ def _bar_plot(labels: list[str], values: list[float], title: str, ylabel: str, p
 def _accuracy_history(ctx: RunContext) -> dict[str, list[tuple[str, str, float]]]:
     """benchmark -> [(timestamp, label, pass@1)] over every evaluate artifact in the manifest."""
     hist: dict[str, list[tuple[str, str, float]]] = {}
-    for a in ctx.manifest.table("artifacts").to_pylist():
-        if a["stage"] != "evaluate":
-            continue
+    for a in ctx.catalog.rows("SELECT ts, stats_json FROM lake.main.artifacts WHERE stage = 'evaluate' ORDER BY ts"):
         st = json.loads(a["stats_json"] or "{}")
         for bench, s in (st.get("benchmarks") or {}).items():
             hist.setdefault(bench, []).append((str(a["ts"])[:16], st.get("label", ""), s["pass@1"]))
@@ -114,11 +113,12 @@ def _history_plot(hist: dict, path: str) -> None:
 
 def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name: str) -> ArtifactRef:
     t0 = time.time()
-    runs = [r for r in ctx.manifest.table("stage_runs").to_pylist() if r["run_id"] == ctx.run_id]
+    runs = ctx.catalog.rows("SELECT * FROM lake.main.stage_runs WHERE run_id = ? ORDER BY ts", [ctx.run_id])
     tmp = tempfile.mkdtemp(prefix="rlt-report-")
     sections, images = [], []
-    rows = "".join(f"<tr><td>{html.escape(r['stage'])}</td><td>{r['status']}</td><td>{r['seconds']:.1f}</td>"
-                   f"<td><code>{r['artifact_key'][:12]}</code></td></tr>" for r in runs)
+    names = [r["stage"] + (f"[{r['label']}]" if r["label"] else "") for r in runs]
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{r['status']}</td><td>{r['seconds']:.1f}</td>"
+                   f"<td><code>{r['artifact_key'][:12]}</code></td></tr>" for n, r in zip(names, runs))
     sections.append(f"<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>seconds</th><th>artifact</th></tr>"
                     f"{rows}</table>")
     secs: dict[str, float] = {}
@@ -127,7 +127,7 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
     if secs:
         _bar_plot(list(secs), list(secs.values()), "seconds per stage (this run)", "s", os.path.join(tmp, "seconds.png"))
         images.append("seconds.png")
-    gen = ctx.manifest.artifact(out["explanations"].key) if "explanations" in out else None
+    gen = ctx.catalog.artifact(out["explanations"].key) if "explanations" in out else None
     if gen:
         g = json.loads(gen["stats_json"])
         sections.append(f"<h2>Generation</h2><p>{gen['num_rows']} explanations, {g.get('prompt_tokens', 0)} prompt "
@@ -139,7 +139,7 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
         sections.append("<h2>Reward terms (means)</h2><p>" + ", ".join(f"{k}={v:.3f}" for k, v in means.items())
                         + "</p>")
     if "distill_set" in out:
-        st = json.loads(ctx.manifest.artifact(out["distill_set"].key)["stats_json"])
+        st = json.loads(ctx.catalog.artifact(out["distill_set"].key)["stats_json"])
         reasons = {k.removeprefix("reason."): v for k, v in st.items() if k.startswith("reason.")}
         if reasons:
             _bar_plot(list(reasons), list(reasons.values()), f"filter decisions (yield {st.get('yield', 0):.0%})",
@@ -152,7 +152,7 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
         items, ours = [], {}
         for key in ("eval_base", "eval_distilled"):
             if key in out:
-                st = json.loads(ctx.manifest.artifact(out[key].key)["stats_json"])
+                st = json.loads(ctx.catalog.artifact(out[key].key)["stats_json"])
                 ours[st.get("label", key)] = {b: 100 * s["pass@1"] for b, s in st.get("benchmarks", {}).items()}
                 for b, s in st.get("benchmarks", {}).items():
                     items.append(f"<tr><td>{st.get('label')}</td><td>{b}</td><td>{s['pass@1']:.3f}</td>"
@@ -172,10 +172,12 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
         f.write(page)
     parts = KeyParts("report", "1", {"run_id": ctx.run_id}, inputs={k: v.key for k, v in out.items()
                                                                    if isinstance(v, ArtifactRef)})
-    writer = ArtifactWriter(ctx.store, ctx.manifest, "report", parts, ctx.run_id)
-    names = ctx.store.put_dir(tmp, writer.uri)
+    writer = ArtifactWriter(ctx.store, "report", parts.key(), parts, ctx.run_id)
+    names = ctx.store.put_dir(tmp, writer.uri)   # the key holds the run id: no other run writes here
     writer.add_files([f"{writer.uri}/{n}" for n in names])
-    ref = writer.commit({"html": f"{writer.uri}/index.html", "seconds": time.time() - t0})
+    writer.stats.update({"html": f"{writer.uri}/index.html", "seconds": time.time() - t0})
+    ctx.catalog.commit([writer.commit_spec()], message="commit report")
+    ref = ref_from_record(ctx.catalog.artifact(writer.key))
     for n in names:
         ctx.tracker.log_artifact(ctx.mlflow_parent, os.path.join(tmp, n), "report")
     logger().info("report: %s/index.html", writer.uri)

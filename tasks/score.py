@@ -1,26 +1,22 @@
 """score: explanations -> scored explanations (the reward ledger), with every RLT reward term per example.
 
-The teacher log-probs come from the teacher checkpoint that generated the explanations (rlt-method.md 2.1,
-teacher temperature = sampling temperature); the student is a separate frozen model. Sharded like generate.
+The teacher log-probs come from the teacher checkpoint that generated the explanations, at the temperature they
+were sampled at (rlt-method.md 2.1; the recipe derives ``reward.teacher_temperature`` from its one
+``temperature``); the student is a separate frozen model. Sharded like generate; the two models are loaded once
+per process and shared by the shards.
 """
 from __future__ import annotations
 
-import time
 from typing import Literal
 
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from data_contracts import ArtifactRef, scored_explanations
-from infra.artifacts import ArtifactWriter, KeyParts
+from data_contracts import scored_explanations
 from infra.models import resolve_model
 from rlt_core.reward import RewardConfig, RLTReward
 from tasks import shards
-from tasks.common import RunContext, StageFailed, cached, finish, iter_rows, logger, stage_run
-from tasks.models import checkpoint_snapshot, model_and_tokenizer
-
-STAGE = "score"
-STAGE_VERSION = "1"
+from tasks.models import engine_lock, model_and_tokenizer
+from tasks.stage import Output, Stage, StageRun
 
 
 class ScoreConfig(BaseModel):
@@ -29,14 +25,8 @@ class ScoreConfig(BaseModel):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     shard_size: int = Field(default=64, ge=1, description="explanations per shard")
     part_size: int = Field(default=32, ge=1)
-    parallel_shards: int = Field(default=1, ge=1)
+    parallel_shards: int = Field(default=2, ge=1, description="shards in flight (they share the two models)")
     dtype: Literal["float32", "bfloat16"] = "float32"
-
-
-def key_parts(cfg: ScoreConfig, explanations_key: str, teacher_key: str, student_digest: str) -> KeyParts:
-    conf = cfg.model_dump(mode="json", exclude={"parallel_shards", "part_size"})
-    return KeyParts(STAGE, STAGE_VERSION, conf, inputs={"explanations": explanations_key, "teacher": teacher_key},
-                    models={"student": student_digest})
 
 
 def ledger_rows(rows: list[dict], breakdowns: list, cfg: RewardConfig, teacher_digest: str,
@@ -56,9 +46,9 @@ def ledger_rows(rows: list[dict], breakdowns: list, cfg: RewardConfig, teacher_d
     return out
 
 
-@task(name="score-shard", retries=0)
-def score_shard(ctx: RunContext, cfg: ScoreConfig, job: shards.ShardJob, teacher_path: str, teacher_digest: str,
+def score_shard(job: shards.ShardJob, cfg: ScoreConfig, teacher_path: str, teacher_digest: str,
                 student_path: str, student_digest: str) -> shards.ShardResult:
+    """Score one shard's explanations with the RLT reward, part by part."""
     todo = [r for r in job.rows if r["explanation_id"] not in job.done_ids]
     if todo:
         teacher, tok = model_and_tokenizer(teacher_path, cfg.dtype)
@@ -66,44 +56,54 @@ def score_shard(ctx: RunContext, cfg: ScoreConfig, job: shards.ShardJob, teacher
         reward = RLTReward(teacher=teacher, student=student, tokenizer=tok, config=cfg.reward)
         for start in range(0, len(todo), cfg.part_size):
             chunk = todo[start:start + cfg.part_size]
-            out = reward.score(questions=[r["question"] for r in chunk], solutions=[r["solution"] for r in chunk],
-                               completions=[r["completion"] for r in chunk])
-            rows = ledger_rows(chunk, out, cfg.reward, teacher_digest, student_digest)
-            shards.write_part(ctx, job, scored_explanations.CONTRACT, rows)
-            job.progress(len(rows))
-    return shards.finish_shard(ctx, job)
+            with engine_lock(teacher_path):
+                out = reward.score(questions=[r["question"] for r in chunk], solutions=[r["solution"] for r in chunk],
+                                   completions=[r["completion"] for r in chunk])
+            job.write(ledger_rows(chunk, out, cfg.reward, teacher_digest, student_digest))
+    return job.finish()
 
 
-def run(ctx: RunContext, cfg: ScoreConfig, explanations: ArtifactRef, teacher: ArtifactRef) -> ArtifactRef:
-    student = resolve_model(cfg.student_model)
-    parts = key_parts(cfg, explanations.key, teacher.key, student.digest)
-    if (hit := cached(ctx, STAGE, parts.key())) is not None:
-        return hit
-    log, t0 = logger(), time.time()
-    tsnap = checkpoint_snapshot(ctx, teacher)
-    with stage_run(ctx, STAGE, parts) as mlrun:
-        writer = ArtifactWriter(ctx.store, ctx.manifest, "scored_explanations", parts, ctx.run_id,
-                                scored_explanations.CONTRACT)
-        summary = shards.run_shards(
-            ctx, STAGE, writer, iter_rows(ctx, explanations), cfg.shard_size,
-            lambda job, i: shards.submit_task(score_shard, ctx, cfg, job, tsnap.path, tsnap.digest, student.path,
-                                               student.digest),
-            "explanation_id", parallel=cfg.parallel_shards, label="score", total_rows=explanations.num_rows)
-        if summary.failed:
-            raise StageFailed(f"score: shard(s) {summary.failed} failed; re-run to redo only those")
-        stats = summary.stats()
-        stats.update(_reward_stats(ctx, writer))
-        ref = finish(ctx, writer, STAGE, t0, stats, mlrun)
-        log.info("score: %d explanations scored, mean reward %.3f", ref.num_rows, stats.get("reward_mean", 0.0))
-    return ref
+def score(run: StageRun) -> dict:
+    """Every explanation gets every reward term (r_SS, r_KL and their parts), recorded with the coefficients."""
+    cfg: ScoreConfig = run.cfg
+    teacher, student = run.model("teacher"), resolve_model(cfg.student_model)
+    summary = shards.run_shards(
+        run, lambda: run.rows("explanations", ["explanation_id", "problem_id", "sample_index", "question",
+                                               "solution", "completion"]),
+        cfg.shard_size, shards.shard_task(score_shard, "score-shard", STAGE.version), (cfg, teacher.path, teacher.digest, student.path, student.digest),
+        "explanation_id", parallel=cfg.parallel_shards, total_rows=run.ref("explanations").num_rows)
+    stats = dict(summary.stats(), **_reward_stats(run))
+    run.log.info("score: %d explanations scored, mean reward %.3f", run.writer().num_rows,
+                 stats.get("reward_mean", float("nan")))
+    return stats
 
 
-def _reward_stats(ctx: RunContext, writer: ArtifactWriter) -> dict:
+def _reward_stats(run: StageRun) -> dict:
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    table = ctx.store.read_parquets([ctx.store.path(f) for f in writer.files], scored_explanations.SCHEMA)
-    out = {}
-    for col in ("reward", "r_ss", "r_kl", "format_penalty"):
-        if table.num_rows:
-            out[f"{col}_mean"] = pc.mean(table[col]).as_py()
-    return out
+    cols = ("reward", "r_ss", "r_kl", "format_penalty")
+    sums, n = dict.fromkeys(cols, 0.0), 0
+    w = run.writer()
+    for path in w.parquet_parts():
+        with w.store.fs.open(path, "rb") as f:
+            t = pq.read_table(f, columns=list(cols))
+        n += t.num_rows
+        for c in cols:
+            sums[c] += pc.sum(t[c]).as_py() or 0.0
+    return {f"{c}_mean": sums[c] / n for c in cols} if n else {}
+
+
+STAGE = Stage(
+    name="score", version="1", config=ScoreConfig, inputs=("explanations", "teacher"),
+    models=lambda cfg: {"student": cfg.student_model},
+    outputs=(Output("scored_explanations", scored_explanations.CONTRACT,
+                    ("explanation_id", "reward_row", "explanation_id", "explanation")),),
+    body=score, sharded=True, key_exclude=frozenset({"parallel_shards", "part_size"}))
+
+
+def run(ctx, cfg: ScoreConfig, explanations, teacher):
+    """Run the stage outside a flow (tests, notebooks)."""
+    from tasks.runner import execute
+
+    return execute(STAGE, ctx, cfg, {"explanations": explanations, "teacher": teacher})["scored_explanations"]

@@ -1,23 +1,28 @@
-"""Sharded stages: stream input rows into shards, skip finished shards, resume unfinished ones mid-shard.
+"""Sharded stages: cut the input into shards, run each exactly once across every run that needs it.
 
-The shard ledger is the manifest relation ``shards`` (latest status per shard wins). A shard's outputs are
-parquet parts under ``<artifact uri>/shards/<shard_id>/``; every part is written atomically, so listing them
-after a crash yields only whole parts, and the ids they hold are skipped on the rerun.
+A shard is the unit of retry and of Prefect task fan-out. Before working on a shard a run takes its lock
+(``shard:<artifact key>:<shard id>``, crash-safe: flock or a PostgreSQL advisory lock); a shard another live run
+holds is skipped and revisited at the end (by then it is done, or its holder died and this run takes it over).
+Inside a shard, outputs are appended as parquet parts under ``<artifact uri>/shards/<shard id>/``, each written
+atomically off the engine's thread, so a killed run's successor lists whole parts only and skips the ids they
+hold. The catalog's ``shards`` relation records each finished (or failed) shard with its exact parts.
 """
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from data_contracts import Contract
 from infra.artifacts import ArtifactWriter
-from tasks.common import RunContext
+from infra.locks import acquire, describe
+from infra.settings import redact_text
+from tasks.common import RunContext, StageFailed, host
 
 log = logging.getLogger("rlt")
 _BARS: dict[str, Any] = {}
@@ -26,23 +31,78 @@ _BARS_LOCK = threading.Lock()
 
 @dataclass
 class ShardJob:
+    """One shard's work: its input rows, the ids already written by an earlier attempt, and a part writer."""
+
+    ctx: RunContext
+    writer: ArtifactWriter
     stage: str
-    artifact_key: str
-    uri: str
     shard_id: str
     rows: list[dict]
+    id_col: str
     done_ids: set[str] = field(default_factory=set)
-    id_col: str = "id"
+    digests: dict[str, str] = field(default_factory=dict)   # part path -> sha256 of its bytes
+    written_rows: int = 0
+    _pending: list[Future] = field(default_factory=list)
+    _io: ThreadPoolExecutor | None = None
+
+    def __getstate__(self):   # shippable to another worker (Ray): no threads, no futures
+        d = dict(self.__dict__)
+        d["_pending"], d["_io"] = [], None
+        return d
+
+    @property
+    def artifact_key(self) -> str:
+        return self.writer.key
 
     @property
     def folder(self) -> str:
-        return f"{self.uri}/shards/{self.shard_id}"
+        return f"{self.writer.uri}/shards/{self.shard_id}"
+
+    def write(self, rows: list[dict]) -> None:
+        """Append one part, written on a background thread so the engine can go on; errors surface here
+        (on the next call) or in ``finish``."""
+        self._raise_failed()
+        table = self.writer.table(rows)
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix=f"{self.stage}-io")
+        self._pending.append(self._io.submit(self._write, table))
+        self.written_rows += table.num_rows
+        self.progress(table.num_rows)
+
+    def _write(self, table) -> str:
+        import uuid
+
+        path = f"{self.folder}/part-{uuid.uuid4().hex[:12]}.parquet"
+        self.digests[path] = self.ctx.store.write_parquet(path, table)
+        if self.ctx.should_fail(self.stage, self.shard_id):   # fault injection: a crash after a part is on disk
+            raise RuntimeError(f"injected failure in {self.stage} shard {self.shard_id}")
+        return path
+
+    def _raise_failed(self) -> None:
+        for f in [f for f in self._pending if f.done()]:
+            f.result()
 
     def progress(self, n: int) -> None:
         with _BARS_LOCK:
-            bar = _BARS.get(self.artifact_key)
+            bar = _BARS.get(self.writer.key)
         if bar is not None:
             bar.update(n)
+
+    def finish(self) -> "ShardResult":
+        try:
+            for f in self._pending:
+                f.result()
+        finally:
+            if self._io is not None:
+                self._io.shutdown(wait=True)
+                self._io = None
+        files = shard_parts(self.ctx, self)
+        unknown = [f for f in files if f not in self.digests]
+        if unknown:   # a part this job did not write or read: another writer in this shard folder
+            raise RuntimeError(f"{self.stage} shard {self.shard_id}: unexpected parts {unknown} appeared while "
+                               "this run held the shard")
+        return ShardResult(self.shard_id, files, len(self.done_ids) + self.written_rows,
+                           [self.digests[f] for f in files])
 
 
 @dataclass
@@ -50,50 +110,26 @@ class ShardResult:
     shard_id: str
     files: list[str]
     num_rows: int
+    digests: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ShardSummary:
     done: int = 0
     reused: int = 0
+    waited: int = 0
     failed: list[str] = field(default_factory=list)
     resumed_rows: int = 0
 
     def stats(self) -> dict:
-        return {"shards_run": self.done, "shards_reused": self.reused, "rows_resumed": self.resumed_rows}
+        return {"shards_run": self.done, "shards_reused": self.reused, "shards_waited": self.waited,
+                "rows_resumed": self.resumed_rows}
 
 
-class _Done:
-    """A finished call that looks like a Prefect future (used outside a flow run)."""
+def _in_prefect() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
 
-    def __init__(self, fn, args):
-        try:
-            self._value, self._exc = fn(*args), None
-        except Exception as exc:  # re-raised by result(), like a failed future
-            self._value, self._exc = None, exc
-
-    def result(self):
-        if self._exc is not None:
-            raise self._exc
-        return self._value
-
-
-def submit_task(task, *args):
-    """``task.submit(*args)`` inside a flow run (a Prefect task run per shard); a direct call outside one."""
-    from prefect.context import FlowRunContext
-
-    if FlowRunContext.get() is not None:
-        return task.submit(*args)
-    return _Done(task.fn, args)
-
-
-def write_part(ctx: RunContext, job: ShardJob, contract: Contract, rows: list[dict]) -> str:
-    """Append one part to a shard (atomic), then honour fault injection (a crash after a part is on disk)."""
-    path = f"{job.folder}/part-{uuid.uuid4().hex[:12]}.parquet"
-    ctx.store.write_parquet(path, contract.to_table(rows))
-    if ctx.should_fail(job.stage, job.shard_id):
-        raise RuntimeError(f"injected failure in {job.stage} shard {job.shard_id}")
-    return path
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
 def shard_parts(ctx: RunContext, job: ShardJob) -> list[str]:
@@ -101,19 +137,16 @@ def shard_parts(ctx: RunContext, job: ShardJob) -> list[str]:
 
 
 def done_ids(ctx: RunContext, job: ShardJob) -> set[str]:
+    """Ids in the parts an earlier holder of this shard left (each part is whole: writes are atomic)."""
+    import hashlib
+    import io
+
     ids: set[str] = set()
-    for batch in ctx.store.iter_parquet_batches(shard_parts(ctx, job)):
-        ids.update(batch.column(job.id_col).to_pylist())
+    for p in shard_parts(ctx, job):
+        data = ctx.store.read_bytes(p)
+        job.digests[p] = hashlib.sha256(data).hexdigest()[:16]
+        ids.update(pq.read_table(io.BytesIO(data), columns=[job.id_col]).column(0).to_pylist())
     return ids
-
-
-def finish_shard(ctx: RunContext, job: ShardJob) -> ShardResult:
-    files = shard_parts(ctx, job)
-    n = sum(ctx.store.read_parquet(f).num_rows for f in files)
-    ctx.manifest.append("shards", [dict(artifact_key=job.artifact_key, stage=job.stage, shard_id=job.shard_id,
-                                        status="done", num_rows=n, files=[ctx.store.rel(f) for f in files],
-                                        error="", run_id=ctx.run_id)])
-    return ShardResult(job.shard_id, files, n)
 
 
 def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -127,61 +160,148 @@ def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield buf
 
 
-def run_shards(ctx: RunContext, stage: str, writer: ArtifactWriter, rows: Iterable[dict], shard_size: int,
-               submit: Callable[[ShardJob, int], Any], id_col: str, expected_per_row: int = 1,
-               parallel: int = 1, label: str = "", total_rows: int | None = None) -> ShardSummary:
-    """Run every unfinished shard (at most ``parallel`` in flight), reuse finished ones, record failures.
+def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, task, args, id_col: str,
+               parallel: int = 1, expected_per_row: int = 1, total_rows: int | None = None) -> ShardSummary:
+    """Run every shard of ``run``'s primary artifact that is not done yet, at most ``parallel`` at once.
 
-    ``submit(job, index)`` returns a Prefect future. Input rows are streamed: at most ``parallel`` shards
-    of inputs are held in memory at once.
+    ``rows()`` streams the input (it is called again for shards that were busy elsewhere on the first pass);
+    ``task`` is a Prefect task called as ``task(job, *args)`` -> ShardResult, once per shard; ``args`` is a tuple
+    or ``args(shard_index)`` -> tuple (e.g. to spread shards over endpoints).
     """
-    states = ctx.manifest.shard_states(writer.key)
-    summary = ShardSummary()
-    bar = tqdm(total=(total_rows * expected_per_row) if total_rows else None, desc=label or stage, unit="row",
-               leave=False, mininterval=1.0)
+    ctx: RunContext = run.ctx
+    writer, stage = run.writer(), run.stage.name
+    states = ctx.catalog.shard_states(writer.key)
+    summary, deferred = ShardSummary(), set()
+    inflight: deque = deque()
+    pool = None if _in_prefect() else ThreadPoolExecutor(max(1, parallel), thread_name_prefix=f"{stage}-shard")
+    bar = tqdm(total=(total_rows * expected_per_row) if total_rows else None, desc=stage, unit="row", leave=False,
+               mininterval=1.0)
     with _BARS_LOCK:
         _BARS[writer.key] = bar
-    inflight: deque = deque()
+
+    def record(sid: str, status: str, files: list[str], n: int, error: str = "", digests=()) -> None:
+        ctx.catalog.append("shards", [dict(artifact_key=writer.key, stage=stage, shard_id=sid, status=status,
+                                           num_rows=n, files=[ctx.store.rel(f) for f in files],
+                                           digests=list(digests),
+                                           error=redact_text(error),
+                                           run_id=ctx.run_id, host=host(), pid=_pid())])
+
+    def reuse(st: dict) -> None:
+        files = [ctx.store.path(f) for f in st["files"]]
+        digests = st.get("digests") or []
+        writer.add_files(files, int(st["num_rows"]), digests if len(digests) == len(files) else None)
+        bar.update(int(st["num_rows"]) * (1 if total_rows else 0))
+
+    def settle(job, lease, fut) -> None:
+        try:
+            res: ShardResult = fut.result()
+        except Exception as exc:  # recorded as failed; the other shards go on
+            log.error("%s shard %s failed: %s", stage, job.shard_id, exc)
+            record(job.shard_id, "failed", [], 0, f"{type(exc).__name__}: {exc}"[:2000])
+            summary.failed.append(job.shard_id)
+        else:
+            record(res.shard_id, "done", res.files, res.num_rows, digests=res.digests)
+            writer.add_files(res.files, res.num_rows, res.digests)
+            summary.done += 1
+        finally:
+            lease.release()
 
     def drain(limit: int) -> None:
+        """Settle finished shards (whichever finish first) until at most ``limit`` are in flight."""
         while len(inflight) > limit:
-            job, fut = inflight.popleft()
-            try:
-                res: ShardResult = fut.result()
-            except Exception as exc:  # the shard is recorded as failed; the others go on
-                log.error("%s shard %s failed: %s", stage, job.shard_id, exc)
-                ctx.manifest.append("shards", [dict(artifact_key=writer.key, stage=stage, shard_id=job.shard_id,
-                                                    status="failed", num_rows=0, files=[],
-                                                    error=f"{type(exc).__name__}: {exc}"[:2000],
-                                                    run_id=ctx.run_id)])
-                summary.failed.append(job.shard_id)
-                continue
-            writer.add_files(res.files, res.num_rows)
-            summary.done += 1
+            wait([_concurrent(f) for _, _, f in inflight], return_when=FIRST_COMPLETED)
+            for item in [i for i in inflight if _concurrent(i[2]).done()]:
+                inflight.remove(item)
+                settle(*item)
+
+    def consider(i: int, chunk: list[dict], wait: bool) -> None:
+        sid = f"{i:05d}"
+        st = states.get(sid)
+        if st is not None and st["status"] == "done":
+            summary.reused += 1
+            return reuse(st)
+        name = f"shard:{writer.key}:{sid}"
+        if wait:
+            def told(holder):
+                log.info("%s shard %s: waiting for %s, which is working on it", stage, sid, describe(holder))
+            lease = acquire(ctx.locks, name, ctx.owner(), on_wait=told, poll_s=1.0)
+        else:
+            lease = ctx.locks.try_acquire(name, ctx.owner())
+            if lease is None:
+                deferred.add(sid)
+                return
+        fresh = ctx.catalog.shard_state(writer.key, sid)   # done by another run since we looked?
+        if fresh is not None and fresh["status"] == "done":
+            lease.release()
+            summary.reused += 1
+            summary.waited += int(wait)
+            return reuse(fresh)
+        job = ShardJob(ctx, writer, stage, sid, chunk, id_col)
+        job.done_ids = done_ids(ctx, job)
+        if job.done_ids:
+            summary.resumed_rows += len(job.done_ids)
+            bar.update(len(job.done_ids))
+            log.info("%s shard %s: resuming, %d rows already written", stage, sid, len(job.done_ids))
+        a = args(i) if callable(args) else args
+        fut = task.submit(job, *a) if pool is None else pool.submit(_call, task, job, a)
+        inflight.append((job, lease, fut))
+        drain(parallel - 1)
 
     try:
-        for i, chunk in enumerate(_chunks(rows, shard_size)):
-            shard_id = f"{i:05d}"
-            st = states.get(shard_id)
-            if st is not None and st["status"] == "done":
-                writer.add_files([ctx.store.path(f) for f in st["files"]], int(st["num_rows"]))
-                summary.reused += 1
-                bar.update(int(st["num_rows"]))
-                continue
-            job = ShardJob(stage, writer.key, writer.uri, shard_id, chunk, id_col=id_col)
-            job.done_ids = done_ids(ctx, job)
-            if job.done_ids:
-                summary.resumed_rows += len(job.done_ids)
-                bar.update(len(job.done_ids))
-                log.info("%s shard %s: resuming, %d rows already written", stage, shard_id, len(job.done_ids))
-            ctx.manifest.append("shards", [dict(artifact_key=writer.key, stage=stage, shard_id=shard_id,
-                                                status="running", num_rows=0, files=[], error="",
-                                                run_id=ctx.run_id)])
-            inflight.append((job, submit(job, i)))
-            drain(parallel - 1)
+        for i, chunk in enumerate(_chunks(rows(), shard_size)):
+            consider(i, chunk, wait=False)
         drain(0)
+        if deferred:
+            log.info("%s: %d shard(s) were busy in other runs; revisiting them", stage, len(deferred))
+            for i, chunk in enumerate(_chunks(rows(), shard_size)):
+                if f"{i:05d}" in deferred:
+                    consider(i, chunk, wait=True)
+            drain(0)
     finally:
+        while inflight:   # an error above: do not leave shard tasks running with their locks
+            job, lease, fut = inflight.popleft()
+            try:
+                fut.result()
+            except Exception:
+                pass
+            lease.release()
+        if pool is not None:
+            pool.shutdown(wait=True)
         bar.close()
         with _BARS_LOCK:
             _BARS.pop(writer.key, None)
+    if summary.failed:
+        raise StageFailed(f"{stage}: {len(summary.failed)} shard(s) failed: {sorted(summary.failed)}; "
+                          "re-run the same command to redo only those")
     return summary
+
+
+_SHARD_TASKS: dict[str, Any] = {}
+
+
+def shard_task(fn: Callable, name: str, version: str):
+    """A stage's shard function as a Prefect task carrying the stage version (built on first use, once)."""
+    if name not in _SHARD_TASKS:
+        from prefect import task
+        from prefect.cache_policies import NO_CACHE
+
+        _SHARD_TASKS[name] = task(fn, name=name, version=version, cache_policy=NO_CACHE, persist_result=False,
+                                  retries=0)
+    return _SHARD_TASKS[name]
+
+
+def _concurrent(fut) -> Future:
+    """The concurrent.futures.Future behind a Prefect future (or the future itself)."""
+    return getattr(fut, "wrapped_future", fut)
+
+
+def _call(task, job, args):
+    fn = getattr(task, "fn", task)
+    return fn(job, *args)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+

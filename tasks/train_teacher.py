@@ -1,28 +1,23 @@
 """train_teacher: problems -> teacher checkpoint (SFT warm-up in the teacher format, then GRPO with the RLT reward).
 
 Training state lives in a work folder keyed by the artifact key, so a crashed run resumes from its last
-checkpoint instead of starting over (rlt_core.training resumes from ``<work>/checkpoints``).
+checkpoint instead of starting over (rlt_core.training resumes from ``<work>/checkpoints``); the stage lock makes
+sure only one run trains a key at a time.
 """
 from __future__ import annotations
 
 import os
-import time
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from data_contracts import ArtifactRef, teacher_checkpoint
-from infra.artifacts import ArtifactWriter, KeyParts
+from data_contracts import teacher_checkpoint
 from infra.models import resolve_model
 from rlt_core.reward import RewardConfig
 from rlt_core.training.grpo import TeacherGRPOConfig
 from rlt_core.training.sft_teacher import TeacherSFTConfig
-from tasks.checkpoints import commit_checkpoint
-from tasks.common import RunContext, cached, iter_rows, logger, stage_run
 from tasks.models import fresh_model, model_and_tokenizer
-
-STAGE = "train_teacher"
-STAGE_VERSION = "1"
+from tasks.stage import Output, Stage, StageRun
 
 
 class TrainTeacherConfig(BaseModel):
@@ -38,47 +33,30 @@ class TrainTeacherConfig(BaseModel):
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
-def key_parts(cfg: TrainTeacherConfig, problems_key: str, base_digest: str, student_digest: str) -> KeyParts:
-    conf = cfg.model_dump(mode="json") if cfg.phases else {"phases": [], "base_model": cfg.base_model}
-    return KeyParts(STAGE, STAGE_VERSION, conf, inputs={"problems": problems_key},
-                    models={"base": base_digest, "student": student_digest})
+def train_teacher(run: StageRun) -> dict:
+    """SFT warm-up then GRPO with the RLT reward; the result is registered as a safetensors checkpoint."""
+    cfg: TrainTeacherConfig = run.cfg
+    base = resolve_model(cfg.base_model)
+    row = dict(role="teacher", base_model=cfg.base_model, base_digest=base.digest, data_keys=[run.ref("problems").key],
+               student_key=cfg.student_model, config_json=run.parts.config)
+    if not cfg.phases:
+        run.log.info("train_teacher: no phases configured; the base model is the teacher")
+        run.save_checkpoint(None, dict(row, phase="base", steps=0, metrics_json={}))
+        return {"steps": 0}
+    rows = list(run.rows("problems", ["question", "solution", "reasoning_trace"], where="split = 'train'"))
+    rows = rows[: cfg.max_problems]
+    model_dir, steps, metrics = _train(run, cfg, rows, base.path, resolve_model(cfg.student_model).path)
+    run.save_checkpoint(model_dir, dict(row, phase="+".join(cfg.phases), steps=steps, metrics_json=metrics))
+    run.log.info("train_teacher: %d steps on %d problems", steps, len(rows))
+    return {"steps": steps, **metrics}
 
 
-def work_dir(ctx: RunContext, key: str) -> str:
-    base = ctx.store.root if ctx.store.local else os.path.join(os.path.expanduser("~"), ".cache", "rlt-factory")
-    return os.path.join(base, "_work", STAGE, key)
-
-
-def run(ctx: RunContext, cfg: TrainTeacherConfig, problems: ArtifactRef) -> ArtifactRef:
-    base, student = resolve_model(cfg.base_model), resolve_model(cfg.student_model)
-    parts = key_parts(cfg, problems.key, base.digest, student.digest)
-    if (hit := cached(ctx, STAGE, parts.key())) is not None:
-        return hit
-    log, t0 = logger(), time.time()
-    with stage_run(ctx, STAGE, parts) as mlrun:
-        writer = ArtifactWriter(ctx.store, ctx.manifest, "teacher_checkpoint", parts, ctx.run_id,
-                                teacher_checkpoint.CONTRACT)
-        common = dict(role="teacher", base_ref=cfg.base_model, base_digest=base.digest, data_keys=[problems.key],
-                      student_key=cfg.student_model, config=parts.config)
-        if not cfg.phases:
-            log.info("train_teacher: no phases configured; the base model is the teacher")
-            return commit_checkpoint(ctx, writer, STAGE, t0, mlrun, model_dir=None, phase="base", steps=0,
-                                     metrics={}, **common)
-        rows = [r for r in iter_rows(ctx, problems) if r["split"] == "train"][: cfg.max_problems]
-        work = work_dir(ctx, parts.key())
-        model_dir, steps, metrics = _train(ctx, cfg, rows, base.path, student.path, work, mlrun)
-        ref = commit_checkpoint(ctx, writer, STAGE, t0, mlrun, model_dir=model_dir, phase="+".join(cfg.phases),
-                                steps=steps, metrics=metrics, **common)
-        log.info("train_teacher: %d steps -> checkpoint %s", steps, ref.key)
-    return ref
-
-
-def _train(ctx: RunContext, cfg: TrainTeacherConfig, rows: list[dict], base_path: str, student_path: str,
-           work: str, mlrun: str) -> tuple[str, int, dict]:
+def _train(run: StageRun, cfg: TrainTeacherConfig, rows: list[dict], base_path: str,
+           student_path: str) -> tuple[str, int, dict]:
     from rlt_core.training.grpo import train_teacher_grpo
     from rlt_core.training.sft_teacher import train_teacher_sft
 
-    log_metric = ctx.tracker.metric_logger(mlrun)
+    log_metric, work = run.metric_logger(), run.work_dir()
     model_path, steps, metrics = base_path, 0, {}
     if "sft" in cfg.phases:
         model = fresh_model(model_path, cfg.dtype)
@@ -91,7 +69,26 @@ def _train(ctx: RunContext, cfg: TrainTeacherConfig, rows: list[dict], base_path
         policy = fresh_model(model_path, cfg.dtype)
         student, tok = model_and_tokenizer(student_path, cfg.dtype)
         res = train_teacher_grpo(policy, student, tok, rows, cfg.grpo, cfg.reward, os.path.join(work, "grpo"),
-                                 log_metric=log_metric, log_text=ctx.tracker.text_logger(mlrun))
+                                 log_metric=log_metric, log_text=run.text_logger())
         model_path, steps = res.model_dir, steps + res.steps
         metrics["grpo_final_loss"] = res.final_loss
     return model_path, steps, metrics
+
+
+def _key_config(cfg: TrainTeacherConfig) -> dict:
+    """With no training phase the checkpoint is the base model: training settings do not change it."""
+    return cfg.model_dump(mode="json") if cfg.phases else {"phases": [], "base_model": cfg.base_model}
+
+
+# version 2: training rows are read in problem_id order from the catalog (was: part order)
+STAGE = Stage(
+    name="train_teacher", version="2", config=TrainTeacherConfig, inputs=("problems",),
+    outputs=(Output("teacher_checkpoint", teacher_checkpoint.CONTRACT),), body=train_teacher,
+    models=lambda cfg: {"base": cfg.base_model, "student": cfg.student_model}, key_config=_key_config)
+
+
+def run(ctx, cfg: TrainTeacherConfig, problems):
+    """Run the stage outside a flow (tests, notebooks)."""
+    from tasks.runner import execute
+
+    return execute(STAGE, ctx, cfg, {"problems": problems})["teacher_checkpoint"]

@@ -28,7 +28,7 @@ def test_manifest_sql_and_ls(store, capsys):
 
 def test_lineage_of_a_problem_and_an_unknown_id(store, capsys):
     ctx, problems = store
-    pid = ctx.manifest.sql("SELECT problem_id FROM data_problems LIMIT 1").to_pylist()[0]["problem_id"]
+    pid = ctx.catalog.sql("SELECT problem_id FROM data_problems LIMIT 1").to_pylist()[0]["problem_id"]
     assert main(["--data-root", ctx.root, "lineage", pid, "--json"]) == 0
     steps = json.loads(capsys.readouterr().out)
     assert [s["step"] for s in steps] == ["raw problem", "ingest artifact"]
@@ -52,3 +52,22 @@ def test_bad_recipe_is_a_clear_error(tmp_path, capsys):
     path.write_text("name: x\ngenerate: {num_sampels: 3}\n")
     assert main(["--data-root", str(tmp_path), "plan", "--recipe", str(path)]) == 2
     assert "num_sampels" in capsys.readouterr().err
+
+
+def test_run_one_stage_is_its_own_flow(tmp_path, tiny_model_dir, capsys):
+    recipe = tiny_recipe(tiny_model_dir)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    root = str(tmp_path / "data")
+    assert main(["--data-root", root, "run", "ingest", "--recipe", str(path)]) == 0
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        runs = [(flows[r.flow_id], r.state.type.value) for r in client.read_flow_runs()]
+    assert ("rlt-ingest", "COMPLETED") in runs
+    from infra.catalog import Catalog
+    from infra.storage import Store
+
+    names = [r["name"] for r in Catalog(Store(root)).rows("SELECT name FROM artifacts_committed ORDER BY name")]
+    assert names == ["problems", "quarantine"], "only the stage asked for (and what it needs) ran"

@@ -34,7 +34,7 @@ def tiny_recipe(model_dir: str, **over) -> dict:
 
 
 def _stage_runs(ctx, run_id):
-    return ctx.manifest.sql(f"SELECT stage, status FROM stage_runs WHERE run_id = '{run_id}' ORDER BY ts").to_pylist()
+    return ctx.catalog.sql(f"SELECT stage, status FROM stage_runs WHERE run_id = '{run_id}' ORDER BY ts").to_pylist()
 
 
 @pytest.mark.slow
@@ -45,7 +45,7 @@ def test_factory_end_to_end_cached_rerun_and_failed_only_rerun(tmp_path, tiny_mo
     recipe = tiny_recipe(tiny_model_dir)
     first = factory_flow(recipe=recipe, root=root, tracking=True)
     ctx = RunContext(root)
-    names = {a["name"] for a in ctx.manifest.sql("SELECT name FROM artifacts_committed").to_pylist()}
+    names = {a["name"] for a in ctx.catalog.sql("SELECT name FROM artifacts_committed").to_pylist()}
     assert {"problems", "quarantine", "teacher_checkpoint", "explanations", "scored_explanations",
             "filter_decisions", "distill_set", "student_checkpoint", "eval_results", "report"} <= names
     ran = _stage_runs(ctx, first["run_id"])
@@ -60,11 +60,24 @@ def test_factory_end_to_end_cached_rerun_and_failed_only_rerun(tmp_path, tiny_mo
     stages = {r.data.tags.get("rlt.stage") for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert {"ingest", "train_teacher", "generate", "score", "filter", "distill", "evaluate"} <= stages
 
+    # each stage ran as a real Prefect task carrying its stage version (shards as tasks of their own)
+    from prefect.client.orchestration import get_client
+
+    from tasks import generate as gen_stage, score as score_stage
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs()
+    by_name = {tr.name.split("-")[0]: tr for tr in task_runs}
+    assert by_name["generate"].task_version == gen_stage.STAGE.version
+    assert by_name["score"].task_version == score_stage.STAGE.version
+    assert {"ingest", "train_teacher", "filter", "distill", "evaluate[base]", "evaluate[distilled]"} <= set(by_name)
+    assert any(tr.name.startswith("generate-shard") for tr in task_runs)
+
     # lineage: a distill row back to its raw problem
     from flows.lineage import example_chain
 
-    d = ctx.manifest.sql("SELECT example_id, origin FROM data_distill_set ORDER BY origin DESC LIMIT 1").to_pylist()[0]
-    steps = [s["step"] for s in example_chain(ctx.manifest, d["example_id"])]
+    d = ctx.catalog.sql("SELECT example_id, origin FROM data_distill_set ORDER BY origin DESC LIMIT 1").to_pylist()[0]
+    steps = [s["step"] for s in example_chain(ctx.catalog, d["example_id"])]
     assert steps[0] == "distill row" and steps[-2:] == ["raw problem", "ingest artifact"]
     if d["origin"] == "teacher":
         assert {"filter decision", "reward ledger row", "generation request", "teacher checkpoint"} <= set(steps)
@@ -93,7 +106,7 @@ def test_factory_end_to_end_cached_rerun_and_failed_only_rerun(tmp_path, tiny_mo
     gen = [p for p in plans if p.stage == "generate"][0]
     assert gen.status == "resume" and gen.shards.get("failed") == 1
     rerun = factory_flow(recipe=gen_changed, root=root, tracking=False)
-    st = json.loads(ctx.manifest.artifact(rerun["explanations"]["key"])["stats_json"])
+    st = json.loads(ctx.catalog.artifact(rerun["explanations"]["key"])["stats_json"])
     assert st["shards_run"] == 1 and st["shards_reused"] == gen.shards["done"]
     ran = {r["stage"]: r["status"] for r in _stage_runs(ctx, rerun["run_id"])}
     assert ran["ingest"] == "cached" and ran["train_teacher"] == "cached" and ran["generate"] == "done"

@@ -1,7 +1,9 @@
-"""The factory against real services from `rlt stack up`: SeaweedFS S3, an MLflow server, a Prefect server.
+"""The factory against real services from `rlt stack up`: SeaweedFS S3, a PostgreSQL catalog, an MLflow server,
+a Prefect server.
 
-Runs the CLI in a subprocess with exactly the environment `rlt stack up` prints, so nothing in this
-process (Prefect settings, s3fs caches) leaks into the run.
+Runs the CLI in subprocesses with exactly the environment `rlt stack up` prints, so nothing in this process
+(Prefect settings, s3fs caches) leaks into the runs. Two runs of the same recipe overlap: every key is computed
+once, across processes, through the PostgreSQL catalog and its advisory locks.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -23,23 +26,43 @@ def _rlt(args: list[str], env: dict, timeout: int = 900) -> subprocess.Completed
                           text=True, timeout=timeout)
 
 
+def _overlapping(commands: list[list[str]], env: dict, timeout: int = 1500) -> list[str]:
+    procs = []
+    for args in commands:
+        procs.append(subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        time.sleep(0.5)
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
 @pytest.mark.slow
 @pytest.mark.services
-def test_factory_on_the_real_stack_and_nightly_deployment(tmp_path, tiny_model_dir):
+def test_factory_on_the_real_stack_and_nightly_deployment(tmp_path, tiny_model_dir, monkeypatch):
     from infra import stack
+    from tests.flows.test_overlap import assert_each_key_once
 
     local = str(tmp_path / "stack")
     env_vars = stack.up(local)
     try:
         env = {**os.environ, **env_vars, "PYTHONPATH": ROOT}
         env.pop("PREFECT_HOME", None)
-        recipe = tiny_recipe(tiny_model_dir, train_teacher={"phases": []},
+        recipe = tiny_recipe(tiny_model_dir, train_teacher={"phases": []}, generate={"shard_size": 1},
                              evaluate={"include_base": False, "benchmarks": ["countdown-heldout"], "max_items": 2})
         path = tmp_path / "recipe.yaml"
         path.write_text(yaml.safe_dump(recipe))
-        run = _rlt(["factory", "--recipe", str(path)], env)
-        assert run.returncode == 0, run.stderr[-3000:]
-        assert env_vars["RLT_DATA_ROOT"].startswith("s3://")
+        other = dict(recipe, name="tiny-b", filter={"rules": {"require_end_tag": False, "top_k": 2}})
+        path_b = tmp_path / "recipe-b.yaml"
+        path_b.write_text(yaml.safe_dump(other))
+        # two recipes sharing ingest..score, started together on the stack: the shared keys are computed once
+        _overlapping([["factory", "--recipe", str(path)], ["factory", "--recipe", str(path_b)]], env)
+        assert env_vars["RLT_DATA_ROOT"].startswith("s3://") and env_vars["RLT_CATALOG_URL"].startswith("postgresql")
+        for k, v in env_vars.items():
+            monkeypatch.setenv(k, v)
+        status = assert_each_key_once(env_vars["RLT_DATA_ROOT"])
+        assert status.get("waited", 0) + status.get("cached", 0) >= 4, status   # ingest..score reused by one run
 
         # artifacts and manifest live on S3, queryable with DuckDB
         q = _rlt(["manifest", "sql", "SELECT name FROM artifacts_committed ORDER BY name", "--json"], env)
@@ -52,8 +75,8 @@ def test_factory_on_the_real_stack_and_nightly_deployment(tmp_path, tiny_model_d
         fs = s3fs.S3FileSystem(endpoint_url=env_vars["AWS_ENDPOINT_URL"], key=env_vars["AWS_ACCESS_KEY_ID"],
                                secret=env_vars["AWS_SECRET_ACCESS_KEY"])
         bucket_root = env_vars["RLT_DATA_ROOT"].removeprefix("s3://")
-        assert fs.glob(f"{bucket_root}/_manifest/artifacts/*.parquet")
-        assert fs.glob(f"{bucket_root}/06_models/student_checkpoint/*/model.safetensors")
+        assert fs.glob(f"{bucket_root}/07_model_output/explanations/*/shards/*/part-*.parquet")
+        assert fs.glob(f"{bucket_root}/06_models/student_checkpoint/*/runs/*/model.safetensors")
 
         # the MLflow server holds the parent run and nested stage runs
         from mlflow.tracking import MlflowClient
@@ -62,7 +85,9 @@ def test_factory_on_the_real_stack_and_nightly_deployment(tmp_path, tiny_model_d
         exp = client.get_experiment_by_name("rlt-factory")
         runs = client.search_runs([exp.experiment_id])
         assert {r.data.tags.get("rlt.stage") for r in runs} >= {"ingest", "generate", "score", "filter", "distill"}
-        assert not any(env_vars["AWS_SECRET_ACCESS_KEY"] in json.dumps(r.data.params) for r in runs)
+        pg_password = env_vars["RLT_CATALOG_URL"].split(":")[2].split("@")[0]
+        assert not any(secret in json.dumps(r.data.params) for r in runs
+                       for secret in (env_vars["AWS_SECRET_ACCESS_KEY"], pg_password))
 
         # the Prefect server saw the flow run; a nightly deployment gets a cron schedule
         dep = _rlt(["deploy", "--recipe", str(path), "--cron", "0 2 * * *", "--name", "nightly-test"], env, 300)

@@ -23,7 +23,7 @@ def test_paper_recipe_keeps_the_paper_defaults():
 
 def test_set_overrides_and_typos(tmp_path):
     tiny = pathlib.Path(RECIPES[0]).parent / "tiny.yaml"
-    r = load_recipe(tiny, ["generate.sampling.temperature=0.9", "filter.rules.top_k=2"])
+    r = load_recipe(tiny, ["temperature=0.9", "filter.rules.top_k=2"])
     assert r.generate.sampling.temperature == 0.9 and r.filter.rules.top_k == 2
     with pytest.raises(RecipeError, match="temprature"):
         load_recipe(tiny, ["generate.sampling.temprature=0.9"])
@@ -33,3 +33,27 @@ def test_set_overrides_and_typos(tmp_path):
     bad.write_text("name: x\ngenerate: [1, 2]\n")
     with pytest.raises(RecipeError, match="bad.yaml"):
         load_recipe(bad)
+
+
+def test_shared_settings_are_set_once_and_derived_everywhere():
+    """The reward scores explanations at the temperature they were sampled at; one prompt style for all stages."""
+    tiny = pathlib.Path(RECIPES[0]).parent / "tiny.yaml"
+    r = load_recipe(tiny, ["temperature=0.9", "style.student_system_prompt=Think."])
+    assert r.generate.sampling.temperature == r.score.reward.teacher_temperature == 0.9
+    assert r.train_teacher.grpo.temperature == r.train_teacher.reward.teacher_temperature == 0.9
+    assert r.score.reward.student_temperature == 0.7   # tau_S is its own constant (rlt-method.md 2.1)
+    styles = [r.generate.style, r.filter.style, r.evaluate.style, r.train_teacher.sft.style,
+              r.train_teacher.reward.prompt_style, r.score.reward.prompt_style, r.distill.train.style]
+    assert all(s.student_system_prompt == "Think." for s in styles)
+    # a stage-level copy that disagrees is refused, naming the field to set instead
+    with pytest.raises(RecipeError, match=r"generate.sampling.temperature .* top-level `temperature`"):
+        load_recipe(tiny, ["generate.sampling.temperature=0.9"])
+    with pytest.raises(RecipeError, match="score.reward.teacher_temperature"):
+        load_recipe(tiny, ["score.reward.teacher_temperature=1.0"])
+    # the same value is accepted (older recipes that spelled it out still parse), and the key sees the change
+    assert load_recipe(tiny, ["generate.sampling.temperature=0.7"]).generate.sampling.temperature == 0.7
+    from flows.pipeline import plan
+
+    k07 = {p.node.id: p.key for p in plan(load_recipe(tiny))}
+    k09 = {p.node.id: p.key for p in plan(load_recipe(tiny, ["temperature=0.9"]))}
+    assert k07["ingest"] == k09["ingest"] and k07["score"] != k09["score"] and k07["generate"] != k09["generate"]

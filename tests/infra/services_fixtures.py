@@ -2,11 +2,15 @@
 
 ``seaweed_s3`` runs one ``weed mini`` (SeaweedFS S3 gateway) per test session in a temporary
 folder on free loopback ports, with a bucket created, and stops it (SIGTERM, then SIGKILL)
-at the end. Tests using it should carry ``@pytest.mark.services``.
+at the end. ``postgres_url`` runs one PostgreSQL server the same way (the stack's own code: a
+non-root user under root, a random password) and yields its ``postgresql://`` URL. Tests using
+them should carry ``@pytest.mark.services``.
 """
 from __future__ import annotations
 
 import secrets
+import shutil
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -40,3 +44,33 @@ def seaweed_s3(tmp_path_factory):
     finally:
         services.stop(root, spec.name, grace_s=10.0)
         stack.remove_weed_sockets(ports)
+
+
+def drop_postgres_cluster(root, cluster_dir) -> None:
+    """Remove a cluster that went outside ``root`` (to /var/lib/rlt-postgres/<hash>, because the
+    PostgreSQL user could not reach the 0700 tmp folder): pytest cleans tmp folders, not that."""
+    cluster_dir, root = Path(cluster_dir).resolve(), Path(root).resolve()
+    if not cluster_dir.is_relative_to(root):
+        shutil.rmtree(cluster_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A running PostgreSQL server (only that service), for a DuckLake catalog or any client.
+
+    Yields ``postgresql://rlt:<password>@127.0.0.1:<port>/rlt_catalog``; the database exists
+    and answered a query. Stopped (fast shutdown) at the end of the session.
+    """
+    root = tmp_path_factory.mktemp("postgres")
+    cluster = stack.prepare_postgres(root)
+    password = stack.postgres_password(root)
+    spec = stack.postgres_spec(cluster, services.free_port())
+    services.start_and_wait(root, spec, timeout_s=120.0)
+    try:
+        port = spec.health.port
+        stack.ensure_catalog_database(port, password, timeout_s=60.0,
+                                      alive=lambda: services.running_pid(root, spec.name) is not None)
+        yield stack.catalog_url(port, password)
+    finally:
+        services.stop(root, spec.name, grace_s=10.0)
+        drop_postgres_cluster(root, cluster.cluster_dir)

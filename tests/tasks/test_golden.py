@@ -32,14 +32,14 @@ def _canon(rows: list[dict], drop: tuple[str, ...] = ()) -> str:
 
 
 def _check(stage_module, name: str, value: str, pins: dict) -> None:
-    label = f"{name}@{stage_module.STAGE_VERSION}"
+    label = f"{name}@{stage_module.STAGE.version}"
     if UPDATE:
         pins[label] = value
         return
     assert label in pins, (f"no golden output pinned for {label}: bump STAGE_VERSION consciously and re-pin with "
                            "RLT_UPDATE_GOLDEN=1")
     assert pins[label] == value, (f"{name}'s output changed but its STAGE_VERSION is still "
-                                  f"{stage_module.STAGE_VERSION}: bump it (cached artifacts would be stale), then "
+                                  f"{stage_module.STAGE.version}: bump it (cached artifacts would be stale), then "
                                   "re-pin with RLT_UPDATE_GOLDEN=1")
 
 
@@ -57,7 +57,7 @@ VOLATILE = ("artifact_key", "latency_s", "teacher_digest", "student_digest", "ge
 
 def test_golden_outputs_per_stage(tmp_path, tiny_model_dir, smol_tokenizer, pins):
     ctx, problems, teacher = setup(str(tmp_path), tiny_model_dir, n=4)
-    q = ctx.manifest.sql
+    q = ctx.catalog.sql
     _check(ingest, "ingest", _canon(q("SELECT * EXCLUDE (artifact_key) FROM data_problems").to_pylist()), pins)
 
     gcfg = generate.GenerateConfig(num_samples=2, sampling={"temperature": 0.7, "max_new_tokens": 8}, shard_size=2)
@@ -87,6 +87,5 @@ def test_golden_outputs_per_stage(tmp_path, tiny_model_dir, smol_tokenizer, pins
                                    sampling={"temperature": 0.0, "max_new_tokens": 8})
     from infra.models import resolve_model
 
-    snap = resolve_model(tiny_model_dir)
-    evaluate.run(ctx, ecfg, tiny_model_dir, snap.path, snap.digest, "base")
+    evaluate.run(ctx, ecfg, resolve_model(tiny_model_dir), "base")
     _check(evaluate, "evaluate", _canon(q("SELECT * FROM data_eval_results").to_pylist(), VOLATILE), pins)

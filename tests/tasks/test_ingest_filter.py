@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import os
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from rlt_core.sources import SourceError
@@ -29,11 +27,11 @@ def test_ingest_quarantines_bad_rows_and_dedups(tmp_path):
     ctx = RunContext(str(tmp_path / "store"), tracking=False)
     out = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
     assert out["problems"].num_rows == 2
-    q = ctx.manifest.sql("SELECT reason, field, source_row FROM data_quarantine ORDER BY source_row").to_pylist()
+    q = ctx.catalog.sql("SELECT reason, field, source_row FROM data_quarantine ORDER BY source_row").to_pylist()
     assert [r["reason"] for r in q] == ["duplicate_exact", "duplicate_normalised", "empty_field", "missing_field",
                                         "wrong_type", "undecodable"]
     assert q[2]["field"] == "solution" and q[2]["source_row"] == 3
-    stats = json.loads(ctx.manifest.artifact(out["problems"].key)["stats_json"])
+    stats = json.loads(ctx.catalog.artifact(out["problems"].key)["stats_json"])
     assert stats["rows_in"] == 8 and stats["quarantined"] == 6 and stats["quarantine.empty_field"] == 1
     again = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
     assert again["problems"] == out["problems"]
@@ -46,7 +44,7 @@ def test_ingest_sharegpt_layout_keeps_trace(tmp_path):
     ctx = RunContext(str(tmp_path), tracking=False)
     out = ingest.run(ctx, ingest.IngestConfig(source={"uri": os.path.join(FIXTURES, "bespoke_stratos_sample.jsonl")},
                                               heldout_fraction=0.0))
-    rows = ctx.manifest.sql("SELECT question, solution, reasoning_trace FROM data_problems").to_pylist()
+    rows = ctx.catalog.sql("SELECT question, solution, reasoning_trace FROM data_problems").to_pylist()
     assert rows and all(r["reasoning_trace"] for r in rows) and out["problems"].num_rows == len(rows)
     assert not any("<|begin_of_solution|>" in r["solution"] for r in rows)
 
@@ -57,22 +55,18 @@ def test_not_a_dataset_is_a_clear_error(tmp_path):
     ctx = RunContext(str(tmp_path / "s"), tracking=False)
     with pytest.raises(SourceError, match="image.parquet"):
         ingest.run(ctx, ingest.IngestConfig(source={"uri": str(bad)}))
-    assert ctx.manifest.sql("SELECT count(*) AS n FROM artifacts").to_pylist() == [{"n": 0}]
+    assert ctx.catalog.sql("SELECT count(*) AS n FROM artifacts").to_pylist() == [{"n": 0}]
 
 
 def _ledger(ctx, rows):
     """Commit a hand-made reward ledger + explanations + problems, as the score stage would."""
     from data_contracts import explanations, problems, scored_explanations
-    from infra.artifacts import ArtifactWriter, KeyParts
+    from tests.tasks.helpers import commit_rows
 
-    refs = {}
-    for name, contract, data in (("problems", problems.CONTRACT, rows["problems"]),
-                                 ("explanations", explanations.CONTRACT, rows["explanations"]),
-                                 ("scored_explanations", scored_explanations.CONTRACT, rows["scored"])):
-        w = ArtifactWriter(ctx.store, ctx.manifest, name, KeyParts(name, "1", {"t": name}), "r", contract)
-        w.write_part(contract.to_table(data))
-        refs[name] = w.commit()
-    return refs
+    return {name: commit_rows(ctx, name, contract, data) for name, contract, data in (
+        ("problems", problems.CONTRACT, rows["problems"]),
+        ("explanations", explanations.CONTRACT, rows["explanations"]),
+        ("scored_explanations", scored_explanations.CONTRACT, rows["scored"]))}
 
 
 def _fixture_rows():
@@ -102,14 +96,14 @@ def test_filter_best_of_k_reasons_and_reference_fallback(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks.models, "model_and_tokenizer", no_models)
     cfg = filter_.FilterConfig(rules={"min_reward": -2.5})
     out = filter_.run(ctx, cfg, refs["scored_explanations"], refs["explanations"], refs["problems"])
-    dec = {r["explanation_id"] or r["problem_id"]: r for r in ctx.manifest.sql(
+    dec = {r["explanation_id"] or r["problem_id"]: r for r in ctx.catalog.sql(
         "SELECT * FROM data_filter_decisions").to_pylist()}
     assert dec["e_0000000000000001"]["kept"] and dec["e_0000000000000001"]["reason"] == "best_of_k"
     assert dec["e_0000000000000000"]["reason"] == "not_top_k"
     assert dec["e_1000000000000001"]["reason"] == "missing_end_tag"
     assert dec["e_1000000000000000"]["reason"] == "below_min_reward"
     assert dec["p_0000000000000001"]["reason"] == "reference_fallback"
-    ds = ctx.manifest.sql("SELECT origin, assistant FROM data_distill_set ORDER BY origin").to_pylist()
+    ds = ctx.catalog.sql("SELECT origin, assistant FROM data_distill_set ORDER BY origin").to_pylist()
     assert [d["origin"] for d in ds] == ["reference", "teacher"]
     assert ds[1]["assistant"].startswith("<|begin_of_thought|>\n\nbecause 01")
     assert ds[1]["assistant"].endswith("<|begin_of_solution|>\n\nS0\n\n<|end_of_solution|>")
@@ -117,6 +111,6 @@ def test_filter_best_of_k_reasons_and_reference_fallback(tmp_path, monkeypatch):
     cfg2 = filter_.FilterConfig(rules={"reweight": {"answer_coef": [0.0, 0.0], "kl_coef": [1.0, 0.0]}})
     out2 = filter_.run(ctx, cfg2, refs["scored_explanations"], refs["explanations"], refs["problems"])
     assert out2["distill_set"].key != out["distill_set"].key
-    kept = ctx.manifest.sql(f"SELECT explanation_id FROM data_filter_decisions WHERE kept AND artifact_key = "
+    kept = ctx.catalog.sql(f"SELECT explanation_id FROM data_filter_decisions WHERE kept AND artifact_key = "
                             f"'{out2['filter_decisions'].key}' ORDER BY 1").to_pylist()
     assert [k["explanation_id"] for k in kept] == ["e_0000000000000000", "e_1000000000000000"]  # lowest KL wins

@@ -1,0 +1,145 @@
+"""The one stage runner: key, "already done?", per-key lock, MLflow run, body, commit, stage records.
+
+The catalog is the only truth of "done": an artifact is done when its record is committed, nothing else
+(no Prefect result cache, no marker files). A key is computed by one run at a time: a run that finds another
+holding the key waits, then reuses what that run committed (sharded stages instead share the work shard by
+shard, see tasks/shards.py, and take the key's lock only to commit). Locks are crash-safe, so a SIGKILLed holder
+lets the next run proceed at once.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping
+
+from pydantic import BaseModel
+
+from data_contracts import ArtifactRef
+from infra.artifacts import ref_from_record
+from infra.locks import acquire, describe
+from infra.settings import redact_text
+from tasks.common import RunContext, logger
+from tasks.stage import Input, Stage, StageRun
+
+
+def input_keys(inputs: Mapping[str, Input]) -> dict[str, Any]:
+    return {role: (v.key if isinstance(v, ArtifactRef) else v) for role, v in inputs.items()}
+
+
+def _refs(stage: Stage, records: Mapping[str, dict], keys: Mapping[str, str]) -> dict[str, ArtifactRef]:
+    return {o.name: ref_from_record(records[keys[o.name]]) for o in stage.outputs}
+
+
+def _record_stage(ctx: RunContext, stage: Stage, key: str, label: str, status: str, seconds: float = 0.0,
+                  detail: str = "") -> None:
+    ctx.catalog.append("stage_runs", [dict(run_id=ctx.run_id, stage=stage.name, label=label, artifact_key=key,
+                                           status=status, cached=status in ("cached", "waited"), seconds=seconds,
+                                           detail=redact_text(detail)[:4000])])
+
+
+def execute(stage: Stage, ctx: RunContext, cfg: BaseModel | Mapping, inputs: Mapping[str, Input], label: str = "",
+            expect_key: str | None = None) -> dict[str, ArtifactRef]:
+    """Make sure ``stage``'s outputs for (cfg, inputs) are committed; return them by output name."""
+    cfg = cfg if isinstance(cfg, stage.config) else stage.config.model_validate(cfg)
+    inputs = dict(inputs)
+    parts = stage.key_parts(cfg, inputs)
+    keys = stage.output_keys(parts.key())
+    key, log = parts.key(), logger()
+    name = stage.name + (f"[{label}]" if label else "")
+    if expect_key is not None and expect_key != key:
+        raise RuntimeError(f"{name}: the plan computed key {expect_key} but the runner computes {key}; "
+                           "plan and run disagree on the key function (a bug)")
+    found = ctx.catalog.artifacts(keys.values())
+    if len(found) == len(keys):
+        log.info("%s: done already (artifact %s, run %s); nothing to compute", name, key[:12],
+                 found[key]["run_id"])
+        _record_stage(ctx, stage, key, label, "cached")
+        return _refs(stage, found, keys)
+
+    lease, t_wait = None, time.time()
+    if not stage.sharded:   # the whole key is one unit of work: one run computes it, others wait
+        lease = acquire(ctx.locks, f"stage:{key}", ctx.owner(), poll_s=1.0,
+                        on_wait=lambda h: log.info("%s: %s is computing key %s; waiting to reuse its result",
+                                                   name, describe(h), key[:12]))
+        found = ctx.catalog.artifacts(keys.values())
+        if len(found) == len(keys):
+            log.info("%s: reusing %s, committed while we waited %.1fs", name, key[:12], time.time() - t_wait)
+            lease.release()
+            _record_stage(ctx, stage, key, label, "waited", time.time() - t_wait)
+            return _refs(stage, found, keys)
+    try:
+        return _run_body(stage, ctx, cfg, inputs, parts, keys, label, name)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _run_body(stage, ctx, cfg, inputs, parts, keys, label, name) -> dict[str, ArtifactRef]:
+    log, key, t0 = logger(), parts.key(), time.time()
+    tr = ctx.tracker
+    mlrun = tr.start_run(name, parent_run_id=ctx.mlflow_parent or None,
+                         tags={"rlt.stage": stage.name, "rlt.stage_version": stage.version, "rlt.label": label,
+                               "rlt.artifact_key": key, "rlt.run_id": ctx.run_id,
+                               **{f"rlt.input.{k}": v for k, v in parts.inputs.items()}})
+    tr.log_params(mlrun, {"config": parts.config, "models": parts.models, "stage_version": stage.version})
+    run = StageRun(stage, ctx, cfg, inputs, parts, keys, label, mlrun)
+    try:
+        stats = dict(stage.body(run) or {})
+        run.writer().stats.update(stats)
+        committed = _commit(stage, run, time.time() - t0)
+    except BaseException as exc:
+        tr.end_run(mlrun, "FAILED")
+        _record_stage(ctx, stage, key, label, "failed", time.time() - t0, f"{type(exc).__name__}: {exc}")
+        raise
+    found = ctx.catalog.artifacts(keys.values())
+    refs = _refs(stage, found, keys)
+    if committed:
+        primary = run.writer()
+        tr.set_tags(mlrun, {**{f"rlt.output.{n}": r.key for n, r in refs.items()}, "rlt.output_uri": primary.uri})
+        numeric = {k: v for k, v in primary.stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tr.log_metrics(mlrun, {**numeric, "rows": primary.num_rows, "stage_seconds": time.time() - t0})
+        log.info("%s: committed %s (%d rows) in %.1fs", name, key[:12], primary.num_rows, time.time() - t0)
+    else:
+        log.info("%s: another run committed %s first; using its artifact", name, key[:12])
+        tr.set_tags(mlrun, {"rlt.reused_from_run": refs[stage.primary].run_id})
+        _record_stage(ctx, stage, key, label, "waited", time.time() - t0)
+    tr.end_run(mlrun)
+    return refs
+
+
+def _commit(stage: Stage, run: StageRun, seconds: float) -> bool:
+    """One transaction: every output's data, record, lineage and provenance, plus the stage record."""
+    ctx, key = run.ctx, run.key
+    specs = [run.writers[o.name].commit_spec(o.provenance) for o in stage.outputs]
+    stats = run.writer().stats
+    stage_row = dict(run_id=ctx.run_id, stage=stage.name, label=run.label, artifact_key=key, status="done",
+                     cached=False, seconds=seconds, detail=json.dumps(stats, default=str)[:4000])
+    if stage.sharded:   # shards were shared with other runs: commit under the key's lock, once
+        lease = acquire(ctx.locks, f"stage:{key}", ctx.owner(), poll_s=0.5)
+        try:
+            return ctx.catalog.commit(specs, {"stage_runs": [stage_row]}, message=f"commit {stage.name}")
+        finally:
+            lease.release()
+    return ctx.catalog.commit(specs, {"stage_runs": [stage_row]}, message=f"commit {stage.name}")
+
+
+# ---------------------------------------------------------------------------------------------- Prefect
+_TASKS: dict[str, Any] = {}
+
+
+def prefect_task(stage: Stage):
+    """The stage as a real Prefect task carrying its version; no Prefect cache (the catalog decides)."""
+    if stage.name not in _TASKS:
+        from prefect import task
+        from prefect.cache_policies import NO_CACHE
+
+        def run_stage(ctx: RunContext, cfg: dict, inputs: dict, label: str = "", key: str = "") -> dict:
+            refs = execute(stage, ctx, cfg, inputs, label, expect_key=key or None)
+            return {n: r.model_dump() for n, r in refs.items()}
+
+        run_stage.__doc__ = stage.body.__doc__
+        _TASKS[stage.name] = task(run_stage, name=stage.name, version=stage.version, cache_policy=NO_CACHE,
+                                  persist_result=False, retries=0,
+                                  task_run_name=f"{stage.name}" + "{label}-{key}")
+    return _TASKS[stage.name]
+
