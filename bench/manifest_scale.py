@@ -8,18 +8,18 @@ One simulated night writes what a real factory night writes (no model work): a `
 "ledger" snapshot), then for each of the 8 graph nodes (flows.pipeline.NODES) with new keys (new inputs every
 night): for the sharded nodes (generate, score and evaluate[distilled], standing in for any sharded evaluation)
 one ``shards`` "done" record per shard, each its own ``catalog.append`` under the shard's lock as tasks/shards.py
-does; then one ``catalog.commit`` per node under its ``stage:<key>`` lock: a small real parquet part per output
-(ArtifactWriter.write_part, contract EXAMPLE rows with distinct ids), lineage, provenance and the stage_runs
-row (tasks/runner.py). With --shard-parts a sharded node's data is instead one real part per shard, all registered
-by its commit, as tasks/shards.py does (a real night registers many more files than one per output). Then a ``runs`` record (done) and ``catalog.maintain(ledger_retention_s=0)`` as
-flows/factory.py does at the end of every run; retention 0 expires the night's bookkeeping snapshots at once,
-as a real night's are expired by the next night's maintenance (file retention stays at its default of a day,
-so files merged away are still on disk and counted under _lake).
+does, each with one real parquet part in the shard's folder (contract EXAMPLE rows with distinct ids); then one
+``catalog.commit`` per node under its ``stage:<key>`` lock, exactly as tasks/runner.py commits: the parts are
+first consolidated into few files (ArtifactWriter.consolidate), then registered with lineage, provenance and the
+stage_runs row (--single-part: skip the per-shard parts, one small part per output). Then a
+``runs`` record (done) and ``catalog.maintain(ledger_retention_s=0)`` as flows/factory.py does at the end of every
+run; retention 0 expires the night's bookkeeping snapshots at once, as a real night's are expired by the next
+night's maintenance (file retention stays at its default of a day, so files merged away are still on disk and
+counted under _lake).
 
 Measured at each night of --nights (mid-night: upstream committed, score half done, i.e. a crashed night):
-- plan lookups (flows/plan.py annotate): ``artifacts`` of every output key of the night's 8 nodes (some
-  committed, some not), ``latest_artifact`` per node, ``shard_states`` of the 3 sharded keys, ``locks.holder``
-  of each ``stage:<key>``;
+- plan lookups: flows/plan.py ``annotate`` itself on the night's 8 nodes (some committed, some not): the
+  committed keys, the shard ledgers and the latest artifacts (one batched query each), and the lock holders;
 - shard resume (tasks/shards.py): ``shard_states`` of the uncommitted score key with shards/2 done shards.
 Each is timed on the open handle (median of --reps) and once on a fresh ``Catalog(Store(root))`` (attach
 included), in wall and in process CPU seconds (CPU time is robust when the machine is shared; it does not count
@@ -100,6 +100,7 @@ class Night:
             w = writers[o.name]
             if not w.files:
                 w.write_part(example_rows(o.contract, f"{w.key}"))
+            w.consolidate()   # as tasks/runner.py does: many shard parts -> few files before the commit
             specs.append(w.commit_spec(o.provenance))
         key = parts.key()
         row = dict(run_id=run_id, stage=node.stage.name, label=node.label, artifact_key=key, status="done",
@@ -143,20 +144,15 @@ class Clock:
 
 
 def plan_lookups(cat: Catalog, locks, plan, clock: Clock) -> None:
-    """The catalog and lock lookups of flows/plan.py annotate(), timed by kind."""
+    """What ``rlt plan`` does: flows/plan.py annotate() itself, on this catalog and these locks."""
+    from flows.pipeline import Planned
+    from flows.plan import annotate
+    from tasks.common import RunContext
+
+    ctx = RunContext(cat.store.root, tracking=False)
+    ctx.__dict__.update(catalog=cat, locks=locks)
     with clock("plan lookups"):
-        with clock("artifacts"):
-            cat.artifacts(k for _, _, keys in plan for k in keys.values())
-        with clock("latest_artifact x8"):
-            for node, _, _ in plan:
-                cat.latest_artifact(node.stage.name, node.label, [o.name for o in node.stage.outputs[1:]])
-        with clock("shard_states x3"):
-            for node, parts, _ in plan:
-                if node.id in SHARDED:
-                    cat.shard_states(parts.key())
-        with clock("locks.holder x8"):
-            for _, parts, _ in plan:
-                locks.holder(f"stage:{parts.key()}")
+        annotate(ctx, [Planned(node, None, parts, keys) for node, parts, keys in plan])
 
 
 def measure(cat: Catalog, locks, url: str | None, reps: int, shards: int, plan, key: str) -> dict:
@@ -248,7 +244,8 @@ def table(night: int, m: dict, wrote_s: float, maintain_s: float) -> str:
              "rows: " + ", ".join(f"{k} {v}" for k, v in c["rows"].items()),
              f"{'seconds':<20} {'open: wall':>11} {'open: cpu':>10} {'fresh: wall':>12} {'fresh: cpu':>11}"]
     for k in [*m["open"], "attach"]:
-        o = " ".join(f"{v:>{n}.4f}" for v, n in zip(m["open"][k], (11, 10))) if k in m["open"] else f"{'-':>11} {'-':>10}"
+        w, cpu = m["open"].get(k, ("-", "-"))
+        o = f"{w:>11.4f} {cpu:>10.4f}" if k in m["open"] else f"{w:>11} {cpu:>10}"
         lines.append(f"{k:<20} {o} {m['fresh'][k][0]:>12.4f} {m['fresh'][k][1]:>11.4f}")
     return "\n".join(lines)
 
@@ -260,10 +257,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7, help="repetitions on the open handle (median)")
     ap.add_argument("--s3", action="store_true", help="data root on SeaweedFS S3, catalog on PostgreSQL")
     ap.add_argument("--no-maintain", action="store_true", help="skip catalog.maintain() after each night")
-    ap.add_argument("--shard-parts", action="store_true",
-                    help="one real parquet part per shard, all registered at commit (as tasks/shards.py does)")
+    ap.add_argument("--single-part", action="store_true",
+                    help="no per-shard parquet parts: one small part per output (less realistic, faster)")
     ap.add_argument("--root", help="data root (default: a temporary folder, deleted at the end unless --keep)")
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the data root (and the services folder)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("infra.catalog").setLevel(logging.WARNING)   # one maintenance line per night otherwise
@@ -283,7 +280,7 @@ def main() -> None:
         loc = cat.location
         locks = PgLocks(loc.dsn) if loc.kind == "postgres" else FileLocks(loc.lock_dir)
         log.info("catalog %s, data root %s, maintenance %s", cat, root, "off" if args.no_maintain else "on")
-        sim, results = Night(cat, locks, args.shards, args.shard_parts), {}
+        sim, results = Night(cat, locks, args.shards, not args.single_part), {}
         for n in tqdm(range(1, nights[-1] + 1), desc="nights", unit="night"):
             probe = (lambda plan, key: measure(cat, locks, url, args.reps, args.shards, plan, key)) \
                 if n in nights else None

@@ -48,14 +48,19 @@ def explain_change(new: KeyParts, old: dict) -> str:
 
 
 def annotate(ctx: RunContext, plans: list[Planned]) -> list[Planned]:
-    """Fill in status and reason for each stage from the catalog (and the locks: what runs elsewhere now)."""
+    """Fill in status and reason for each stage from the catalog (and the locks: what runs elsewhere now).
+
+    Three catalog queries whatever the number of stages: committed keys, shard ledgers, latest artifacts."""
     found = ctx.catalog.artifacts(k for p in plans for k in p.keys.values())
+    todo = [p for p in plans if not all(k in found for k in p.keys.values())]
+    shards = ctx.catalog.shard_states_many(p.key for p in todo)
+    secondary = sorted({n for p in todo for n in _secondary(p)})
+    latest = ctx.catalog.latest_artifacts([(p.stage, p.label) for p in todo], exclude_names=secondary)
     for p in plans:
-        if all(k in found for k in p.keys.values()):
+        if p not in todo:
             p.status, p.reason = "cached", f"committed by run {found[p.key]['run_id']}"
             continue
-        holder = ctx.locks.holder(f"stage:{p.key}")
-        states = ctx.catalog.shard_states(p.key)
+        states = shards.get(p.key, {})
         if states:
             counts: dict[str, int] = {}
             for s in states.values():
@@ -66,8 +71,9 @@ def annotate(ctx: RunContext, plans: list[Planned]) -> list[Planned]:
             p.reason = f"shards {counts}" + (f"; failed {failed[:3]}" if failed else "")
         else:
             p.status = "run"
-            prev = ctx.catalog.latest_artifact(p.stage, p.label, exclude_names=_secondary(p))
+            prev = latest.get((p.stage, p.label))
             p.reason = explain_change(p.parts, prev) if prev else "new: no earlier artifact of this stage"
+        holder = ctx.locks.holder(f"stage:{p.key}")
         if holder is not None:
             p.status, p.reason = "running", f"in progress in {describe(holder)}; this run would wait for it"
     return plans

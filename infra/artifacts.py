@@ -121,6 +121,57 @@ class ArtifactWriter:
             return ""
         return files_digest({f: self.file_digests[f] for f in parts})
 
+    def consolidate(self, max_rows: int = 250_000) -> list[str]:
+        """Rewrite many small parts (shards, resumed attempts) into few files of up to ``max_rows`` rows under this
+        run's prefix, before the commit: the lake then holds a few files per artifact instead of hundreds, so
+        later queries open few files and the catalog's file metadata stays small. Streams part by part (bounded
+        memory). Returns the replaced parts (staging files the caller may delete once the commit succeeded)."""
+        import os
+        import tempfile
+
+        import pyarrow.parquet as pq
+
+        old = self.parquet_parts()
+        schema = self.schema
+        if len(old) <= 1 or schema is None:
+            return []
+        new: dict[str, str] = {}
+        out = rows = None
+
+        def close() -> None:
+            nonlocal out, rows
+            if out is None:
+                return
+            writer, tmp = out
+            writer.close()
+            path = f"{self.run_prefix}/data-{len(new):05d}-{uuid.uuid4().hex[:8]}.parquet"
+            h = hashlib.sha256()
+            with open(tmp, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+            self.store.put_file(tmp, path)
+            new[path] = h.hexdigest()[:16]
+            out = rows = None
+
+        for part in old:
+            with self.store.fs.open(part, "rb") as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=8192):
+                    if out is None:
+                        fd, tmp = tempfile.mkstemp(suffix=".parquet", prefix="rlt-consolidate-")
+                        os.close(fd)
+                        out, rows = (pq.ParquetWriter(tmp, schema, compression="zstd"), tmp), 0
+                    out[0].write_table(pa.Table.from_batches([batch]).select(schema.names).cast(schema))
+                    rows += batch.num_rows
+                    if rows >= max_rows:
+                        close()
+        close()
+        old_rel = {self.store.rel(p) for p in old}
+        self.files = [f for f in self.files if f not in old_rel]
+        for f in old_rel:
+            self.file_digests.pop(f, None)
+        self.add_files(list(new), 0, list(new.values()))
+        return old
+
     def parquet_parts(self) -> list[str]:
         return [self.store.path(f) for f in self.files if f.endswith(".parquet")]
 

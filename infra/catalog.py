@@ -194,7 +194,7 @@ class Catalog:
         if self.read_only and fresh:
             raise CatalogError(f"no catalog yet at {loc.describe()}: nothing has been committed to {self.store.root}")
         try:
-            with self._file_lock(shared=self.read_only):
+            with self._file_lock(shared=self.read_only), self._init_guard():
                 if fresh:
                     self._init_sqlite(loc.sqlite_path)
                 self._retry(lambda: con.execute(f"ATTACH '{target}' AS lake ({', '.join(opts)})"))
@@ -205,6 +205,18 @@ class Catalog:
             raise CatalogError(f"cannot open the catalog at {loc.describe()}: {_scrub(str(exc), loc)}") from exc
         self._create_views(con)
         return con
+
+    @contextlib.contextmanager
+    def _init_guard(self) -> Iterator[None]:
+        """PostgreSQL: one process at a time creates DuckLake's tables and ours (an advisory lock on the server);
+        two runs attaching an empty catalog at once would otherwise both run CREATE TABLE."""
+        if self.location.kind != "postgres" or self.read_only:
+            yield
+            return
+        from infra.locks import PgLocks, hold, owner_info
+
+        with hold(PgLocks(self.location.dsn), "catalog:init", owner_info(), poll_s=0.2, timeout_s=300):
+            yield
 
     @staticmethod
     def _init_sqlite(path: str) -> None:
@@ -340,9 +352,12 @@ class Catalog:
             self.refresh_data_views()
             return self._retry(lambda: con.execute(query, list(params)).to_arrow_table())
 
+    # Lookups on the relations filter with list_contains(), not "col = ?": an equality filter makes DuckLake plan
+    # file pruning, which reads every file's column statistics in the whole catalog (artifact data included) on
+    # each query; after maintenance a relation is one merged file, so pruning would gain nothing (measured with
+    # bench/manifest_scale.py: with "=" a lookup grew ~2x over 100 nights, with list_contains it stays flat).
     def artifact(self, key: str) -> dict | None:
-        rows = self.rows("SELECT * FROM lake.main.artifacts WHERE key = ? ORDER BY ts LIMIT 1", [key])
-        return rows[0] if rows else None
+        return self.artifacts([key]).get(key)
 
     def artifacts(self, keys: Iterable[str]) -> dict[str, dict]:
         keys = sorted(set(keys))
@@ -354,20 +369,39 @@ class Catalog:
             out.setdefault(r["key"], r)
         return out
 
-    def latest_artifact(self, stage: str, label: str | None = None, exclude_names: Sequence[str] = ()) -> dict | None:
-        rows = self.rows("SELECT * FROM lake.main.artifacts WHERE stage = ? AND coalesce(label, '') = ? AND NOT "
-                         "list_contains(?, name) ORDER BY ts DESC LIMIT 1", [stage, label or "", list(exclude_names)])
-        return rows[0] if rows else None
+    def latest_artifacts(self, wanted: Sequence[tuple[str, str]], exclude_names: Sequence[str] = ()
+                         ) -> dict[tuple[str, str], dict]:
+        """The newest artifact of each (stage, label), in one query."""
+        if not wanted:
+            return {}
+        rows = self.rows("SELECT * FROM lake.main.artifacts WHERE list_contains(?, stage || '|' || coalesce(label, "
+                         "'')) AND NOT list_contains(?, name) QUALIFY row_number() OVER (PARTITION BY stage, "
+                         "coalesce(label, '') ORDER BY ts DESC) = 1",
+                         [[f"{s}|{lab or ''}" for s, lab in wanted], list(exclude_names)])
+        return {(r["stage"], r["label"] or ""): r for r in rows}
 
-    def shard_state(self, artifact_key: str, shard_id: str) -> dict | None:
-        rows = self.rows("SELECT * FROM lake.main.shards WHERE artifact_key = ? AND shard_id = ? ORDER BY ts DESC "
-                         "LIMIT 1", [artifact_key, shard_id])
-        return rows[0] if rows else None
+    def latest_artifact(self, stage: str, label: str | None = None, exclude_names: Sequence[str] = ()) -> dict | None:
+        return self.latest_artifacts([(stage, label or "")], exclude_names).get((stage, label or ""))
+
+    def shard_states_many(self, artifact_keys: Iterable[str]) -> dict[str, dict[str, dict]]:
+        """Latest record of every shard of each key, in one query: key -> shard id -> record."""
+        keys = sorted(set(artifact_keys))
+        if not keys:
+            return {}
+        rows = self.rows("SELECT * FROM lake.main.shards WHERE list_contains(?, artifact_key) QUALIFY "
+                         "row_number() OVER (PARTITION BY artifact_key, shard_id ORDER BY ts DESC) = 1", [keys])
+        out: dict[str, dict[str, dict]] = {}
+        for r in rows:
+            out.setdefault(r["artifact_key"], {})[r["shard_id"]] = r
+        return out
 
     def shard_states(self, artifact_key: str) -> dict[str, dict]:
-        rows = self.rows("SELECT * FROM lake.main.shards WHERE artifact_key = ? QUALIFY row_number() OVER "
-                         "(PARTITION BY shard_id ORDER BY ts DESC) = 1", [artifact_key])
-        return {r["shard_id"]: r for r in rows}
+        return self.shard_states_many([artifact_key]).get(artifact_key, {})
+
+    def shard_state(self, artifact_key: str, shard_id: str) -> dict | None:
+        rows = self.rows("SELECT * FROM lake.main.shards WHERE list_contains(?, artifact_key || '|' || shard_id) "
+                         "QUALIFY row_number() OVER (ORDER BY ts DESC) = 1", [[f"{artifact_key}|{shard_id}"]])
+        return rows[0] if rows else None
 
     def scan(self, name: str, key: str, columns: Sequence[str] | None = None, order_by: str | None = None,
              where: str = "", batch_size: int = 1024) -> Iterator[pa.RecordBatch]:
@@ -411,8 +445,30 @@ class Catalog:
                         [[r.get(n) for n in names] for r in rows])
 
     def commit(self, outputs: Sequence["OutputCommit"], extra: dict[str, list[dict]] | None = None,
-               message: str = "commit") -> bool:
-        """Commit artifacts in one transaction; False (and nothing written) if any key is already committed."""
+               message: str = "commit", attempts: int = 6) -> bool:
+        """Commit artifacts in one transaction; False (and nothing written) if any key is already committed.
+
+        On PostgreSQL, writers from many processes commit optimistically: when two commits both create the same
+        new ``data.<table>`` (the first artifacts of a kind, e.g. two recipes' first distill sets) or evolve its
+        schema, DuckLake refuses the later one ("Transaction conflict"). That transaction rolled back whole, so it
+        is simply redone, and now sees the other's table. (SQLite catalogs never conflict: writes are serialised.)
+        """
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                return self._commit_once(outputs, extra, message)
+            except duckdb.TransactionException as exc:
+                if "conflict" not in str(exc).lower() or attempt == attempts - 1:
+                    raise
+                log.info("catalog commit of %s conflicted with another writer (%s); retrying",
+                         ", ".join(o.record["key"] for o in outputs),
+                         next((ln for ln in str(exc).splitlines() if "onflict" in ln), "")[:200])
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _commit_once(self, outputs: Sequence["OutputCommit"], extra: dict[str, list[dict]] | None,
+                     message: str) -> bool:
         keys = [o.record["key"] for o in outputs]
         with self.transaction(f"{message} " + " ".join(keys), {"run_id": outputs[0].record.get("run_id")}) as con:
             taken = con.execute("SELECT DISTINCT key FROM lake.main.artifacts WHERE list_contains(?, key)",
@@ -480,9 +536,12 @@ class Catalog:
         with self._mutex, self._file_lock():
             cutoff = now() - dt.timedelta(seconds=ledger_retention_s)
             current = con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0]
+            # bookkeeping (ledger) snapshots and maintenance's own (no message: flushes, merges) go; artifact
+            # commits, run ends, schema changes stay
             old = [r[0] for r in con.execute(
-                "SELECT snapshot_id FROM lake.snapshots() WHERE starts_with(coalesce(commit_message, ''), ?) "
-                "AND snapshot_time < ? AND snapshot_id < ?", [LEDGER, cutoff, current]).fetchall()]
+                "SELECT snapshot_id FROM lake.snapshots() WHERE (starts_with(coalesce(commit_message, ''), ?) OR "
+                "(commit_message IS NULL AND snapshot_id > 0)) AND snapshot_time < ? AND snapshot_id < ?",
+                [LEDGER, cutoff, current]).fetchall()]
             if old:
                 con.execute("CALL ducklake_expire_snapshots('lake', versions => ?)", [old])
             con.execute("CALL ducklake_flush_inlined_data('lake')")

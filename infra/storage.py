@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import uuid
 from typing import Any, Iterator
 
@@ -103,6 +104,19 @@ class Store:
         self.write_bytes(path, data)
         return hashlib.sha256(data).hexdigest()[:16]
 
+    def put_file(self, local_path: str, path: str, keep: bool = False) -> None:
+        """Place a finished local file at ``path`` atomically (local: copy or move, then rename in place; S3: one
+        upload); the local file is removed unless ``keep``."""
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            (shutil.copyfile if keep else shutil.move)(local_path, tmp)
+            os.replace(tmp, path)
+        else:
+            self.fs.put_file(local_path, path)
+            if not keep:
+                os.remove(local_path)
+
     def file_digest(self, path: str) -> str:
         """sha256 (16 hex) of a stored file's bytes, streamed."""
         h = hashlib.sha256()
@@ -136,16 +150,7 @@ class Store:
         for name in sorted(os.listdir(local_dir)):
             src = os.path.join(local_dir, name)
             if os.path.isfile(src):
-                dst = f"{path}/{name}"
-                if self.local:
-                    os.makedirs(path, exist_ok=True)
-                    tmp = f"{dst}.tmp-{uuid.uuid4().hex[:8]}"
-                    import shutil
-
-                    shutil.copyfile(src, tmp)
-                    os.replace(tmp, dst)
-                else:
-                    self.fs.put_file(src, dst)
+                self.put_file(src, f"{path}/{name}", keep=True)
                 names.append(name)
         return names
 

@@ -167,7 +167,7 @@ def grade_letter(response: str, correct_letter: str) -> Grade:
 _EXPR_CHARS = r"[\d\s+\-*/()]"
 _TRAILING_EXPR = re.compile(rf"{_EXPR_CHARS}*$")
 _LEADING_EXPR = re.compile(rf"^{_EXPR_CHARS}*")
-_ANY_EXPR = re.compile(rf"\(*\s*\d+(?:\s*[+\-*/()]\s*\(*\s*\d+\s*\)*)+\)*")
+_ANY_EXPR = re.compile(r"\(*\s*\d+(?:\s*[+\-*/()]\s*\(*\s*\d+\s*\)*)+\)*")
 _OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
 _MAX_EXPR_CHARS = 200
 

@@ -43,5 +43,6 @@ def store_checkpoint(run, writer: ArtifactWriter, model_dir: str | None, row: di
                else json.dumps(row.get("metrics_json", {}), default=str))
     writer.contract.check([row])
     writer.write_part([row])
-    writer.digest = digest
+    if model_dir is not None:   # the record promises these weights; a base-model "checkpoint" stores none
+        writer.digest = digest
     writer.stats.update(checkpoint=row, steps=row["steps"], digest=digest)

@@ -5,6 +5,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -68,7 +69,9 @@ class RunContext:
 
 
 def logger():
-    """Prefect's run logger inside a run, the module logger outside."""
+    """Prefect's run logger inside a run, the module logger outside (never imports Prefect just to log)."""
+    if "prefect" not in sys.modules:
+        return log
     try:
         from prefect import get_run_logger
 

@@ -3,8 +3,9 @@
 Shards are Prefect tasks (never one task per example). Rows carry
 ``explanation_id = hash(problem_id, sample_index, generation-config digest)``, so a killed run's successor skips
 what is already written. The engine stays warm: the model is loaded once per process (or one vLLM server per
-endpoint) and fed shard after shard; parts are written on a background thread, and with ``parallel_shards`` > 1
-the next shard waits on the engine while the previous one finishes its bookkeeping.
+endpoint) and fed shard after shard; parts are written on a background thread. An in-process engine runs its
+shards one after another on the stage's own thread (see ``shards.run_shards`` for why); vLLM-server shards run
+``parallel_shards`` at a time, enough to keep every endpoint's request window full.
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ class GenerateConfig(BaseModel):
     shard_size: int = Field(default=16, ge=1, description="problems per shard (the unit of retry)")
     part_size: int = Field(default=16, ge=1, description="completions per appended part inside a shard")
     batch_size: int = Field(default=8, ge=1)
-    parallel_shards: int = Field(default=2, ge=1, description="shards in flight (they share the engine)")
+    parallel_shards: int = Field(default=1, ge=1, description="vllm_server: shards in flight (raised to fill every "
+                                 "endpoint's window); in-process engines (hf, vllm) always run one shard at a time "
+                                 "on the stage's thread (see tasks/shards.run_shards)")
     seed: int = 0
     split: Literal["train", "heldout", "all"] = "train"
     max_problems: Optional[int] = Field(default=None, ge=1)
@@ -124,16 +127,18 @@ def generate(run: StageRun) -> dict:
 
             endpoints = [stack.enter_context(VLLMServer(snap.path)).base_url]
             cfg = cfg.model_copy(update={"served_model_name": cfg.served_model_name or snap.path})
-        task = shards.shard_task(generate_shard, "generate-shard", STAGE.version)
         if cfg.backend == "vllm_server":   # enough shards in flight to fill every endpoint's window, +2 queued
             per_shard = cfg.shard_size * cfg.num_samples
             need = len(endpoints) * (-(-cfg.concurrency // per_shard) + 2)
             cfg = cfg.model_copy(update={"parallel_shards": max(cfg.parallel_shards, need)})
+        else:   # the model computes in this process: on this thread only (OpenMP, see shards.run_shards)
+            cfg = cfg.model_copy(update={"parallel_shards": 1})
+
         def args(i: int) -> tuple:   # shards spread over the endpoints
             return (cfg, snap.path, snap.digest, teacher.key, endpoints[i % len(endpoints)] if endpoints else None)
 
         total = run.count("problems", "" if cfg.split == "all" else f"split = '{cfg.split}'")
-        summary = shards.run_shards(run, lambda: _problems(run), cfg.shard_size, task, args, "explanation_id",
+        summary = shards.run_shards(run, lambda: _problems(run), cfg.shard_size, generate_shard, args, "explanation_id",
                                     parallel=cfg.parallel_shards, expected_per_row=cfg.num_samples,
                                     total_rows=min(total, cfg.max_problems or total))
     stats = dict(summary.stats(), **_token_stats(run))

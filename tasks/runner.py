@@ -19,7 +19,7 @@ from infra.artifacts import ref_from_record
 from infra.locks import acquire, describe
 from infra.settings import redact_text
 from tasks.common import RunContext, logger
-from tasks.stage import Input, Stage, StageRun
+from tasks.stage import AlreadyCommitted, Input, Stage, StageRun
 
 
 def input_keys(inputs: Mapping[str, Input]) -> dict[str, Any]:
@@ -87,10 +87,15 @@ def _run_body(stage, ctx, cfg, inputs, parts, keys, label, name) -> dict[str, Ar
         stats = dict(stage.body(run) or {})
         run.writer().stats.update(stats)
         committed = _commit(stage, run, time.time() - t0)
+    except AlreadyCommitted:
+        committed = False
     except BaseException as exc:
         tr.end_run(mlrun, "FAILED")
         _record_stage(ctx, stage, key, label, "failed", time.time() - t0, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if run.commit_lease is not None:
+            run.commit_lease.release()
     found = ctx.catalog.artifacts(keys.values())
     refs = _refs(stage, found, keys)
     if committed:
@@ -109,18 +114,26 @@ def _run_body(stage, ctx, cfg, inputs, parts, keys, label, name) -> dict[str, Ar
 
 def _commit(stage: Stage, run: StageRun, seconds: float) -> bool:
     """One transaction: every output's data, record, lineage and provenance, plus the stage record."""
-    ctx, key = run.ctx, run.key
+    if stage.sharded:   # shards were shared with other runs: commit under the key's lock, once
+        run.hold_commit_lock()   # usually held already (run_shards takes it); raises AlreadyCommitted
+    return _consolidate_and_commit(stage, run, seconds)   # non-sharded: the key's lock is held since the start
+
+
+def _consolidate_and_commit(stage: Stage, run: StageRun, seconds: float) -> bool:
+    ctx = run.ctx
+    staging = [p for o in stage.outputs for p in run.writers[o.name].consolidate()]
     specs = [run.writers[o.name].commit_spec(o.provenance) for o in stage.outputs]
     stats = run.writer().stats
-    stage_row = dict(run_id=ctx.run_id, stage=stage.name, label=run.label, artifact_key=key, status="done",
+    stage_row = dict(run_id=ctx.run_id, stage=stage.name, label=run.label, artifact_key=run.key, status="done",
                      cached=False, seconds=seconds, detail=json.dumps(stats, default=str)[:4000])
-    if stage.sharded:   # shards were shared with other runs: commit under the key's lock, once
-        lease = acquire(ctx.locks, f"stage:{key}", ctx.owner(), poll_s=0.5)
-        try:
-            return ctx.catalog.commit(specs, {"stage_runs": [stage_row]}, message=f"commit {stage.name}")
-        finally:
-            lease.release()
-    return ctx.catalog.commit(specs, {"stage_runs": [stage_row]}, message=f"commit {stage.name}")
+    committed = ctx.catalog.commit(specs, {"stage_runs": [stage_row]}, message=f"commit {stage.name}")
+    if committed:   # the small staging parts now live on in the consolidated files: free their space
+        for path in staging:
+            try:
+                ctx.store.rm(path)
+            except OSError as exc:
+                logger().warning("could not remove staging part %s: %s", path, exc)
+    return committed
 
 
 # ---------------------------------------------------------------------------------------------- Prefect

@@ -25,7 +25,9 @@ class ScoreConfig(BaseModel):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     shard_size: int = Field(default=64, ge=1, description="explanations per shard")
     part_size: int = Field(default=32, ge=1)
-    parallel_shards: int = Field(default=2, ge=1, description="shards in flight (they share the two models)")
+    parallel_shards: int = Field(default=1, ge=1, description="shards in flight (they share the two models); 1 keeps "
+                                 "all torch work on the stage's thread, which is fastest on small CPU machines "
+                                 "(see tasks/shards.run_shards)")
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
@@ -70,7 +72,7 @@ def score(run: StageRun) -> dict:
     summary = shards.run_shards(
         run, lambda: run.rows("explanations", ["explanation_id", "problem_id", "sample_index", "question",
                                                "solution", "completion"]),
-        cfg.shard_size, shards.shard_task(score_shard, "score-shard", STAGE.version), (cfg, teacher.path, teacher.digest, student.path, student.digest),
+        cfg.shard_size, score_shard, (cfg, teacher.path, teacher.digest, student.path, student.digest),
         "explanation_id", parallel=cfg.parallel_shards, total_rows=run.ref("explanations").num_rows)
     stats = dict(summary.stats(), **_reward_stats(run))
     run.log.info("score: %d explanations scored, mean reward %.3f", run.writer().num_rows,

@@ -10,6 +10,7 @@ hold. The catalog's ``shards`` relation records each finished (or failed) shard 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -127,6 +128,8 @@ class ShardSummary:
 
 
 def _in_prefect() -> bool:
+    if "prefect" not in sys.modules:   # not imported: certainly not inside a Prefect run (and stay light)
+        return False
     from prefect.context import FlowRunContext, TaskRunContext
 
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
@@ -160,20 +163,32 @@ def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
         yield buf
 
 
-def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, task, args, id_col: str,
+def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Callable, args, id_col: str,
                parallel: int = 1, expected_per_row: int = 1, total_rows: int | None = None) -> ShardSummary:
     """Run every shard of ``run``'s primary artifact that is not done yet, at most ``parallel`` at once.
 
     ``rows()`` streams the input (it is called again for shards that were busy elsewhere on the first pass);
-    ``task`` is a Prefect task called as ``task(job, *args)`` -> ShardResult, once per shard; ``args`` is a tuple
-    or ``args(shard_index)`` -> tuple (e.g. to spread shards over endpoints).
+    ``fn(job, *args)`` -> ShardResult runs once per shard: as a Prefect task ``<stage>-shard`` carrying the stage
+    version inside a Prefect run, a plain call outside one; ``args`` is a tuple or ``args(shard_index)`` -> tuple
+    (e.g. to spread shards over endpoints).
+
+    ``parallel`` <= 1 runs each shard inline, on the calling thread (a direct Prefect task call stays on it too):
+    what in-process torch engines need. libgomp spin-waits between OpenMP regions only while it manages no more
+    threads than there are CPUs; once a second thread has run torch ops, every small op (a decode step) pays a
+    futex wake-up instead: measured 12% slower generation on SmolLM2, 45% on decode-sized matmuls, on 2 cores
+    (bench/README.md). ``parallel`` > 1 runs shards on a thread pool (Prefect's task runner inside a flow): for
+    I/O-bound shards such as a remote vLLM server's clients.
     """
     ctx: RunContext = run.ctx
     writer, stage = run.writer(), run.stage.name
     states = ctx.catalog.shard_states(writer.key)
     summary, deferred = ShardSummary(), set()
     inflight: deque = deque()
-    pool = None if _in_prefect() else ThreadPoolExecutor(max(1, parallel), thread_name_prefix=f"{stage}-shard")
+    pool = task = None
+    if _in_prefect():
+        task = shard_task(fn, f"{stage}-shard", run.stage.version)
+    elif parallel > 1:
+        pool = ThreadPoolExecutor(parallel, thread_name_prefix=f"{stage}-shard")
     bar = tqdm(total=(total_rows * expected_per_row) if total_rows else None, desc=stage, unit="row", leave=False,
                mininterval=1.0)
     with _BARS_LOCK:
@@ -243,7 +258,10 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, task, a
             bar.update(len(job.done_ids))
             log.info("%s shard %s: resuming, %d rows already written", stage, sid, len(job.done_ids))
         a = args(i) if callable(args) else args
-        fut = task.submit(job, *a) if pool is None else pool.submit(_call, task, job, a)
+        if parallel <= 1:
+            fut = _inline(task or fn, job, a)
+        else:
+            fut = task.submit(job, *a) if pool is None else pool.submit(fn, job, *a)
         inflight.append((job, lease, fut))
         drain(parallel - 1)
 
@@ -273,6 +291,7 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, task, a
     if summary.failed:
         raise StageFailed(f"{stage}: {len(summary.failed)} shard(s) failed: {sorted(summary.failed)}; "
                           "re-run the same command to redo only those")
+    run.hold_commit_lock()   # from here to the commit the parts are read under the key's lock
     return summary
 
 
@@ -290,14 +309,19 @@ def shard_task(fn: Callable, name: str, version: str):
     return _SHARD_TASKS[name]
 
 
+def _inline(fn: Callable, job: ShardJob, args: tuple) -> Future:
+    """Run ``fn(job, *args)`` now, on this thread; its outcome as a finished future (settled like the others)."""
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(job, *args))
+    except Exception as exc:  # re-raised by settle's fut.result(), like a failed task
+        fut.set_exception(exc)
+    return fut
+
+
 def _concurrent(fut) -> Future:
     """The concurrent.futures.Future behind a Prefect future (or the future itself)."""
     return getattr(fut, "wrapped_future", fut)
-
-
-def _call(task, job, args):
-    fn = getattr(task, "fn", task)
-    return fn(job, *args)
 
 
 def _pid() -> int:

@@ -29,6 +29,10 @@ ORDER = {"problems": "problem_id", "quarantine": "source_row, reason", "explanat
 Input = Union[ArtifactRef, ModelSnapshot]
 
 
+class AlreadyCommitted(Exception):
+    """Another run committed this key while ours computed it (sharded stages share shards): reuse its artifact."""
+
+
 @dataclass(frozen=True)
 class Output:
     """One artifact a stage produces. ``provenance`` = (id column, kind, parent id column, parent kind)."""
@@ -90,6 +94,7 @@ class StageRun:
     label: str = ""
     mlflow_run: str = ""
     writers: dict[str, ArtifactWriter] = field(default_factory=dict)
+    commit_lease: Any = None   # the key's lock, held from the end of a sharded body's shards through the commit
 
     def __post_init__(self):
         for o in self.stage.outputs:
@@ -108,6 +113,17 @@ class StageRun:
 
     def writer(self, name: str | None = None) -> ArtifactWriter:
         return self.writers[name or self.stage.primary]
+
+    def hold_commit_lock(self) -> None:
+        """Sharded stages, once every shard is done: take the key's lock and keep it through the body's last reads
+        of the shard parts and the commit (the committing run deletes the staging parts it consolidated, so no one
+        may read them unlocked). Raises ``AlreadyCommitted`` when another run committed the key meanwhile."""
+        from infra.locks import acquire
+
+        if self.commit_lease is None:
+            self.commit_lease = acquire(self.ctx.locks, f"stage:{self.key}", self.ctx.owner(), poll_s=0.5)
+        if len(self.ctx.catalog.artifacts(self.keys.values())) == len(self.keys):
+            raise AlreadyCommitted(self.key)
 
     def ref(self, role: str) -> ArtifactRef:
         v = self.inputs[role]

@@ -75,7 +75,9 @@ def test_factory_on_the_real_stack_and_nightly_deployment(tmp_path, tiny_model_d
         fs = s3fs.S3FileSystem(endpoint_url=env_vars["AWS_ENDPOINT_URL"], key=env_vars["AWS_ACCESS_KEY_ID"],
                                secret=env_vars["AWS_SECRET_ACCESS_KEY"])
         bucket_root = env_vars["RLT_DATA_ROOT"].removeprefix("s3://")
-        assert fs.glob(f"{bucket_root}/07_model_output/explanations/*/shards/*/part-*.parquet")
+        # sharded output: shard parts consolidated into the committing run's data files, the staging parts freed
+        assert fs.glob(f"{bucket_root}/07_model_output/explanations/*/runs/*/data-*.parquet")
+        assert not fs.glob(f"{bucket_root}/07_model_output/explanations/*/shards/*/part-*.parquet")
         assert fs.glob(f"{bucket_root}/06_models/student_checkpoint/*/runs/*/model.safetensors")
 
         # the MLflow server holds the parent run and nested stage runs

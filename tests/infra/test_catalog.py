@@ -276,6 +276,47 @@ def test_s3_data_and_postgres_catalog_roundtrip(seaweed_s3, postgres_url, monkey
     assert password not in str(err.value)
 
 
+@pytest.mark.services
+def test_postgres_writers_creating_the_same_new_table_at_once_all_commit(seaweed_s3, postgres_url, monkeypatch):
+    """Two recipes' first artifacts of a kind committed at the same moment from separate connections: DuckLake
+    refuses all but one CREATE TABLE ("Transaction conflict"); the others are redone and commit (CI saw two
+    overlapping factory runs fail on exactly this)."""
+    import threading
+
+    for k, v in seaweed_s3["env"].items():
+        monkeypatch.setenv(k, v)
+    import psycopg
+
+    store = Store(f"s3://{seaweed_s3['bucket']}/rlt-race-{time.time_ns()}")
+    server, db = postgres_url.rsplit("/", 1)[0], f"rlt_race_{time.time_ns() % 10**9}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as pg:   # a catalog of its own (one data path)
+        pg.execute(f"CREATE DATABASE {db}")
+    postgres_url = f"{server}/{db}"
+    for rnd in range(3):
+        table = f"race{rnd}_{time.time_ns() % 10**8}"
+        writers = [_writer(store, 2, f"{table}{i}", name=table) for i in range(4)]
+        cats = [Catalog(store, postgres_url) for _ in writers]
+        for c in cats:
+            c.con   # attach first: the race is in the commits
+        gate, results = threading.Barrier(len(writers)), {}
+
+        def commit(i):
+            gate.wait()
+            try:
+                results[i] = cats[i].commit([writers[i].commit_spec()])
+            except Exception as exc:   # recorded, asserted below
+                results[i] = exc
+
+        threads = [threading.Thread(target=commit, args=(i,)) for i in range(len(writers))]
+        [t.start() for t in threads]
+        [t.join(timeout=300) for t in threads]
+        assert results == {i: True for i in range(len(writers))}, results
+        assert cats[0].count(table, writers[0].key) == 2
+        assert len(cats[0].artifacts([w.key for w in writers])) == len(writers)
+        for c in cats:
+            c.close()
+
+
 def test_manifest_sql_never_reads_data_files_it_does_not_need(tmp_path, capsys):
     """Lazy views: with an artifact's part deleted from disk, queries that do not touch it still answer."""
     from flows.cli import main

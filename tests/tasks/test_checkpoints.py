@@ -2,34 +2,38 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
+from data_contracts import teacher_checkpoint
 from infra.artifacts import verify
 from infra.models import resolve_model
 from tasks import models
+from tasks.common import RunContext
+from tasks.runner import execute
 from tasks.stage import Output, Stage, StageRun
 
 
-def test_checkpoint_is_stored_per_run_and_verified_on_load(tmp_path, tiny_model_dir):
-    from data_contracts import teacher_checkpoint
-    from tasks.common import RunContext
-    from tasks.runner import execute
-    from pydantic import BaseModel, ConfigDict
+class Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    class Cfg(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        n: int = 0
 
+def _register(tmp_path, base_dir: str, weights_dir: str | None, phase: str):
+    """Commit a teacher_checkpoint through the stage runner: ``weights_dir``'s files, or none (phase "base")."""
     def body(run: StageRun):
-        base = resolve_model(tiny_model_dir)
-        run.save_checkpoint(tiny_model_dir, dict(role="teacher", base_model=tiny_model_dir, base_digest=base.digest,
-                                                 phase="sft", steps=1, data_keys=[], student_key=None,
-                                                 config_json={}, metrics_json={}))
+        base = resolve_model(base_dir)
+        run.save_checkpoint(weights_dir, dict(role="teacher", base_model=base_dir, base_digest=base.digest,
+                                              phase=phase, steps=int(phase != "base"), data_keys=[],
+                                              student_key=None, config_json={}, metrics_json={}))
         return {}
 
     stage = Stage("train_teacher", "t", Cfg, (), (Output("teacher_checkpoint", teacher_checkpoint.CONTRACT),), body)
     ctx = RunContext(str(tmp_path / "data"), tracking=False)
     ref = execute(stage, ctx, Cfg(), {})["teacher_checkpoint"]
-    rec = ctx.catalog.artifact(ref.key)
+    return ctx, ref, ctx.catalog.artifact(ref.key)
+
+
+def test_checkpoint_is_stored_per_run_and_verified_on_load(tmp_path, tiny_model_dir):
+    ctx, ref, rec = _register(tmp_path, tiny_model_dir, tiny_model_dir, "sft")
     weights = [f for f in rec["files"] if f.endswith(".safetensors")]
     assert weights and all(f"/runs/{ctx.run_id}/" in f for f in weights)
     assert ref.digest == rec["digest"] and verify(ctx.store, rec) == []
@@ -44,3 +48,12 @@ def test_checkpoint_is_stored_per_run_and_verified_on_load(tmp_path, tiny_model_
     models._VERIFIED.clear()
     with pytest.raises(models.CheckpointCorrupt, match=rec["digest"]):
         models.checkpoint_snapshot(ctx, ref)
+
+
+def test_base_model_checkpoint_record_verifies(tmp_path, tiny_model_dir):
+    """A teacher with no training phases stores no weights: its record's digest must describe its stored files
+    (the contract row), not the base model's weights it does not hold (CI caught `verify` failing on this)."""
+    ctx, ref, rec = _register(tmp_path, tiny_model_dir, None, "base")
+    assert not [f for f in rec["files"] if f.endswith(".safetensors")]
+    assert rec["digest"] and verify(ctx.store, rec) == []
+    assert models.checkpoint_snapshot(ctx, ref).digest == resolve_model(tiny_model_dir).digest

@@ -36,23 +36,35 @@ def _rows(ctx, ref):
     return t
 
 
+def _partial_shards(root: str) -> list[str]:
+    """Shard folders holding some but not all of a shard's 4 rows (2 problems x K=2, one row per part)."""
+    per = CFG["shard_size"] * CFG["num_samples"]
+    out = []
+    for dp, _, fs in os.walk(root):
+        n = sum(f.endswith(".parquet") and f.startswith("part-") for f in fs)
+        if "/shards/" in dp + "/" and 0 < n < per:
+            out.append(dp)
+    return out
+
+
 def test_sigkill_mid_shard_then_rerun_equals_uninterrupted(tmp_path, tiny_model_dir):
     killed = str(tmp_path / "killed")
+    # batch_size 1 (not part of the key): one row per forward loop, so a shard's parts appear one by one
     child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=ROOT, tests=ROOT, data=killed,
-                                                                 model=tiny_model_dir, cfg=CFG)],
+                                                                 model=tiny_model_dir, cfg=dict(CFG, batch_size=1))],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    # wait until some, but not all, parts are on disk, then kill -9
+    # wait until a shard is part-way written (1..3 of its 4 rows), then kill -9
     deadline = time.time() + 240
-    parts = []
+    partial = []
     while time.time() < deadline and child.poll() is None:
-        parts = [f for dp, _, fs in os.walk(killed) for f in fs if "/shards/" in dp + "/" and f.endswith(".parquet")]
-        if len(parts) >= 3:
+        partial = _partial_shards(killed)
+        if partial:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert child.poll() is None, "the child finished before it could be killed; make the work bigger"
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
-    assert parts, "no part was written before the kill"
+    assert partial, "no shard was seen part-way written before the kill"
 
     ctx, problems, teacher = setup(killed, tiny_model_dir)
     cfg = generate.GenerateConfig(**CFG)

@@ -67,7 +67,7 @@ def test_golden_outputs_per_stage(tmp_path, tiny_model_dir, smol_tokenizer, pins
     s = score.run(ctx, score.ScoreConfig(student_model=tiny_model_dir), g, teacher)
     _check(score, "score", _canon(q("SELECT * FROM data_scored_explanations").to_pylist(), VOLATILE), pins)
 
-    f = filter_.run(ctx, filter_.FilterConfig(rules={"require_end_tag": False}), s, g, problems)
+    filter_.run(ctx, filter_.FilterConfig(rules={"require_end_tag": False}), s, g, problems)
     rows = q("SELECT * FROM data_filter_decisions").to_pylist() + q("SELECT * FROM data_distill_set").to_pylist()
     _check(filter_, "filter", _canon(rows, VOLATILE), pins)
 
