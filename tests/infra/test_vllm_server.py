@@ -48,7 +48,10 @@ def _chat(tok, text: str) -> str:
 @pytest.fixture(scope="module")
 def server(smol_model_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with VLLMServer(smol_model_path, log_path=log) as srv:
+    # float32: in bfloat16 the logits move with the batch's shape enough to flip a near-tie token at T=1 (seen:
+    # the seeded request among 8 diverged from its lone run after ~12 tokens); the seed test needs the sampler
+    # to be the only source of difference
+    with VLLMServer(smol_model_path, log_path=log, dtype="float32") as srv:
         yield srv
     # stop() must take the whole server down and free its port
     assert not srv.running()
