@@ -13,7 +13,24 @@ log = logging.getLogger("rlt")
 STAGE_NAMES = ("ingest", "train_teacher", "generate", "score", "filter", "distill", "evaluate")
 
 
-def _setup_env(root_arg: str | None = None) -> None:
+# Errors about input, recipes or the state of the data root: one `rlt: ...` line says all (their tracebacks only
+# with --debug); anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = ("RecipeError", "SourceError", "StageFailed", "ContractError", "CatalogError", "QueryError",
+                   "LockTimeout", "CheckpointCorrupt", "ExtensionError")
+
+
+class _QuietExpected(logging.Filter):
+    """Drop the traceback Prefect's run loggers attach to a failed task/flow when the error is an expected one
+    (the message line stays, in the console and in the Prefect UI)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ in EXPECTED_ERRORS:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _setup_env(root_arg: str | None = None, debug: bool = False) -> None:
     """Environment defaults, set before prefect/mlflow are imported (they read settings at import)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -28,6 +45,9 @@ def _setup_env(root_arg: str | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "botocore", "alembic", "mlflow", "filelock", "prefect.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not debug:
+        for name in ("prefect.task_runs", "prefect.flow_runs"):
+            logging.getLogger(name).addFilter(_QuietExpected())
 
 
 def _console():
@@ -279,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                "catalog: $RLT_CATALOG_URL (postgresql://... for many machines; default: a SQLite file in the "
                "data root)")
     p.add_argument("--data-root", help="artifact store root (default: $RLT_DATA_ROOT or ./rlt-data)")
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks of expected errors (bad input, recipe errors, failed shards) too")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def recipe_args(sp):
@@ -347,12 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_env(args.data_root)
+    _setup_env(args.data_root, args.debug)
     try:
         return args.func(args)
     except Exception as exc:
-        if type(exc).__name__ in ("RecipeError", "SourceError", "StageFailed", "ContractError", "CatalogError",
-                                  "QueryError", "LockTimeout", "CheckpointCorrupt", "ExtensionError"):
+        if type(exc).__name__ in EXPECTED_ERRORS and not args.debug:
             print(f"rlt: {exc}", file=sys.stderr)
             return 2
         raise

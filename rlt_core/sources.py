@@ -18,6 +18,7 @@ reason code. A file that is not a dataset at all raises :class:`SourceError`.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import re
@@ -35,7 +36,7 @@ __all__ = ["SourceSpec", "SourceError", "RawRowError", "ProblemRecord", "Quarant
 
 FIELDS = ("question", "solution", "reasoning_trace", "answer")
 QuarantineReason = Literal["missing_field", "empty_field", "wrong_type", "oversized", "undecodable",
-                           "unparseable_layout"]
+                           "unparseable_layout", "reserved_tag"]
 QUARANTINE_REASONS: tuple[str, ...] = get_args(QuarantineReason)
 
 _THOUGHT_RE = re.compile(r"<\|begin_of_thought\|>(.*?)<\|end_of_thought\|>", re.DOTALL)
@@ -46,6 +47,7 @@ _FILE_TYPES = (".parquet", ".jsonl", ".json", ".csv")
 _BINARY_MAGIC = (b"\x89PNG", b"PAR1", b"PK\x03\x04", b"\x1f\x8b", b"%PDF", b"\xff\xd8\xff", b"GIF8", b"BZh")
 _EDGE_PUNCT = " \t\n.,;:!?…\"'`“”‘’«»„"
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 class SourceError(ValueError):
@@ -337,6 +339,10 @@ def _text(row: dict, column: str, field_name: str, max_chars: int, required: boo
         value = str(value)
     if not isinstance(value, str):
         raise _Reject("wrong_type", field_name, f"column '{column}' must be a string, got {type(value).__name__}")
+    bad = _LONE_SURROGATE_RE.search(value)
+    if bad is not None:   # valid JSON ("\ud800") but no Unicode text: it cannot be hashed, stored or tokenised
+        raise _Reject("undecodable", field_name, f"column '{column}' holds a lone surrogate "
+                      f"U+{ord(bad.group()):04X} at char {bad.start()}: not encodable as UTF-8")
     if len(value) > max_chars:
         raise _Reject("oversized", field_name, f"column '{column}' has {len(value)} chars > limit {max_chars}")
     if not value.strip():
@@ -404,12 +410,53 @@ def _detect(row: dict, spec: SourceSpec) -> str:
                   "'question'/'prompt' + 'solution' (RLT custom), or give SourceSpec.columns")
 
 
+@functools.lru_cache(maxsize=1)
+def reserved_tags() -> tuple[str, ...]:
+    """The tags of the built-in prompt formats (Stratos ``<|begin_of_x|>``/``<|end_of_x|>`` and R1 ``<think>``,
+    ``<answer>``, ``<explanation>``). A field holding one would corrupt the teacher prompt, the completion parser
+    and the reward's span search, so such rows are quarantined (reason ``reserved_tag``), not escaped: escaping
+    would change the text the student is scored on."""
+    from rlt_core.prompts import PromptStyle
+
+    return tuple(t for style in (PromptStyle.stratos(), PromptStyle.r1())
+                 for pair in (style.thought_tags, style.solution_tags, style.explanation_tags) for t in pair)
+
+
+@functools.lru_cache(maxsize=1)
+def _reserved_re() -> re.Pattern:
+    return re.compile("|".join(re.escape(t) for t in reserved_tags()), re.IGNORECASE)
+
+
+def _check_reserved(fields: dict) -> None:
+    for name in FIELDS:
+        found = _reserved_re().search(fields.get(name) or "")
+        if found is not None:
+            raise _Reject("reserved_tag", name, f"{name} contains the format tag {found.group()!r} at char "
+                          f"{found.start()}; it would corrupt the teacher prompt and the reward's span search")
+
+
+def _meta(value: Any) -> dict:
+    """The row's ``meta`` object as plain JSON: timestamps, decimals, bytes become strings (``str``); anything
+    else that is not a JSON object is ignored, as before; text that is not Unicode is a quarantine reason."""
+    if not isinstance(value, dict):
+        return {}
+    try:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+        text.encode("utf-8")
+    except UnicodeEncodeError:   # (a ValueError: caught first)
+        raise _Reject("undecodable", "meta", "meta holds a lone surrogate: not encodable as UTF-8") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _Reject("wrong_type", "meta", f"meta is not representable as JSON: {type(exc).__name__}: {exc}"[:300])
+    return json.loads(text)
+
+
 def _raw_text(raw: Any) -> str:
+    """The raw row for the quarantine record: JSON when possible, always storable (lone surrogates escaped)."""
     try:
         text = json.dumps(raw, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         text = repr(raw)
-    return text[:_RAW_LIMIT]
+    return text[:_RAW_LIMIT].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def normalise_row(raw: dict | RawRowError, spec: SourceSpec, source_row: int) -> ProblemRecord | Quarantine:
@@ -433,9 +480,12 @@ def normalise_row(raw: dict | RawRowError, spec: SourceSpec, source_row: int) ->
             fields = _from_columns(raw, spec.columns, spec.max_field_chars)
         else:
             fields = _from_custom(raw, spec.max_field_chars)
+        _check_reserved(fields)
+        task = raw.get("task")   # optional; a non-string task is ignored, as before
+        task = (_text(raw, "task", "task", spec.max_field_chars, required=False) if isinstance(task, str)
+                else None) or "generic"
+        meta = _meta(raw.get("meta"))
     except _Reject as rej:
         return Quarantine(rej.reason, rej.field_name, rej.detail, spec.uri, source_row, _raw_text(raw))
-    task = raw.get("task") if isinstance(raw.get("task"), str) and raw.get("task") else "generic"
-    meta = raw.get("meta") if isinstance(raw.get("meta"), dict) else {}
     return ProblemRecord(problem_id=problem_id(fields["question"], fields["solution"]), source=spec.uri,
                          source_row=source_row, task=task, meta=meta, **fields)

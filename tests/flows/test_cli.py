@@ -71,3 +71,34 @@ def test_run_one_stage_is_its_own_flow(tmp_path, tiny_model_dir, capsys):
 
     names = [r["name"] for r in Catalog(Store(root)).rows("SELECT name FROM artifacts_committed ORDER BY name")]
     assert names == ["problems", "quarantine"], "only the stage asked for (and what it needs) ran"
+
+
+def test_unusable_source_is_one_clear_line_without_traceback(tmp_path, tiny_model_dir):
+    """A source that is not a dataset: exit 2 and one `rlt:` line; Prefect's task/flow loggers keep the message
+    but not the traceback (that only with --debug). Real CLI process, real Prefect run."""
+    import os
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    recipe = tiny_recipe(tiny_model_dir, ingest={"source": {"uri": str(empty)}})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root}
+    env.pop("PREFECT_HOME", None)
+
+    def rlt(*extra):
+        return subprocess.run([sys.executable, "-m", "flows.cli", "--data-root", str(tmp_path / "data"), *extra,
+                               "run", "ingest", "--recipe", str(path)], capture_output=True, text=True, env=env,
+                              timeout=600)
+
+    out = rlt()
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert [ln for ln in out.stderr.splitlines() if ln.startswith("rlt: ")] == \
+        [f"rlt: {empty}: file is empty; expected JSON Lines (one JSON object per line)"], text[-2000:]
+    debug = rlt("--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stdout + debug.stderr

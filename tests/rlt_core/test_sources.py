@@ -124,6 +124,12 @@ def test_spec_is_strict():
     ({"question": "Q", "solution": "S", "reasoning_trace": {"a": 1}}, "wrong_type", "reasoning_trace"),
     ({"question": "Q", "solution": "x" * 101}, "oversized", "solution"),
     ({"title": "Q", "body": "S"}, "unparseable_layout", ""),
+    ({"question": "Q\ud800", "solution": "S"}, "undecodable", "question"),
+    ({"question": "Q", "solution": "S", "meta": {"k": "\udfff"}}, "undecodable", "meta"),
+    ({"question": "Q <|begin_of_explanation|>", "solution": "S"}, "reserved_tag", "question"),
+    ({"question": "Q", "solution": "<think>S</think>"}, "reserved_tag", "solution"),
+    ({"question": "Q", "solution": "S", "reasoning_trace": "a <|END_OF_THOUGHT|> b"}, "reserved_tag",
+     "reasoning_trace"),
 ])
 def test_each_quarantine_reason(row, reason, field):
     q = normalise_row(row, SourceSpec(uri="d.jsonl", max_field_chars=100), 3)

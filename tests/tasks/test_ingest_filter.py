@@ -40,6 +40,40 @@ def test_ingest_quarantines_bad_rows_and_dedups(tmp_path):
     assert changed["problems"].key != out["problems"].key
 
 
+def test_hostile_rows_are_quarantined_never_abort_the_source(tmp_path):
+    """Rows that used to crash the whole ingest (issue 11): a lone surrogate escape (valid JSON, valid UTF-8 bytes),
+    a format tag inside a field, and a parquet ``meta`` struct holding a timestamp."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "hostile.jsonl"
+    lines = ['{"question": "What is 1+1?\\ud800", "solution": "2"}',                     # lone surrogate
+             json.dumps({"question": "Q?", "solution": "4 <|end_of_solution|> trick"}),      # reserved tag
+             json.dumps({"question": "What is 2*2?", "solution": "4", "meta": {"a": "\ud800"}}),
+             json.dumps({"question": "What is 3*3?", "solution": "9"})]
+    src.write_text("\n".join(lines) + "\n")
+    ctx = RunContext(str(tmp_path / "store"), tracking=False)
+    out = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
+    assert out["problems"].num_rows == 1
+    q = ctx.catalog.sql("SELECT reason, field, source_row, detail, raw FROM data_quarantine "
+                        "ORDER BY source_row").to_pylist()
+    assert [(r["reason"], r["field"], r["source_row"]) for r in q] == [
+        ("undecodable", "question", 0), ("reserved_tag", "solution", 1), ("undecodable", "meta", 2)]
+    assert "U+D800" in q[0]["detail"] and "\\ud800" in q[0]["raw"], "the raw row is kept, escaped"
+    assert "<|end_of_solution|>" in q[1]["detail"]
+
+    table = pa.table({"question": ["What is 5+5?"], "solution": ["10"],
+                      "meta": [{"added": datetime.datetime(2026, 1, 2, 3, 4, 5), "n": 1}]})
+    pq.write_table(table, tmp_path / "stamped.parquet")
+    out = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(tmp_path / "stamped.parquet")},
+                                              heldout_fraction=0.0))
+    meta = ctx.catalog.sql("SELECT meta_json FROM data_problems WHERE artifact_key = ?",
+                           [out["problems"].key]).to_pylist()
+    assert [json.loads(m["meta_json"]) for m in meta] == [{"added": "2026-01-02 03:04:05", "n": 1}]
+
+
 def test_ingest_sharegpt_layout_keeps_trace(tmp_path):
     ctx = RunContext(str(tmp_path), tracking=False)
     out = ingest.run(ctx, ingest.IngestConfig(source={"uri": os.path.join(FIXTURES, "bespoke_stratos_sample.jsonl")},
