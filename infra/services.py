@@ -10,8 +10,10 @@ Secrets go to a child through ``ServiceSpec.env`` only: argv is kept in meta.jso
 ``ps``), the env never reaches a file.
 A service may run as another (non-root) user (``ServiceSpec.user``, honoured when we are root):
 PostgreSQL refuses to run as root. Stopping and status work the same, since root may signal any
-process group and /proc is readable.
-Linux first: liveness and pid-reuse checks read ``/proc``; elsewhere they fall back to ``kill -0``.
+process group and read its environment.
+Identity before any signal: each service's processes carry a random token in their environment (recorded in
+meta.json); a stop signals a process group only when a live member proves to be ours, so a reused pid is never
+signalled and children left behind by a dead leader (uvicorn under ``mlflow server``) still go down.
 """
 from __future__ import annotations
 
@@ -42,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 SERVICES_DIR = "_services"
 LOOPBACK = "127.0.0.1"
-_PROC = Path("/proc")
 # Popen objects of children started by this process, kept so they can be reaped (no zombies,
 # no "subprocess still running" ResourceWarning) when stopped from the same process.
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -124,21 +125,26 @@ def log_path(root: str | os.PathLike, name: str) -> Path:
     return service_dir(root, name) / "service.log"
 
 
-# ---------------------------------------------------------------- process facts (Linux /proc)
+# ---------------------------------------------------------------- process facts (psutil)
+
+# Every process of a service (the leader and whatever it forks) carries this variable with the value recorded in
+# meta.json: the proof that a process is ours before we signal it, even after its leader died.
+TOKEN_ENV = "RLT_SERVICE_TOKEN"
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (index 0 = state), or None if gone."""
+def _process(pid: int):
+    import psutil
+
     try:
-        raw = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
+        proc = psutil.Process(pid)
+        return None if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD) else proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return raw[raw.rindex(")") + 2 :].split()
 
 
-def _start_ticks(pid: int) -> int | None:
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None  # field 22 of stat(5): starttime
+def _create_time(pid: int) -> float | None:
+    proc = _process(pid)
+    return None if proc is None else proc.create_time()
 
 
 def _reap(pid: int) -> None:
@@ -154,32 +160,43 @@ def _reap(pid: int) -> None:
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     _reap(pid)
-    if _PROC.is_dir():
-        fields = _proc_stat(pid)
-        return fields is not None and fields[0] not in ("Z", "X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _process(pid) is not None
+
+
+def _group(pgid: int) -> list:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    import psutil
+
+    _reap(pgid)
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                out.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
 
 
 def _group_alive(pgid: int) -> bool:
-    """True while any non-zombie process is left in process group ``pgid``."""
-    _reap(pgid)
-    if not _PROC.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for entry in _PROC.iterdir():
-        if entry.name.isdigit():
-            fields = _proc_stat(int(entry.name))
-            if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                return True
+    return bool(_group(pgid))
+
+
+def _is_ours(proc, meta: dict) -> bool:
+    """Proven identity: the service token in the process's environment, or (a leader recorded before tokens
+    existed) its exact start time. Nothing recorded proves nothing: such a process is never signalled."""
+    import psutil
+
+    try:
+        if meta.get("token"):
+            return proc.environ().get(TOKEN_ENV) == meta["token"]
+        if meta.get("create_time") is not None and proc.pid == meta.get("pid"):
+            return abs(proc.create_time() - float(meta["create_time"])) < 0.01
+        if meta.get("start_ticks") is not None and proc.pid == meta.get("pid"):   # meta.json of older releases
+            ticks = (proc.create_time() - psutil.boot_time()) * os.sysconf("SC_CLK_TCK")
+            return abs(ticks - int(meta["start_ticks"])) <= 1
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
     return False
 
 
@@ -202,21 +219,26 @@ def _write_meta(root: str | os.PathLike, name: str, meta: dict) -> None:
     tmp.replace(path)
 
 
-def running_pid(root: str | os.PathLike, name: str) -> int | None:
-    """Pid of the service if its pid file names a live process that is still the one we started.
-
-    The start-time check guards against pid reuse: after a reboot or a long time, the pid in a
-    stale file may belong to an unrelated process that must not be signalled.
-    """
+def _recorded_pid(root: str | os.PathLike, name: str) -> int | None:
     try:
-        pid = int((service_dir(root, name) / "pid").read_text().strip())
+        return int((service_dir(root, name) / "pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    if not pid_alive(pid):
+
+
+def running_pid(root: str | os.PathLike, name: str) -> int | None:
+    """Pid of the service if its pid file names a live process proven to be the one we started.
+
+    The identity check (token or start time, see ``_is_ours``) guards against pid reuse: after a reboot or a
+    long time, the pid in a stale file may belong to an unrelated process that must not be signalled.
+    """
+    pid = _recorded_pid(root, name)
+    proc = None if pid is None else _process(pid)
+    if proc is None:
         return None
-    recorded = read_meta(root, name).get("start_ticks")
-    if recorded is not None and _start_ticks(pid) not in (None, recorded):
-        logger.warning("service %s: pid %d was reused by another process; ignoring it", name, pid)
+    if not _is_ours(proc, read_meta(root, name)):
+        logger.warning("service %s: pid %d is alive but not provably ours (pid reused, or no identity recorded); "
+                       "ignoring it", name, pid)
         return None
     return pid
 
@@ -303,7 +325,8 @@ def start(root: str | os.PathLike, spec: ServiceSpec) -> int:
         raise ServiceError(f"service {spec.name!r} already runs as pid {pid}")
     sdir = service_dir(root, spec.name)
     sdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **spec.env}
+    token = os.urandom(12).hex()
+    env = {**os.environ, **spec.env, TOKEN_ENV: token}
     as_user = run_as_kwargs(spec.user)
     with open(log_path(root, spec.name), "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start {spec.argv[0]} ===\n".encode())
@@ -315,7 +338,7 @@ def start(root: str | os.PathLike, spec: ServiceSpec) -> int:
     _CHILDREN[proc.pid] = proc
     (sdir / "pid").write_text(f"{proc.pid}\n")
     _write_meta(root, spec.name, {
-        "pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "argv": list(spec.argv),
+        "pid": proc.pid, "create_time": _create_time(proc.pid), "token": token, "argv": list(spec.argv),
         "started_at": time.time(), "health_url": spec.health.url, "ready_s": None,
         "user": lookup_user(spec.user).pw_name if spec.user is not None else None,
         "stop_signal": spec.stop_signal,
@@ -404,10 +427,16 @@ def stop(root: str | os.PathLike, name: str, grace_s: float = 10.0) -> str:
     Returns how it ended: ``"not-running"``, the stop signal's name (``"SIGTERM"``, ``"SIGINT"``)
     or ``"SIGKILL"``.
     """
-    pid = running_pid(root, name)
+    pid, meta = _recorded_pid(root, name), read_meta(root, name)
+    ours = [] if pid is None else [p for p in _group(pid) if _is_ours(p, meta)]
+    if pid is not None and not ours and pid_alive(pid):
+        logger.warning("service %s: pid %d is alive but not provably ours; not signalling it", name, pid)
     outcome = "not-running"
-    if pid is not None:
-        outcome = read_meta(root, name).get("stop_signal") or "SIGTERM"
+    if ours:   # the leader, or what it left behind when it died (a group id is not reused while it has members)
+        if pid not in [p.pid for p in ours]:
+            logger.warning("service %s: leader %d is gone but %d of its processes still run; stopping them",
+                           name, pid, len(ours))
+        outcome = meta.get("stop_signal") or "SIGTERM"
         if outcome not in ("SIGTERM", "SIGINT"):
             outcome = "SIGTERM"
         with contextlib.suppress(ProcessLookupError):

@@ -406,6 +406,52 @@ def test_a_reused_pid_is_never_treated_as_our_service(tmp_path):
     assert services.stop(tmp_path, "ghost") == "not-running"
 
 
+def test_a_live_process_with_no_recorded_identity_is_never_signalled(tmp_path):
+    """A stale pid file without a recorded start time or token proves nothing: the process it names lives on."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        sdir = services.service_dir(tmp_path, "stale")
+        sdir.mkdir(parents=True)
+        (sdir / "pid").write_text(f"{other.pid}\n")
+        (sdir / "meta.json").write_text(json.dumps({"pid": other.pid}))
+        assert services.running_pid(tmp_path, "stale") is None
+        assert services.stop(tmp_path, "stale", grace_s=1.0) == "not-running"
+        time.sleep(0.3)
+        assert other.poll() is None, "an unproven process was signalled"
+    finally:
+        other.kill()
+        other.wait()
+
+
+LEAVES_A_CHILD = textwrap.dedent("""
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    print("child", child.pid, flush=True)
+    time.sleep(0.5)   # the leader dies; its child (think uvicorn under mlflow server) stays in the group
+""")
+
+
+def test_stop_takes_down_what_a_dead_leader_left_behind(tmp_path):
+    import psutil
+
+    spec = ServiceSpec(name="orphaner", argv=(sys.executable, "-c", LEAVES_A_CHILD),
+                       health=HealthCheck(kind="tcp", port=services.free_port()))
+    pid = services.start(tmp_path, spec)
+    deadline = time.monotonic() + 60
+    while services.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not services.pid_alive(pid), "the leader should have exited"
+    child = int(services.log_path(tmp_path, "orphaner").read_text().split("child ")[1].split()[0])
+    assert psutil.pid_exists(child) and os.getpgid(child) == pid
+    assert services.running_pid(tmp_path, "orphaner") is None   # no leader ...
+    assert services.stop(tmp_path, "orphaner", grace_s=5.0) == "SIGTERM"   # ... but its child is stopped
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
 def test_ports_are_kept_across_restarts_and_pairs_are_free():
     cfg = stack.StackConfig()
     first = stack.allocate_ports(cfg)
