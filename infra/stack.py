@@ -11,10 +11,10 @@ Everything the stack keeps lives under ``<data_root>/_services/``: one folder pe
 file, log, data) and ``stack.json`` (config, ports, start-up times). ``up`` is idempotent: running,
 healthy services are reused, and ports are kept across restarts so clients' settings stay valid.
 
-S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when set, else a fixed local
-development pair. They reach the services only through their environment (``weed mini`` turns
-them into its admin identity, so other keys are refused) and are never written to the state
-file or logged.
+S3 credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when both are set, else from a random pair
+the first ``up`` makes and keeps in ``_services/seaweedfs/s3-credentials.json`` (0600, folder 0700): no stack
+ever runs with a published key pair. They reach the services only through their environment (``weed mini`` turns
+them into its admin identity, so other keys are refused) and are never written to the state file or logged.
 
 PostgreSQL refuses to run as root: under root, initdb and postgres run as the system user
 ``rlt-postgres`` (created once). Its cluster lives in ``_services/postgres/data`` when that user
@@ -51,8 +51,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "stack.json"
 SERVICE_NAMES = ("postgres", "seaweedfs", "mlflow", "prefect")  # start order; stopped in reverse
-DEFAULT_ACCESS_KEY = "rlt-dev"
-DEFAULT_SECRET_KEY = "rlt-dev-secret"  # local development stack only, bound to loopback
+S3_CREDENTIALS_FILE = "s3-credentials.json"
 # weed derives some gRPC addresses as "HTTP port + 10000" even when a gRPC port is given
 # (the admin worker does, in 4.48), so every HTTP port gets its +10000 partner.
 GRPC_OFFSET = 10000
@@ -90,10 +89,11 @@ class S3Credentials(BaseModel):
     secret: SecretStr
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Credentials:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Credentials | None:
+        """The pair in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or None unless both are set."""
         env = os.environ if environ is None else environ
-        return cls(key=env.get("AWS_ACCESS_KEY_ID") or DEFAULT_ACCESS_KEY,
-                   secret=SecretStr(env.get("AWS_SECRET_ACCESS_KEY") or DEFAULT_SECRET_KEY))
+        key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+        return cls(key=key, secret=SecretStr(secret)) if key and secret else None
 
 
 class StackPorts(BaseModel):
@@ -286,6 +286,17 @@ def postgres_password_path(data_root: str | os.PathLike) -> Path:
     return services.service_dir(_services_root(data_root), PG_SERVICE) / PG_PASSWORD_FILE
 
 
+def _write_private(path: Path, text: str) -> None:
+    """``text`` into ``path`` atomically, the file 0600 from its creation, its folder 0700."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    tmp.replace(path)
+
+
 def postgres_password(data_root: str | os.PathLike, create: bool = False) -> SecretStr | None:
     """The catalog superuser's password; with ``create``, a random one is made (file mode 0600,
     folder 0700) when there is none yet. None when there is none and ``create`` is False."""
@@ -295,16 +306,28 @@ def postgres_password(data_root: str | os.PathLike, create: bool = False) -> Sec
             return SecretStr(value)
     if not create:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
     value = secrets.token_urlsafe(24)
-    tmp = path.with_name(f".{PG_PASSWORD_FILE}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
-    tmp.replace(path)
+    _write_private(path, value + "\n")
     logger.info("made a new PostgreSQL password in %s", path)
     return SecretStr(value)
+
+
+def s3_credentials(data_root: str | os.PathLike, create: bool = False) -> S3Credentials:
+    """The S3 key pair of the stack: the environment's when AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are both
+    set, else the stack's own random pair (made by the first ``up`` with ``create``, 0600 in a 0700 folder)."""
+    if (env := S3Credentials.from_env()) is not None:
+        return env
+    path = services.service_dir(_services_root(data_root), "seaweedfs") / S3_CREDENTIALS_FILE
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        saved = json.loads(path.read_text())
+        return S3Credentials(key=saved["key"], secret=SecretStr(saved["secret"]))
+    if not create:
+        raise StackError(f"no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run "
+                         f"`rlt stack up` (it makes a random pair in {path})")
+    creds = S3Credentials(key=f"rlt-{secrets.token_hex(6)}", secret=SecretStr(secrets.token_urlsafe(30)))
+    _write_private(path, json.dumps({"key": creds.key, "secret": creds.secret.get_secret_value()}) + "\n")
+    logger.info("made a new S3 key pair for the stack in %s", path)
+    return creds
 
 
 def catalog_url(port: int, password: str | SecretStr, host: str = LOOPBACK) -> str:
@@ -592,7 +615,7 @@ def current_env(data_root: str | os.PathLike) -> dict[str, str]:
     state = load_state(data_root)
     if not state:
         raise StackError(f"no stack state under {data_root}: run `rlt stack up` first")
-    return stack_env(StackConfig(**state["config"]), StackPorts(**state["ports"]), S3Credentials.from_env(),
+    return stack_env(StackConfig(**state["config"]), StackPorts(**state["ports"]), s3_credentials(data_root),
                      postgres_password(data_root))
 
 
@@ -631,8 +654,8 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
     """
     cfg = cfg or StackConfig()
     root = _services_root(data_root)
-    creds = S3Credentials.from_env()
     with _locked(root):
+        creds = s3_credentials(root, create=True)
         state = load_state(root)
         running = frozenset(n for n in SERVICE_NAMES if services.running_pid(root, n) is not None)
         previous = StackPorts(**state["ports"]) if state.get("ports") else None

