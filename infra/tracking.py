@@ -65,12 +65,27 @@ class Tracker:
                     if self.uri.startswith("sqlite:"):
                         location = f"{self._root}/mlruns" if is_remote(self._root) else \
                             "file://" + os.path.join(self._root, "mlruns")
-                    self._experiment_id = client.create_experiment(self._experiment, artifact_location=location)
+                    self._experiment_id = self._create_experiment(client, location)
                 else:
                     self._experiment_id = exp.experiment_id
             mlflow.set_tracking_uri(self.uri)
             self._client = client
         return self._client
+
+    def _create_experiment(self, client, location: str | None) -> str:
+        """Create the experiment; a server-backed store may see another run create it first (two nights
+        starting together against one MLflow server): then the existing one is used."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return client.create_experiment(self._experiment, artifact_location=location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(self._experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def _init_lock(self):
         from infra.locks import file_mutex

@@ -59,3 +59,21 @@ def test_tracking_parent_and_nested_runs_with_redacted_params(tmp_path, monkeypa
     assert "pw" not in run.data.params["endpoint"]
     assert run.data.metrics["reward_mean"] == -1.5
     assert tr.client.get_run(parent).info.status == "FINISHED"
+
+
+def test_experiment_created_by_another_run_meanwhile_is_reused(tmp_path):
+    """Two nights starting together against one MLflow server: both see no experiment, one creates it first;
+    the other's create is refused by the store (RESOURCE_ALREADY_EXISTS) and must use the existing one."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = Tracker(str(tmp_path), uri=uri, experiment="race")
+    run_id = first.start_run("first")
+    client = MlflowClient(tracking_uri=uri)
+    existing = client.get_experiment_by_name("race").experiment_id
+    # the second run lost the race: its lookup said "none", its create is refused by the real store
+    second = Tracker(str(tmp_path), uri=uri, experiment="race")
+    assert second._create_experiment(client, None) == existing
+    assert second.start_run("second") and run_id
+    assert {r.info.experiment_id for r in client.search_runs([existing])} == {existing}
+    assert len(client.search_runs([existing])) == 2
