@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: setup demo test test-slow test-all test-vllm bench stack-up stack-down clean setup-vllm
+.PHONY: setup demo test test-slow test-faults test-all test-vllm bench stack-up stack-down clean setup-vllm
 
 setup: $(STAMP)
 
@@ -31,10 +31,16 @@ demo: setup
 	$(VENV)/bin/rlt factory --recipe flows/recipes/tiny.yaml
 
 test: setup
-	$(PY) -m pytest -q -m "not slow and not vllm"
+	$(PY) -m pytest -q -m "not slow and not vllm and not faults"
 
 test-slow: setup
-	$(PY) -m pytest -q -m "slow and not vllm"
+	$(PY) -m pytest -q -m "slow and not vllm and not faults"
+
+# fault injection: SIGKILL trials, service outages, hostile input; writes .faults-report.jsonl, then the table
+test-faults: setup
+	rm -f .faults-report.jsonl
+	$(PY) -m pytest -q -m faults
+	$(PY) scripts/reliability_table.py .faults-report.jsonl
 
 test-all: setup
 	$(PY) -m pytest -q

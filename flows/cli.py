@@ -1,4 +1,5 @@
-"""The `rlt` command line: factory, run, plan, lineage, manifest, catalog, deploy, serve, report, stack, models."""
+"""The `rlt` command line: factory, run, plan, lineage, manifest, catalog, tracking, deploy, serve, report, stack,
+models."""
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,19 @@ class _QuietExpected(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and type(exc).__name__ in EXPECTED_ERRORS:
+        if exc is not None and _expected(exc):
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def _expected(exc: BaseException) -> str | None:
+    """The one line to print for an expected error (bad input, recipe, data-root state, an unreachable object
+    store); None for anything else (a bug: its traceback stays)."""
+    if type(exc).__name__ in EXPECTED_ERRORS:
+        return str(exc)
+    from infra.storage import outage_message
+
+    return outage_message(exc)
 
 
 def _setup_env(root_arg: str | None = None, debug: bool = False) -> None:
@@ -127,6 +138,11 @@ def _summary(args, out: dict, seconds: float) -> None:
         con.print(f"report:   {out['report']['uri']}/index.html")
     con.print(f"catalog:  {ctx.catalog.location.describe()}  (rlt manifest sql \"SELECT * FROM artifacts_committed\")")
     con.print(f"mlflow:   {Tracker(ctx.store.root).ui_hint()}")
+    from infra.tracking import pending_run_ids
+
+    if out["run_id"] in pending_run_ids(ctx.store):
+        con.print(f"[bold yellow]tracking: incomplete[/bold yellow] (MLflow was unreachable): `rlt tracking status`, "
+                  f"then `rlt tracking relog {out['run_id']}`")
 
 
 def cmd_plan(args) -> int:
@@ -238,6 +254,72 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_tracking(args) -> int:
+    """MLflow calls a run could not make (server down: the data work went on) and their replay."""
+    from infra import tracking
+
+    ctx = _ctx(args)
+    pending = tracking.pending_run_ids(ctx.store)
+    latest = {r["run_id"]: r for r in ctx.catalog.rows("SELECT * FROM runs_latest")}
+    if args.action == "status":
+        found = [tracking.summarize(ctx.store, rid) for rid in pending]
+        lost = [{"run_id": k, "journal": tracking.journal_folder(ctx.store, k)} for k, r in latest.items()
+                if r.get("tracking") == "incomplete" and k not in pending]
+        if args.json:
+            print(json.dumps({"pending": found, "journal_missing": lost}, indent=1, default=str))
+            return 0
+        if not found and not lost:
+            print(f"no runs with pending tracking in {ctx.store.root}")
+            return 0
+        _table([{"run": s["run_id"], "state": (latest.get(s["run_id"]) or {}).get("status", "?"), "since": s["since"],
+                 "mlflow runs to create": s["runs_to_create"], "to complete": s["runs_to_complete"],
+                 "params": s["params"], "metrics": s["metrics"], "tags": s["tags"], "artifacts": s["artifacts"],
+                 "ends": s["ends"]} for s in found], "runs with pending MLflow tracking")
+        for s in found:
+            print(f"{s['run_id']}: MLflow at {s['uri']} failed: {s['reason'][:300]}\n  journal: {s['journal']}")
+            for r in s["runs"]:
+                what = "to create" if r["create"] and not r["mlflow_run_id"] else f"MLflow run {r['mlflow_run_id']}"
+                print(f"  - {r['name'] or '(started before the outage)'} ({what}): {r['params']} params, "
+                      f"{r['metrics']} metric values, {r['tags']} tags, {r['artifacts']} artifacts"
+                      + (f", end {r['end']}" if r["end"] else ""))
+        for x in lost:
+            print(f"{x['run_id']}: the catalog says it was tracked incompletely but its journal is gone ({x['journal']});"
+                  " what it missed cannot be replayed")
+        print("replay with: rlt tracking relog [RUN_ID]   (into $MLFLOW_TRACKING_URI or --tracking-uri)")
+        return 0
+    todo = [args.run_id] if args.run_id else pending
+    if args.run_id and args.run_id not in pending:
+        print(f"rlt tracking relog: no pending tracking for run {args.run_id!r} in {ctx.store.root}", file=sys.stderr)
+        return 1
+    if not todo:
+        print(f"nothing to relog: no runs with pending tracking in {ctx.store.root}")
+        return 0
+    failed = 0
+    for rid in todo:
+        if (latest.get(rid) or {}).get("status") == "running" and not args.force:
+            print(f"rlt tracking relog: run {rid} is still running (or crashed); its journal may still grow. "
+                  "Wait for it, or pass --force if it crashed", file=sys.stderr)
+            failed += 1
+            continue
+        from infra.locks import hold
+
+        with hold(ctx.locks, f"tracking-relog:{rid}", ctx.owner(), timeout_s=600):
+            try:
+                res = tracking.relog(ctx.store, rid, uri=args.tracking_uri)
+            except tracking.TrackingError as exc:
+                print(f"rlt tracking relog: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+        if rid in latest:   # the catalog's run record: tracking now complete, with the real MLflow parent run id
+            row = {k: v for k, v in latest[rid].items() if k != "ts"}
+            row.update(tracking="relogged", mlflow_run_id=res["mapping"].get(row["mlflow_run_id"] or "",
+                                                                            row["mlflow_run_id"]))
+            ctx.catalog.append("runs", [row], message="run")
+        done = ", ".join(f"{v} {k}" for k, v in res["replayed"].items()) or "nothing new"
+        print(f"{rid}: replayed into {res['uri']} ({done}) in {res['seconds']}s; journal cleared")
+    return 1 if failed else 0
+
+
 def cmd_deploy(args) -> int:
     from flows.deploy import deploy
 
@@ -262,14 +344,21 @@ def cmd_stack(args) -> int:
         return 2
     if args.action == "up":
         env = stack.up(root)
-        print("# the stack is up; point the factory at it with:")
+        print("# the stack is up; point the factory at it with (holds its credentials; again: rlt stack env):")
         print(stack.format_exports(env))
+    elif args.action == "env":   # the credentials, for `eval "$(rlt stack env)"`
+        try:
+            print(stack.format_exports(stack.current_env(root)))
+        except stack.StackError as exc:
+            print(f"rlt stack env: {exc}", file=sys.stderr)
+            return 2
     elif args.action == "down":
         stack.down(root)
         print("stack stopped")
-    else:
+    else:   # status: no credentials here
         _table([s.model_dump() if hasattr(s, "model_dump") else dict(s.__dict__) for s in stack.status(root)],
                "services")
+        print('every service wants credentials: eval "$(rlt stack env)" (prints them)', file=sys.stderr)
     return 0
 
 
@@ -347,6 +436,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="print the path of a run's HTML report (RUN_ID or 'latest')")
     sp.add_argument("run_id")
     sp.set_defaults(func=cmd_report)
+    sp = sub.add_parser("tracking", help="MLflow calls a run could not make (server down): `status`, `relog`",
+                        description="When MLflow is unreachable a run goes on: its data is committed and its "
+                                    "tracking calls are journaled in <data root>/_tracking/pending/<run id>/. "
+                                    "`status` says what each run is missing; `relog [RUN_ID]` replays it into "
+                                    "MLflow (idempotent) and clears the journal.")
+    sp.add_argument("action", choices=["status", "relog"])
+    sp.add_argument("run_id", nargs="?", default=None, help="relog: only this run (default: every pending run)")
+    sp.add_argument("--tracking-uri", default=None,
+                    help="relog: MLflow to replay into (default: $MLFLOW_TRACKING_URI, else the data root's sqlite)")
+    sp.add_argument("--force", action="store_true", help="relog: also runs the catalog still calls running")
+    sp.add_argument("--json", action="store_true", help="status: as JSON")
+    sp.set_defaults(func=cmd_tracking)
     for name, fn, helptext in (("deploy", cmd_deploy, "create a Prefect deployment with a cron schedule "
                                                      "(needs PREFECT_API_URL and a worker)"),
                                ("serve", cmd_serve, "serve the factory on a cron schedule from this process")):
@@ -357,8 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "deploy":
             sp.add_argument("--pool", default="rlt-process", help="work pool (created as a process pool if missing)")
         sp.set_defaults(func=fn)
-    sp = sub.add_parser("stack", help="local real services: SeaweedFS S3, MLflow server, Prefect server")
-    sp.add_argument("action", choices=["up", "down", "status"])
+    sp = sub.add_parser("stack", help="local real services: PostgreSQL, SeaweedFS S3, MLflow server, Prefect server "
+                                      "(all password-protected; `env` prints the client settings and credentials)")
+    sp.add_argument("action", choices=["up", "down", "status", "env"])
     sp.set_defaults(func=cmd_stack)
     sp = sub.add_parser("models", help="resolve a model reference (builtin:..., folder, hub id)")
     sp.add_argument("action", choices=["resolve"])
@@ -373,8 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:
-        if type(exc).__name__ in EXPECTED_ERRORS and not args.debug:
-            print(f"rlt: {exc}", file=sys.stderr)
+        line = None if args.debug else _expected(exc)
+        if line is not None:
+            print(f"rlt: {line}", file=sys.stderr)
             return 2
         raise
     except KeyboardInterrupt:

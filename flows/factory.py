@@ -49,15 +49,17 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
         if with_report:
             out["report"] = report.write_report(ctx, out, plans, r.name)
     except BaseException as exc:
+        ctx.tracker.end_run(ctx.mlflow_parent, "FAILED")   # tracking calls never raise (infra/tracking.py)
         _record_run(ctx, flow_name, r, recipe, "failed", f"{type(exc).__name__}: {exc}")
-        ctx.tracker.end_run(ctx.mlflow_parent, "FAILED")
+        _warn_untracked(ctx)
         raise
     finally:
         _maintain(ctx)
-    _record_run(ctx, flow_name, r, recipe, "done")
     ctx.tracker.set_tags(ctx.mlflow_parent, {f"rlt.artifact.{k}": v.key for k, v in out.items()
                                              if isinstance(v, ArtifactRef)})
     ctx.tracker.end_run(ctx.mlflow_parent)
+    _record_run(ctx, flow_name, r, recipe, "done")   # after the tracking's end: its record says if that went in
+    _warn_untracked(ctx)
     return {k: (v.model_dump() if isinstance(v, ArtifactRef) else v) for k, v in out.items()}
 
 
@@ -89,8 +91,20 @@ def _record_run(ctx: RunContext, flow_name: str, r: Recipe, recipe: dict, status
     ctx.catalog.append("runs", [dict(run_id=ctx.run_id, flow=flow_name, status=status, recipe=r.name,
                                      recipe_hash=digest(recipe), mlflow_run_id=ctx.mlflow_parent,
                                      host=socket.gethostname(), code_version=_code_version(),
-                                     detail=redact_text(detail)[:2000])],
+                                     detail=redact_text(detail)[:2000], tracking=ctx.tracker.tracking_state())],
                        message="run" if status != "running" else "ledger")
+
+
+def _warn_untracked(ctx: RunContext) -> None:
+    """MLflow was unreachable during the run: the data is committed, the tracking waits in the journal."""
+    missing = ctx.tracker.pending()
+    if missing:
+        from infra.settings import redact_text
+
+        logger().warning("run %s is tracked incompletely: MLflow at %s could not be reached; missing %s, kept in %s. "
+                         "`rlt tracking status` lists it; `rlt tracking relog %s` replays it once MLflow is back",
+                         ctx.run_id, redact_text(ctx.tracker.uri), ", ".join(f"{v} {k}" for k, v in missing.items()),
+                         ctx.tracker.journal_path(), ctx.run_id)
 
 
 def _code_version() -> str:

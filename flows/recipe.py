@@ -118,7 +118,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"--set {item!r}: {k!r} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+        try:
+            node[keys[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            shown = ascii(raw) if not raw.isprintable() else repr(raw)
+            raise RecipeError(f"--set {path.strip()}={shown}: the value is not valid YAML "
+                              f"({str(exc).splitlines()[0]})") from exc
     return data
 
 

@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlparse
 import duckdb
 import pyarrow as pa
 
-from infra import duck
+from infra import duck, faults
 from infra.locks import file_mutex
 from infra.storage import Store
 
@@ -44,7 +44,8 @@ ENV_URL = "RLT_CATALOG_URL"
 ARTIFACT_COL = "artifact_key"
 RELATIONS: dict[str, str] = {
     "runs": "run_id VARCHAR, flow VARCHAR, status VARCHAR, recipe VARCHAR, recipe_hash VARCHAR, "
-            "mlflow_run_id VARCHAR, host VARCHAR, code_version VARCHAR, detail VARCHAR, ts TIMESTAMPTZ",
+            "mlflow_run_id VARCHAR, host VARCHAR, code_version VARCHAR, detail VARCHAR, ts TIMESTAMPTZ, "
+            "tracking VARCHAR",   # complete | incomplete (MLflow calls journaled, see infra/tracking.py) | relogged
     "artifacts": "key VARCHAR, name VARCHAR, uri VARCHAR, schema_version VARCHAR, producer VARCHAR, stage VARCHAR, "
                  "stage_version VARCHAR, label VARCHAR, config_hash VARCHAR, config_json VARCHAR, "
                  "inputs_json VARCHAR, models_json VARCHAR, parents VARCHAR[], files VARCHAR[], num_rows BIGINT, "
@@ -327,8 +328,11 @@ class Catalog:
             try:
                 con.execute("CALL lake.set_commit_message('rlt', ?, extra_info => ?)",
                             [message, json.dumps(extra or {}, default=str)])
+                faults.point("catalog.txn.begin")
                 yield con
+                faults.point("catalog.txn.before_commit")   # everything written, nothing visible yet
                 con.execute("COMMIT")
+                faults.point("catalog.txn.committed")
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
@@ -480,6 +484,7 @@ class Catalog:
             for o in outputs:
                 if o.table and o.parts:
                     self._register_parts(con, o)
+                    faults.point("catalog.commit.parts_registered")
                     if o.provenance is not None:
                         self._provenance(con, o)
                 self._insert(con, "artifacts", [o.record])

@@ -6,8 +6,10 @@ works), ``meta.json`` (argv, start time, readiness time; never the environment) 
 
 Processes are started in their own session, so the pid is also the process-group id and a stop
 signals the whole group: MLflow and Prefect fork workers that must go down with their parent.
-Secrets go to a child through ``ServiceSpec.env`` only: argv is kept in meta.json (and shows in
-``ps``), the env never reaches a file.
+Secrets go to a child through ``ServiceSpec.env`` (or a 0600 file the child reads) only: argv is kept in
+meta.json (and shows in ``ps``, which every local user can read), the env never reaches a file.
+Privacy on disk: ``_services/`` and every service folder are 0700, logs 0600, and each child runs with
+umask 077, so whatever a service creates (its data, its unix sockets) is its owner's only.
 A service may run as another (non-root) user (``ServiceSpec.user``, honoured when we are root):
 PostgreSQL refuses to run as root. Stopping and status work the same, since root may signal any
 process group and read its environment.
@@ -30,6 +32,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.error
@@ -119,6 +122,29 @@ class ServiceStatus(BaseModel):
 
 def service_dir(root: str | os.PathLike, name: str) -> Path:
     return Path(root) / SERVICES_DIR / name
+
+
+# Mode bits a service child starts with: nothing it creates is readable or reachable by other users.
+SERVICE_UMASK = 0o077
+
+
+def private_dir(path: str | os.PathLike) -> Path:
+    """``path`` (parents included) as a folder of mode 0700; an existing one is closed too."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+def private_service_dir(root: str | os.PathLike, name: str) -> Path:
+    """The service's folder as 0700, and ``_services/`` above it closed: 0700 unless it is already closed
+    to others and to its group but for traversal (0710: the stack's PostgreSQL user must pass through)."""
+    top = Path(root) / SERVICES_DIR
+    top.mkdir(parents=True, exist_ok=True)
+    if stat.S_IMODE(top.stat().st_mode) & 0o067:
+        top.chmod(0o700)
+    return private_dir(service_dir(root, name))
 
 
 def log_path(root: str | os.PathLike, name: str) -> Path:
@@ -323,17 +349,19 @@ def start(root: str | os.PathLike, spec: ServiceSpec) -> int:
     """
     if (pid := running_pid(root, spec.name)) is not None:
         raise ServiceError(f"service {spec.name!r} already runs as pid {pid}")
-    sdir = service_dir(root, spec.name)
-    sdir.mkdir(parents=True, exist_ok=True)
+    sdir = private_service_dir(root, spec.name)
     token = os.urandom(12).hex()
     env = {**os.environ, **spec.env, TOKEN_ENV: token}
     as_user = run_as_kwargs(spec.user)
-    with open(log_path(root, spec.name), "ab") as log:
+    log_file = log_path(root, spec.name)
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
+        if stat.S_IMODE(os.fstat(log.fileno()).st_mode) != 0o600:   # a log from before this rule
+            os.fchmod(log.fileno(), 0o600)
         log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} start {spec.argv[0]} ===\n".encode())
         log.flush()
         proc = subprocess.Popen(  # noqa: S603 (argv built by our own code, no shell)
             list(spec.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=env, cwd=spec.cwd, start_new_session=True, close_fds=True, **as_user,
+            env=env, cwd=spec.cwd, start_new_session=True, close_fds=True, umask=SERVICE_UMASK, **as_user,
         )
     _CHILDREN[proc.pid] = proc
     (sdir / "pid").write_text(f"{proc.pid}\n")

@@ -16,10 +16,47 @@ the first ``up`` makes and keeps in ``_services/seaweedfs/s3-credentials.json`` 
 ever runs with a published key pair. They reach the services only through their environment (``weed mini`` turns
 them into its admin identity, so other keys are refused) and are never written to the state file or logged.
 
+Nothing answers without credentials (issue 11). Every secret is random, made by the first ``up``, kept
+in a 0600 file in its service's 0700 folder (``_services/`` itself is 0700, or 0710 for PostgreSQL's
+system user, see below) and reused after; it reaches
+a server through its environment or a private file, never its command line (``ps`` is public), and is
+never written to meta.json, stack.json or a log. ``rlt stack env`` prints the client side for ``eval``;
+``rlt stack status`` prints none of it.
+
+- S3 (the gateway): only the key pair above (SigV4); anonymous requests get 403.
+- SeaweedFS around S3: ``-disableHttp`` removes the master's HTTP API (``/dir/assign``, ``/dir/lookup``,
+  ``/col/delete``, ``/vol/*``: it handed out write/read tokens and could drop a bucket's volumes) and
+  the filer's HTTP API (listing, reading, writing, TUS); the filer JWT keys would refuse it too. The
+  volume server's HTTP port needs a JWT signed with the stack's keys for every read, write and delete
+  (only weed itself mints them). Every gRPC port (master, volume, filer, S3, admin) demands TLS with a
+  client certificate from the stack's own CA (``_services/seaweedfs/security/``; its private key 0600,
+  the CA's key is discarded once the certificate is signed). weed reads that folder's security.toml
+  (``-config_dir``), not one from the working directory, ``~/.seaweedfs`` or ``/etc/seaweedfs``.
+  Left open, on 127.0.0.1 only, because this weed version has no switch for them and they hold no
+  object data: the master's status page and ``/cluster/status``, the volume server's ``/status``
+  (volume ids, sizes, file counts, the data folder's path), the admin port's ``/health`` and
+  ``/metrics``, the health checks. weed's unix sockets (``/tmp/seaweedfs-*-<port>.sock``, HTTP and
+  gRPC) are made under umask 077: only the stack's user can connect; behind them the same rules hold
+  (S3 wants the key pair, gRPC the certificate, the filer's HTTP API is off).
+- MLflow: ``--app-name basic-auth``; one admin user (``rlt``, random password) and
+  ``default_permission = NO_PERMISSIONS``. Without credentials every route answers 401 except
+  ``/health``, the UI's static files and ``/api/3.0/mlflow/server-info`` (MLflow's own public list; no
+  run data). Clients get MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD. MLflow creates the admin
+  from the password only when its auth database is new: a lost password file therefore moves the old
+  ``basic_auth.db`` aside before a new password is made (run data lives in ``mlflow.db`` and stays).
+- Prefect: PREFECT_SERVER_API_AUTH_STRING; every API route but ``/api/health`` and ``/api/ready``
+  answers 401 without it (the UI's pages are static code that load for anyone and ask for the string
+  before they show data). Clients get PREFECT_API_AUTH_STRING.
+- PostgreSQL: scram-sha-256 with the random password below.
+
+``up`` checks the doors before it returns: each service must refuse a request without credentials
+(and accept one with them), so a setting that a server silently ignored fails the ``up``.
+
 PostgreSQL refuses to run as root: under root, initdb and postgres run as the system user
 ``rlt-postgres`` (created once). Its cluster lives in ``_services/postgres/data`` when that user
-can reach the folder, else (a 0700 data root, as pytest's tmp folders are) in
-``/var/lib/rlt-postgres/<sha256(data root)[:16]>/``; stack.json records where. Its password is
+can reach the data root (``_services/`` is then 0710, its group that user's: traverse only), else (a
+0700 data root, as pytest's tmp folders are) in ``/var/lib/rlt-postgres/<sha256(data root)[:16]>/``;
+stack.json records where. Its password is
 random, made on the first ``up`` and kept in ``_services/postgres/password`` (0600, folder 0700);
 it never appears in argv, logs, meta.json or stack.json.
 """
@@ -34,6 +71,7 @@ import os
 import pwd
 import secrets
 import shlex
+import stat
 import subprocess
 import sys
 import time
@@ -52,6 +90,20 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "stack.json"
 SERVICE_NAMES = ("postgres", "seaweedfs", "mlflow", "prefect")  # start order; stopped in reverse
 S3_CREDENTIALS_FILE = "s3-credentials.json"
+MLFLOW_CREDENTIALS_FILE = "credentials.json"      # in _services/mlflow/
+MLFLOW_AUTH_DB = "basic_auth.db"
+MLFLOW_USER = "rlt"
+PREFECT_AUTH_FILE = "auth-string"                 # in _services/prefect/
+WEED_SECURITY_DIR = "security"                    # in _services/seaweedfs/: security.toml, JWT keys, gRPC TLS
+WEED_JWT_FILE = "jwt-keys.json"
+# weed's four JWT keys (viper maps WEED_<KEY> to the security.toml key): master+volume write/read, filer write/read
+WEED_JWT_ENV = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY", "WEED_JWT_FILER_SIGNING_KEY",
+                "WEED_JWT_FILER_SIGNING_READ_KEY")
+# every gRPC component of security.toml, servers and clients alike, gets the stack's certificate
+WEED_GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq",
+                        "client")
+# client variables that carry a secret: `format_exports` does not echo the caller's own value back
+SECRET_ENV_KEYS = ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
 # weed derives some gRPC addresses as "HTTP port + 10000" even when a gRPC port is given
 # (the admin worker does, in 4.48), so every HTTP port gets its +10000 partner.
 GRPC_OFFSET = 10000
@@ -94,6 +146,25 @@ class S3Credentials(BaseModel):
         env = os.environ if environ is None else environ
         key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
         return cls(key=key, secret=SecretStr(secret)) if key and secret else None
+
+
+class MlflowLogin(BaseModel):
+    """The MLflow server's admin user (what clients log in as) and its Flask session/CSRF key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+    flask_secret_key: SecretStr
+
+
+class ServiceAuth(BaseModel):
+    """Credentials the stack's MLflow and Prefect servers demand; ``stack_env`` hands them to clients."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mlflow: MlflowLogin
+    prefect_auth_string: SecretStr
 
 
 class StackPorts(BaseModel):
@@ -189,33 +260,58 @@ def health_check(name: str, ports: StackPorts) -> HealthCheck:
 
 
 def seaweedfs_spec(root: str | os.PathLike, ports: StackPorts, creds: S3Credentials) -> ServiceSpec:
-    """``weed mini`` with every listener on loopback at our ports; extras (WebDAV, Iceberg,
-    Lance, admin UI, telemetry) off. The credentials become weed's admin identity."""
-    sdir = services.service_dir(root, "seaweedfs")
+    """``weed mini`` with every listener on loopback at our ports; extras (WebDAV, Iceberg, Lance, admin UI,
+    telemetry) off; the master's and filer's HTTP APIs off; JWTs and gRPC TLS from ``seaweedfs_security``
+    (made on first use). The credentials become weed's admin identity. Runs in its own folder, so no
+    master.toml/filer.toml of the caller's working directory is read."""
+    sdir = services.private_service_dir(root, "seaweedfs")
     (sdir / "data").mkdir(parents=True, exist_ok=True)
     (sdir / "glog").mkdir(parents=True, exist_ok=True)
+    security = seaweedfs_security(root)
     flags = {f"{part}.port": getattr(ports, part) for part in ("master", "volume", "filer", "admin", "s3")}
     flags |= {f"{part}.port.grpc": getattr(ports, f"{part}_grpc")
               for part in ("master", "volume", "filer", "admin", "s3")}
     flags |= {"s3.port.iceberg": 0, "s3.port.lance": 0, "webdav": "false", "admin.ui": "false",
-              "master.telemetry": "false", "dir": sdir / "data", "ip": LOOPBACK, "ip.bind": LOOPBACK}
-    # -logdir is a global flag: without it weed drops glog files into /tmp.
-    argv = [str(services.find_weed_binary()), f"-logdir={sdir / 'glog'}", "mini"]
+              "master.telemetry": "false", "dir": sdir / "data", "ip": LOOPBACK, "ip.bind": LOOPBACK,
+              "disableHttp": "true"}
+    # -logdir and -config_dir are global flags: without -logdir weed drops glog files into /tmp; without
+    # -config_dir it would take the first security.toml of ., ~/.seaweedfs, /etc/seaweedfs.
+    argv = [str(services.find_weed_binary()), f"-logdir={sdir / 'glog'}", f"-config_dir={security.config_dir}",
+            "mini"]
     argv += [f"-{k}={v}" for k, v in sorted(flags.items())]
     return ServiceSpec(
-        name="seaweedfs", argv=tuple(argv),
+        name="seaweedfs", argv=tuple(argv), cwd=str(sdir),
         health=health_check("seaweedfs", ports),
-        env={"AWS_ACCESS_KEY_ID": creds.key, "AWS_SECRET_ACCESS_KEY": creds.secret.get_secret_value()},
+        env={"AWS_ACCESS_KEY_ID": creds.key, "AWS_SECRET_ACCESS_KEY": creds.secret.get_secret_value(),
+             **security.env},
     )
 
 
 def mlflow_spec(root: str | os.PathLike, cfg: StackConfig, ports: StackPorts,
-                creds: S3Credentials) -> ServiceSpec:
+                creds: S3Credentials, login: MlflowLogin | None = None) -> ServiceSpec:
     """``mlflow server`` with a sqlite backend; artifacts proxied through the server (clients
-    need no S3 access of their own) to the bucket or to a local folder."""
-    sdir = services.service_dir(root, "mlflow")
-    sdir.mkdir(parents=True, exist_ok=True)
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # else 8 idle huey worker processes
+    need no S3 access of their own) to the bucket or to a local folder. Basic auth: the admin
+    ``login`` (``mlflow_login``, made on first use when not given), no permission for anyone else;
+    the password reaches MLflow through its environment, the ini file names no secret."""
+    import importlib.util
+
+    if importlib.util.find_spec("flask_wtf") is None:   # mlflow's basic-auth app imports it (CSRF)
+        raise StackError("MLflow's basic-auth server needs Flask-WTF: pip install 'mlflow[auth]' (or Flask-WTF<2)")
+    sdir = services.private_service_dir(root, "mlflow")
+    login = login or mlflow_login(root, create=True)
+    ini = sdir / "basic_auth.ini"
+    db_uri = f"sqlite:///{sdir / MLFLOW_AUTH_DB}".replace("%", "%%")   # configparser interpolates %
+    _write_private(ini, "\n".join([
+        "# Written by `rlt stack up` (infra/stack.py) on every start. The admin password is in the server's",
+        "# environment (MLFLOW_AUTH_ADMIN_PASSWORD), not here; it counts only while the auth database is new.",
+        "[mlflow]", "default_permission = NO_PERMISSIONS", f"database_uri = {db_uri}",
+        f"admin_username = {login.username}",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        "grant_default_workspace_access = false", ""]))
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # else 8 idle huey worker processes
+           "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": login.username,
+           "MLFLOW_AUTH_ADMIN_PASSWORD": login.password.get_secret_value(),
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": login.flask_secret_key.get_secret_value()}
     if cfg.mlflow_artifacts == "s3":
         destination = f"s3://{cfg.bucket}/mlflow-artifacts"
         env |= {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint(ports), "AWS_ACCESS_KEY_ID": creds.key,
@@ -223,33 +319,40 @@ def mlflow_spec(root: str | os.PathLike, cfg: StackConfig, ports: StackPorts,
                 "AWS_DEFAULT_REGION": cfg.region}
     else:
         destination = str(sdir / "artifacts")
-    argv = (sys.executable, "-m", "mlflow", "server",
+    argv = (sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
             "--backend-store-uri", f"sqlite:///{sdir / 'mlflow.db'}",
             "--serve-artifacts", "--artifacts-destination", destination,
             "--host", LOOPBACK, "--port", str(ports.mlflow), "--workers", str(cfg.mlflow_workers))
-    return ServiceSpec(name="mlflow", argv=argv, env=env,
+    return ServiceSpec(name="mlflow", argv=argv, env=env, cwd=str(sdir),
                        health=health_check("mlflow", ports))
 
 
-def prefect_spec(root: str | os.PathLike, cfg: StackConfig, ports: StackPorts) -> ServiceSpec:
-    """``prefect server start`` with its home (database, profiles) inside the data root."""
-    home = services.service_dir(root, "prefect") / "home"
+def prefect_spec(root: str | os.PathLike, cfg: StackConfig, ports: StackPorts,
+                 auth_string: SecretStr | None = None) -> ServiceSpec:
+    """``prefect server start`` with its home (database, profiles) inside the data root; every API
+    route but the health checks demands ``auth_string`` (``prefect_auth_string``, made on first use
+    when not given), which reaches the server through its environment."""
+    home = services.private_service_dir(root, "prefect") / "home"
     home.mkdir(parents=True, exist_ok=True)
+    auth_string = auth_string or prefect_auth_string(root, create=True)
     argv = (sys.executable, "-m", "prefect", "server", "start", "--host", LOOPBACK,
             "--port", str(ports.prefect), "--ui" if cfg.prefect_ui else "--no-ui")
     env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            # A PREFECT_API_URL inherited from the caller's shell must not point elsewhere.
-           "PREFECT_API_URL": f"http://{LOOPBACK}:{ports.prefect}/api"}
-    return ServiceSpec(name="prefect", argv=argv, env=env,
+           "PREFECT_API_URL": f"http://{LOOPBACK}:{ports.prefect}/api",
+           "PREFECT_SERVER_API_AUTH_STRING": auth_string.get_secret_value(),
+           # for the server's own clients (its background services talk to the API too)
+           "PREFECT_API_AUTH_STRING": auth_string.get_secret_value()}
+    return ServiceSpec(name="prefect", argv=argv, env=env, cwd=str(home),
                        health=health_check("prefect", ports))
 
 
 def _specs(root: Path, cfg: StackConfig, ports: StackPorts, creds: S3Credentials,
-           cluster: PostgresCluster) -> dict[str, ServiceSpec]:
+           cluster: PostgresCluster, auth: ServiceAuth) -> dict[str, ServiceSpec]:
     return {PG_SERVICE: postgres_spec(cluster, ports.postgres),
             "seaweedfs": seaweedfs_spec(root, ports, creds),
-            "mlflow": mlflow_spec(root, cfg, ports, creds),
-            "prefect": prefect_spec(root, cfg, ports)}
+            "mlflow": mlflow_spec(root, cfg, ports, creds, auth.mlflow),
+            "prefect": prefect_spec(root, cfg, ports, auth.prefect_auth_string)}
 
 
 # ---------------------------------------------------------------- PostgreSQL (DuckLake catalog)
@@ -330,6 +433,170 @@ def s3_credentials(data_root: str | os.PathLike, create: bool = False) -> S3Cred
     return creds
 
 
+# ---------------------------------------------------------------- credentials of MLflow, Prefect, SeaweedFS
+
+
+def _read_json(path: Path) -> dict | None:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def _keep_private(path: Path) -> None:
+    """An existing secret file back to 0600 and its folder to 0700 (files made before that rule)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_IMODE(path.stat().st_mode) != 0o600:
+            path.chmod(0o600)
+        services.private_dir(path.parent)
+
+
+def mlflow_login(data_root: str | os.PathLike, create: bool = False) -> MlflowLogin | None:
+    """The MLflow server's admin login (``_services/mlflow/credentials.json``); with ``create`` a random
+    one is made when there is none. MLflow makes its admin user from the password only while its auth
+    database is new, so a new password moves an existing ``basic_auth.db`` aside first (it holds users
+    and grants only; runs live in ``mlflow.db``)."""
+    sdir = services.service_dir(_services_root(data_root), "mlflow")
+    path = sdir / MLFLOW_CREDENTIALS_FILE
+    saved = _read_json(path) or {}
+    with contextlib.suppress(KeyError, ValueError):
+        login = MlflowLogin(username=saved["username"], password=SecretStr(saved["password"]),
+                            flask_secret_key=SecretStr(saved["flask_secret_key"]))
+        _keep_private(path)
+        return login
+    if not create:
+        return None
+    auth_db = sdir / MLFLOW_AUTH_DB
+    if auth_db.exists():
+        aside = auth_db.with_name(f"{MLFLOW_AUTH_DB}.orphaned-{time.strftime('%Y%m%d-%H%M%S')}")
+        auth_db.replace(aside)
+        logger.warning("MLflow's login file %s was missing: its auth database, made for the lost password, "
+                       "moved to %s; a new admin password is made", path, aside)
+    login = MlflowLogin(username=MLFLOW_USER, password=SecretStr(secrets.token_urlsafe(24)),
+                        flask_secret_key=SecretStr(secrets.token_hex(32)))
+    _write_private(path, json.dumps({"username": login.username, "password": login.password.get_secret_value(),
+                                     "flask_secret_key": login.flask_secret_key.get_secret_value()}) + "\n")
+    logger.info("made a new MLflow admin login in %s", path)
+    return login
+
+
+def prefect_auth_string(data_root: str | os.PathLike, create: bool = False) -> SecretStr | None:
+    """The Prefect server's API auth string (``_services/prefect/auth-string``, ``user:password`` form);
+    with ``create`` a random one is made when there is none."""
+    path = services.service_dir(_services_root(data_root), "prefect") / PREFECT_AUTH_FILE
+    with contextlib.suppress(FileNotFoundError):
+        if value := path.read_text().strip():
+            _keep_private(path)
+            return SecretStr(value)
+    if not create:
+        return None
+    value = f"rlt:{secrets.token_urlsafe(24)}"
+    _write_private(path, value + "\n")
+    logger.info("made a new Prefect API auth string in %s", path)
+    return SecretStr(value)
+
+
+def service_auth(data_root: str | os.PathLike, create: bool = False) -> ServiceAuth | None:
+    """MLflow's and Prefect's credentials; None when either is missing and ``create`` is False."""
+    login = mlflow_login(data_root, create)
+    auth_string = prefect_auth_string(data_root, create)
+    return None if login is None or auth_string is None else ServiceAuth(mlflow=login,
+                                                                          prefect_auth_string=auth_string)
+
+
+class WeedSecurity(BaseModel):
+    """What ``weed`` needs to close its side doors: the folder holding its security.toml (``-config_dir``)
+    and the environment carrying the JWT keys and the gRPC TLS files."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config_dir: str
+    env: dict[str, str] = Field(repr=False)
+
+
+def _make_grpc_tls(folder: Path) -> None:
+    """A fresh CA and one certificate (server and client use) signed by it, for every weed gRPC port.
+    weed checks the chain only (no host names), so one certificate serves all components. The CA's key
+    is discarded: nothing else is ever signed with it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    valid = {"not_valid_before": now - datetime.timedelta(minutes=5),
+             "not_valid_after": now + datetime.timedelta(days=3650)}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"rlt stack CA {secrets.token_hex(4)}")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rlt-seaweedfs")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    # the key first: a certificate without its key is never left behind as if complete
+    _write_private(folder / "tls.key", key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()).decode())
+    _write_private(folder / "tls.crt", cert.public_bytes(pem).decode())
+    _write_private(folder / "ca.crt", ca.public_bytes(pem).decode())
+
+
+def _toml_str(value: str | os.PathLike) -> str:
+    return json.dumps(str(value))   # a JSON string is a valid TOML basic string
+
+
+def seaweedfs_security(data_root: str | os.PathLike) -> WeedSecurity:
+    """Make (first time) or reuse SeaweedFS's secrets in ``_services/seaweedfs/security/`` (0700): four
+    random JWT keys (``jwt-keys.json``), the gRPC CA and certificate (``tls.key`` 0600), and security.toml
+    (rewritten each time: it names those files by absolute path, and holds no secret)."""
+    folder = services.private_dir(services.service_dir(_services_root(data_root), "seaweedfs") / WEED_SECURITY_DIR)
+    keys_path = folder / WEED_JWT_FILE
+    keys = _read_json(keys_path) or {}
+    if not all(isinstance(keys.get(k), str) and len(keys[k]) >= 32 for k in WEED_JWT_ENV):
+        keys = {k: secrets.token_urlsafe(32) for k in WEED_JWT_ENV}
+        _write_private(keys_path, json.dumps(keys) + "\n")
+        logger.info("made new SeaweedFS JWT keys in %s", keys_path)
+    tls = {name: folder / name for name in ("ca.crt", "tls.crt", "tls.key")}
+    if not all(f.is_file() and f.stat().st_size for f in tls.values()):
+        _make_grpc_tls(folder)
+        logger.info("made a new gRPC CA and certificate for SeaweedFS in %s", folder)
+    for f in (keys_path, *tls.values()):
+        _keep_private(f)
+    grpc = {"grpc.ca": tls["ca.crt"]}
+    for component in WEED_GRPC_COMPONENTS:
+        grpc |= {f"grpc.{component}.cert": tls["tls.crt"], f"grpc.{component}.key": tls["tls.key"]}
+    lines = ["# Written by `rlt stack up` (infra/stack.py) on every start; the JWT keys are not here (weed gets",
+             "# them through its environment). gRPC: TLS with a client certificate from this folder's CA."]
+    for component in ("", *WEED_GRPC_COMPONENTS):
+        section = f"grpc.{component}".rstrip(".")
+        lines.append(f"[{section}]")
+        lines += [f"{k.rsplit('.', 1)[1]} = {_toml_str(v)}" for k, v in grpc.items() if k.rsplit(".", 1)[0] == section]
+    lines += ["[access]", "ui = false", "[filer.expose_directory_metadata]", "enabled = false", ""]
+    _write_private(folder / "security.toml", "\n".join(lines))
+    # the environment wins over security.toml in weed: ours, so that no WEED_* of the caller's shell does
+    env = {k: keys[k] for k in WEED_JWT_ENV}
+    env |= {"WEED_" + k.upper().replace(".", "_"): str(v) for k, v in grpc.items()}
+    return WeedSecurity(config_dir=str(folder), env=env)
+
+
 def catalog_url(port: int, password: str | SecretStr, host: str = LOOPBACK) -> str:
     """``postgresql://rlt:<password>@127.0.0.1:<port>/rlt_catalog`` (libpq / DuckLake form)."""
     if isinstance(password, SecretStr):
@@ -385,13 +652,12 @@ def prepare_postgres(data_root: str | os.PathLike, recorded: Mapping | None = No
 
     Idempotent. ``recorded`` is the ``postgres`` entry of stack.json (where the cluster went
     last time). Under root the server runs as the cluster's owner, ``rlt-postgres`` for a new
-    one; when that user cannot reach ``_services/postgres`` the cluster goes to
-    ``fallback_cluster_dir`` (logged, and recorded by ``up``).
+    one; when that user cannot reach the data root the cluster goes to ``fallback_cluster_dir``
+    (logged, and recorded by ``up``); when it can, ``_services/`` becomes 0710 with that user's group
+    (``_close_services_folder``): it may pass, nobody else may.
     """
     root = _services_root(data_root)
-    svc = services.service_dir(root, PG_SERVICE)
-    svc.mkdir(parents=True, exist_ok=True)
-    svc.chmod(0o700)
+    svc = services.private_service_dir(root, PG_SERVICE)
     existing = _existing_cluster(root, recorded)
     if existing is not None:
         cluster_dir, owner = existing, _cluster_user(existing / "data")
@@ -402,12 +668,13 @@ def prepare_postgres(data_root: str | os.PathLike, recorded: Mapping | None = No
     else:
         owner = services.ensure_system_user(PG_SYSTEM_USER) if os.geteuid() == 0 else None
         version = None
-        if owner is None or services.user_can_access(svc.parent, owner.pw_name):
+        # _services/ is closed (0700); the user needs the way to it, then _services/ opens to it alone
+        if owner is None or services.user_can_access(root, owner.pw_name):
             cluster_dir = svc
         else:
             cluster_dir = fallback_cluster_dir(root)
             logger.warning("user %s cannot reach %s (a folder on the way is closed to it): the PostgreSQL "
-                           "cluster goes to %s instead", owner.pw_name, svc.parent, cluster_dir)
+                           "cluster goes to %s instead", owner.pw_name, root, cluster_dir)
     binaries = services.find_postgres_binaries(version)
     cluster = PostgresCluster(cluster_dir=str(cluster_dir), user=owner.pw_name if owner else None,
                               binaries=binaries)
@@ -419,6 +686,7 @@ def prepare_postgres(data_root: str | os.PathLike, recorded: Mapping | None = No
         cluster_dir.parent.chmod(0o755 if owner is not None else 0o700)  # others: only traverse
     for folder in (cluster_dir, cluster.data_dir, cluster.socket_dir):
         _private_dir(folder, owner)
+    _close_services_folder(root)   # 0710 for the cluster's user when the cluster is inside, else 0700
     if owner is not None and not services.user_can_access(cluster.data_dir, owner.pw_name):
         raise StackError(f"user {owner.pw_name} cannot reach {cluster.data_dir}")
     password = postgres_password(root, create=True)
@@ -552,6 +820,99 @@ def ensure_bucket(endpoint_url: str, creds: S3Credentials, bucket: str,
             time.sleep(0.5)
 
 
+# ---------------------------------------------------------------- closed doors
+
+
+def _http_status(url: str, headers: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> int | None:
+    """Status of a GET straight to loopback (no proxy); None when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(url, headers=dict(headers or {})), timeout=timeout_s) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except (OSError, ValueError):
+        return None
+
+
+def basic_auth_header(user_pass: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(user_pass.encode()).decode()}
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+
+
+def grpc_answers(port: int, tls: tuple[str, str, str] | None = None, insecure_tls: bool = False,
+                 timeout_s: float = 5.0) -> bool:
+    """True when ``port`` speaks HTTP/2 (gRPC) to this client: in clear text (``tls`` None and not
+    ``insecure_tls``), over TLS without a client certificate (``insecure_tls``), or over TLS with
+    ``tls`` = (CA file, certificate, key). The reply to the HTTP/2 preface must be a SETTINGS frame."""
+    import socket
+    import ssl
+
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout_s) as raw:
+            conn = raw
+            if tls is not None or insecure_tls:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                if tls is not None:
+                    ctx.load_verify_locations(tls[0])
+                    ctx.load_cert_chain(tls[1], tls[2])
+                else:
+                    ctx.verify_mode = ssl.CERT_NONE
+                ctx.set_alpn_protocols(["h2"])
+                conn = ctx.wrap_socket(raw)
+            conn.sendall(_H2_PREFACE)
+            data = conn.recv(64)
+            return len(data) >= 9 and data[3] == 0x04
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def open_doors(ports: StackPorts, auth: ServiceAuth | None, names: tuple[str, ...] = SERVICE_NAMES) -> list[str]:
+    """Side doors found open: requests without credentials that a service of the stack answered (each
+    a line saying which). Read-only probes. With ``auth``, MLflow and Prefect must also accept their
+    credentials (a server started with other ones shows up here too)."""
+    found: list[str] = []
+    if "seaweedfs" in names:
+        master, filer, volume = (f"http://{LOOPBACK}:{p}" for p in (ports.master, ports.filer, ports.volume))
+        for url in (f"{master}/dir/status", f"{master}/dir/lookup?volumeId=1", f"{filer}/buckets/",
+                    f"{filer}/"):
+            if _http_status(url) == 200:
+                found.append(f"SeaweedFS answers {url} without credentials")
+        if _http_status(f"{volume}/1,01637037d6") != 401:   # any file id: refused for want of a JWT
+            found.append(f"SeaweedFS's volume server at {volume} does not demand a JWT")
+        for part in ("master", "volume", "filer", "s3", "admin"):
+            port = getattr(ports, f"{part}_grpc")
+            if grpc_answers(port) or grpc_answers(port, insecure_tls=True):
+                found.append(f"SeaweedFS {part} gRPC port {port} answers without the stack's client certificate")
+    if "mlflow" in names:
+        url = f"http://{LOOPBACK}:{ports.mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
+        if (code := _http_status(url)) != 401:
+            found.append(f"MLflow answers {url} without credentials ({code})")
+        if auth is not None:
+            login = f"{auth.mlflow.username}:{auth.mlflow.password.get_secret_value()}"
+            if (code := _http_status(url, basic_auth_header(login))) != 200:
+                found.append(f"MLflow refuses the stack's login ({code}): it runs with another one; "
+                             "run `rlt stack down` first")
+    if "prefect" in names:
+        url = f"http://{LOOPBACK}:{ports.prefect}/api/admin/version"
+        if (code := _http_status(url)) != 401:
+            found.append(f"Prefect answers {url} without credentials ({code})")
+        if auth is not None:
+            header = basic_auth_header(auth.prefect_auth_string.get_secret_value())
+            if (code := _http_status(url, header)) != 200:
+                found.append(f"Prefect refuses the stack's auth string ({code}): it runs with another one; "
+                             "run `rlt stack down` first")
+    return found
+
+
 # ---------------------------------------------------------------- state, lock, env
 
 
@@ -578,11 +939,29 @@ def _save_state(root: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+def _close_services_folder(root: Path) -> Path:
+    """``_services/`` as 0700. One exception: a PostgreSQL cluster inside it run by another system user
+    (we are root) must be reached by that user, so the folder is then 0710 with that user's group as its
+    group (traverse only, for that user alone; others still get nothing)."""
+    folder = root / services.SERVICES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    pg = services.service_dir(root, PG_SERVICE)
+    mode, gid = 0o700, None
+    with contextlib.suppress(FileNotFoundError):
+        if pg.stat().st_uid != os.geteuid():   # prepare_postgres gave it to the cluster's user
+            mode, gid = 0o710, pg.stat().st_gid
+    st = folder.stat()
+    if gid is not None and st.st_gid != gid:
+        os.chown(folder, -1, gid)
+    if stat.S_IMODE(st.st_mode) != mode:
+        folder.chmod(mode)
+    return folder
+
+
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
     """Serialise up/down on one data root (two shells running `rlt stack up` at once)."""
-    lock_dir = root / services.SERVICES_DIR
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock_dir = _close_services_folder(root)
     with open(lock_dir / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -592,9 +971,10 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials,
-              catalog_password: str | SecretStr | None = None) -> dict[str, str]:
+              catalog_password: str | SecretStr | None = None, auth: ServiceAuth | None = None) -> dict[str, str]:
     """Environment variables that point the factory (s3fs, boto3, MLflow, Prefect, the DuckLake
-    catalog) at the stack. ``RLT_CATALOG_URL`` is there when ``catalog_password`` is given."""
+    catalog) at the stack. ``RLT_CATALOG_URL`` is there when ``catalog_password`` is given; MLflow's
+    login and Prefect's auth string when ``auth`` is."""
     data_root = f"s3://{cfg.bucket}/{cfg.prefix}" if cfg.prefix else f"s3://{cfg.bucket}"
     catalog = ({"RLT_CATALOG_URL": catalog_url(ports.postgres, catalog_password)}
                if catalog_password is not None and ports.postgres else {})
@@ -607,6 +987,9 @@ def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials,
         "MLFLOW_TRACKING_URI": f"http://{LOOPBACK}:{ports.mlflow}",
         "PREFECT_API_URL": f"http://{LOOPBACK}:{ports.prefect}/api",
         **catalog,
+        **({"MLFLOW_TRACKING_USERNAME": auth.mlflow.username,
+            "MLFLOW_TRACKING_PASSWORD": auth.mlflow.password.get_secret_value(),
+            "PREFECT_API_AUTH_STRING": auth.prefect_auth_string.get_secret_value()} if auth else {}),
     }
 
 
@@ -616,15 +999,15 @@ def current_env(data_root: str | os.PathLike) -> dict[str, str]:
     if not state:
         raise StackError(f"no stack state under {data_root}: run `rlt stack up` first")
     return stack_env(StackConfig(**state["config"]), StackPorts(**state["ports"]), s3_credentials(data_root),
-                     postgres_password(data_root))
+                     postgres_password(data_root), service_auth(data_root))
 
 
 def format_exports(env: Mapping[str, str]) -> str:
-    """Shell ``export`` lines for ``eval``. A secret that the caller's environment already holds
-    is not echoed back (only the local development default is printed)."""
+    """Shell ``export`` lines for ``eval`` (printing the stack's credentials is their point). A secret
+    that the caller's environment already holds is not echoed back."""
     lines = []
     for key, value in env.items():
-        if key == "AWS_SECRET_ACCESS_KEY" and os.environ.get(key) == value:
+        if key in SECRET_ENV_KEYS and os.environ.get(key) == value:
             lines.append(f"# {key} is already set in your environment (not printed)")
         else:
             lines.append(f"export {key}={shlex.quote(value)}")
@@ -649,20 +1032,22 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
     PostgreSQL is prepared first (user, folders, password, initdb on the first run) and started
     first; then the others. Services are awaited together (readiness time per service is logged
     and kept in the state file); PostgreSQL must also answer a real query with its password
-    (and ``rlt_catalog`` is created if missing). A failure or Ctrl-C stops the ones this call
-    started, and the error carries the failing service's log tail.
+    (and ``rlt_catalog`` is created if missing). Last, ``open_doors`` must find every side door
+    closed and MLflow and Prefect accepting the stack's credentials. A failure or Ctrl-C stops the
+    ones this call started, and the error carries the failing service's log tail.
     """
     cfg = cfg or StackConfig()
     root = _services_root(data_root)
     with _locked(root):
         creds = s3_credentials(root, create=True)
+        auth = service_auth(root, create=True)
         state = load_state(root)
         running = frozenset(n for n in SERVICE_NAMES if services.running_pid(root, n) is not None)
         previous = StackPorts(**state["ports"]) if state.get("ports") else None
         ports = allocate_ports(cfg, previous, keep=running)
         cluster = prepare_postgres(root, state.get(PG_SERVICE))
         pg_password = postgres_password(root)
-        specs = _specs(root, cfg, ports, creds, cluster)
+        specs = _specs(root, cfg, ports, creds, cluster, auth)
         for name in running:
             _check_reusable(root, specs[name])
         started: dict[str, int] = {}
@@ -679,6 +1064,9 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
             ensure_catalog_database(ports.postgres, pg_password, cfg.start_timeout_s,
                                     alive=lambda: services.running_pid(root, PG_SERVICE) is not None)
             ensure_bucket(s3_endpoint(ports), creds, cfg.bucket, cfg.region)
+            if doors := open_doors(ports, auth):
+                raise StackError("the stack is up but not closed (a service started before it had credentials? "
+                                 "run `rlt stack down`, then `rlt stack up`):\n  " + "\n  ".join(doors))
         except BaseException:
             for name in reversed(list(started)):
                 services.stop(root, name, cfg.stop_grace_s)
@@ -690,7 +1078,7 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
                            PG_SERVICE: cluster.model_dump(),
                            "ready_s": {**state.get("ready_s", {}), **ready},
                            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return stack_env(cfg, ports, creds, pg_password)
+    return stack_env(cfg, ports, creds, pg_password, auth)
 
 
 def remove_weed_sockets(ports: StackPorts) -> None:

@@ -19,7 +19,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infra import settings
+from infra import faults, settings
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,11 @@ class Store:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            faults.point("store.write.tmp")   # bytes on disk under a temporary name, not yet in place
             os.replace(tmp, path)
         else:
             self.fs.pipe_file(path, data)
+        faults.point("store.write")
 
     def read_bytes(self, path: str) -> bytes:
         return self.fs.cat_file(path)
@@ -116,6 +118,7 @@ class Store:
             self.fs.put_file(local_path, path)
             if not keep:
                 os.remove(local_path)
+        faults.point("store.put")
 
     def file_digest(self, path: str) -> str:
         """sha256 (16 hex) of a stored file's bytes, streamed."""
@@ -165,3 +168,34 @@ class Store:
                 self.fs.get_file(f"{path}/{name}", dst + ".part")
                 os.replace(dst + ".part", dst)
         return local_dir
+
+
+# -- outages ----------------------------------------------------------------------------------------
+# What an unreachable object store looks like from each client that talks to it: botocore (s3fs), aiohttp under
+# it, DuckDB's httpfs (catalog commits and queries read parquet footers over HTTP), the OS.
+_OUTAGE_TYPES = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError",
+                 "ClientConnectorError", "ServerDisconnectedError"}
+_OUTAGE_TEXT = ("could not establish connection", "connection refused", "could not connect", "failed to connect",
+                "couldn't connect to server")
+
+
+def outage_message(exc: BaseException) -> str | None:
+    """One line when ``exc`` (or anything in its cause/context chain) says the object store is unreachable,
+    naming the endpoint (credentials masked); None for any other error."""
+    from urllib.parse import urlparse
+
+    endpoint = settings.s3_storage_options().get("endpoint_url")
+    where = urlparse(endpoint).netloc if endpoint else "http"   # a refused PostgreSQL catalog is not an S3 outage
+    seen, cur = set(), exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = str(cur)
+        if type(cur).__name__ in _OUTAGE_TYPES and type(cur).__module__.split(".")[0] in ("botocore", "aiohttp") \
+                or (any(t in text.lower() for t in _OUTAGE_TEXT) and where in text):
+            endpoint = endpoint or "the S3 endpoint"
+            first = text.strip().splitlines()[0] if text.strip() else type(cur).__name__
+            return settings.redact_text(
+                f"object store {endpoint} unreachable ({type(cur).__name__}: {first[:300]}); nothing half-written "
+                "is visible, committed work is kept: re-run when it is back")
+        cur = cur.__cause__ or cur.__context__
+    return None

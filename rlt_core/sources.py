@@ -13,7 +13,9 @@ or a built-in generator (``builtin:countdown``, ``builtin:arithmetic``). Layouts
 - ``auto``: decided per row from the keys present.
 
 A bad row never stops the ingest and is never dropped silently: it becomes a :class:`Quarantine` with a
-reason code. A file that is not a dataset at all raises :class:`SourceError`.
+reason code, the offending field and the source row. A file that is not a dataset at all raises
+:class:`SourceError`, whose message is always one printable line naming the file and what was expected.
+tests/fixtures/bad_inputs/MANIFEST.yaml lists the hostile inputs this module is tested against.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ import csv
 import functools
 import hashlib
 import json
+import math
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -36,7 +40,7 @@ __all__ = ["SourceSpec", "SourceError", "RawRowError", "ProblemRecord", "Quarant
 
 FIELDS = ("question", "solution", "reasoning_trace", "answer")
 QuarantineReason = Literal["missing_field", "empty_field", "wrong_type", "oversized", "undecodable",
-                           "unparseable_layout", "reserved_tag"]
+                           "unparseable_layout", "reserved_tag", "control_char", "duplicate_key"]
 QUARANTINE_REASONS: tuple[str, ...] = get_args(QuarantineReason)
 
 _THOUGHT_RE = re.compile(r"<\|begin_of_thought\|>(.*?)<\|end_of_thought\|>", re.DOTALL)
@@ -46,21 +50,43 @@ _RAW_LIMIT = 2000
 _FILE_TYPES = (".parquet", ".jsonl", ".json", ".csv")
 _BINARY_MAGIC = (b"\x89PNG", b"PAR1", b"PK\x03\x04", b"\x1f\x8b", b"%PDF", b"\xff\xd8\xff", b"GIF8", b"BZh")
 _EDGE_PUNCT = " \t\n.,;:!?…\"'`“”‘’«»„"
-_SURROGATE_RE = re.compile("[\udc80-\udcff]")
 _LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+# C0 controls except tab, newline, carriage return; DEL; C1 controls (mojibake of CP1252 read as Latin-1).
+_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_JSON_ESCAPES = {"\b": "an unescaped LaTeX \\b... (\\boxed, \\beta) read as the JSON escape \\b?",
+                 "\f": "an unescaped LaTeX \\f... (\\frac) read as the JSON escape \\f?"}
+_MAX_LINE_BYTES = 64 << 20   # a JSONL line longer than this is quarantined unparsed (memory stays bounded)
+_MAX_DEPTH = 100             # nesting depth of one row's values; real rows are < 10 deep
+_JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+               type(None): "null"}
+
+
+def shown(text: Any) -> str:
+    """``text`` as one printable line: newlines, control characters and lone surrogates (e.g. undecodable
+    bytes of a file name) become escapes, so an error message naming a hostile path stays one line."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class SourceError(ValueError):
-    """The source is missing, unreachable, or not a dataset at all (as opposed to one bad row)."""
+    """The source is missing, unreachable, or not a dataset at all (as opposed to one bad row).
+
+    The message is always a single printable line (the CLI prints it as its one ``rlt: ...`` line)."""
+
+    def __init__(self, message: str):
+        super().__init__(shown(message))
 
 
 @dataclass(frozen=True)
 class RawRowError:
-    """A row that could not even be read (undecodable bytes, invalid JSON, not an object)."""
+    """A row that could not even be read (undecodable bytes, invalid JSON, not an object, a line too long)."""
 
     reason: QuarantineReason
     detail: str
     raw: str = ""
+    field: str = ""
 
 
 class SourceSpec(BaseModel):
@@ -129,9 +155,14 @@ class Quarantine:
     raw: str = ""
 
     def to_row(self, stage: str = "ingest") -> dict:
-        """A row of the ``quarantine`` contract (``data_contracts.quarantine.QuarantinedRow``)."""
-        return dict(stage=stage, source=self.source, source_row=self.source_row, reason=self.reason,
-                    field=self.field, detail=self.detail, raw=self.raw)
+        """A row of the ``quarantine`` contract (``data_contracts.quarantine.QuarantinedRow``); every text is
+        storable as UTF-8 (a lone surrogate from a hostile row is written as its escape)."""
+        return dict(stage=stage, source=_storable(self.source), source_row=self.source_row, reason=self.reason,
+                    field=_storable(self.field), detail=_storable(self.detail), raw=_storable(self.raw))
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,46 +227,156 @@ def _open_rows(spec: SourceSpec) -> Iterator[tuple[int, dict | RawRowError]]:
         return iter(enumerate(problems))
     path = Path(spec.uri).expanduser()
     suffix = path.suffix.lower()
-    if suffix not in _FILE_TYPES and not path.exists():
+    if suffix not in _FILE_TYPES and not os.path.lexists(path):
         return _hf_rows(spec.uri, spec.subset, spec.split)
+    expected = f"expected a {'/'.join(_FILE_TYPES)} file, a Hugging Face dataset id or builtin:<kind>"
     if not path.is_file():
-        raise SourceError(f"{spec.uri}: {'is a directory' if path.is_dir() else 'no such file'}; expected a "
-                          f"{'/'.join(_FILE_TYPES)} file, a Hugging Face dataset id or builtin:<kind>")
+        raise SourceError(f"{spec.uri}: {_not_a_file(path)}; {expected}")
     readers = {".parquet": _parquet_rows, ".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows}
     if suffix not in readers:
-        raise SourceError(f"{spec.uri}: unsupported file type {suffix or '(none)'!r}; expected one of {list(readers)}")
+        raise SourceError(f"{spec.uri}: unsupported file type {suffix or '(none)'!r}; expected one of {list(readers)}"
+                          + (" (decompress it first)" if suffix in (".gz", ".bz2", ".xz", ".zst", ".zip") else ""))
     return readers[suffix](path)
 
 
+def _not_a_file(path: Path) -> str:
+    """Why an existing-or-not path is not a regular file (never opens it: a FIFO or device would block or never end)."""
+    if path.is_symlink() and not path.exists():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:   # Python 3.11: "Symlink loop from ..."
+            return "is a symbolic link that loops back on itself"
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 40:   # ELOOP
+                return "is a symbolic link that loops back on itself"
+        return f"is a broken symbolic link (to {shown(os.readlink(path))!r}, which does not exist)"
+    if path.is_dir():
+        return "is a directory"
+    if os.path.lexists(path):
+        return "is not a regular file (a FIFO, socket or device)"
+    return "no such file"
+
+
+def _open(path: Path, **text_mode):
+    """``open`` (binary unless text options are given) with an unreadable file as a :class:`SourceError`."""
+    try:
+        return open(path, "r" if text_mode else "rb", **text_mode)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+
+
+def _utf16_like(head: bytes) -> bool:
+    """A UTF-16/32 byte-order mark, or ASCII text with a NUL beside every character (UTF-16 without a BOM)."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    h = head[:64] if len(head) >= 64 else head[:len(head) - len(head) % 2]
+    if len(h) < 8:
+        return False
+    even, odd = h[0::2], h[1::2]
+    return (odd.count(0) * 10 >= len(odd) * 9 and even.count(0) == 0) or \
+        (even.count(0) * 10 >= len(even) * 9 and odd.count(0) == 0)
+
+
 def _sniff_text(path: Path, expected: str) -> None:
-    with open(path, "rb") as f:
+    with _open(path) as f:
         head = f.read(8192)
+        while head and not head.strip():   # leading blank space is not emptiness if something follows it
+            head = f.read(8192)
     if not head.strip():
         raise SourceError(f"{path}: file is empty; expected {expected}")
-    if head.startswith(_BINARY_MAGIC) or b"\x00" in head:
+    if head.startswith(_BINARY_MAGIC):
         raise SourceError(f"{path}: looks like a binary file, not {expected}")
+    if _utf16_like(head):
+        raise SourceError(f"{path}: looks like UTF-16/UTF-32 text; expected {expected} in UTF-8 (re-encode it)")
+    # Text has few control bytes and decodes as UTF-8 (a Latin-1 accent here and there is a per-row problem).
+    controls = sum(head.count(bytes([b])) for b in (*range(0, 8), *range(14, 27), *range(28, 32), 127))
+    undecodable = head[:-4].decode("utf-8", "replace").count("\ufffd")
+    if (controls + undecodable) * 10 > len(head):
+        raise SourceError(f"{path}: looks like a binary file, not {expected}")
+
+
+def _json_type(value: Any) -> str:
+    return next((name for t, name in _JSON_TYPES.items() if isinstance(value, t) and not
+                 (t is int and isinstance(value, bool))), type(value).__name__)
+
+
+class _DupDict(dict):
+    """A JSON object that had a key more than once (json keeps the last value silently)."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _pairs_hook(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen, dups = set(), []
+    for k, _ in pairs:
+        if k in seen and k not in dups:
+            dups.append(k)
+        seen.add(k)
+    out = _DupDict(obj)
+    out.duplicates = tuple(dups)
+    return out
+
+
+def _loads(text: str) -> Any:
+    """json.loads that reports duplicate keys (as :class:`_DupDict`) instead of silently keeping the last one."""
+    return json.loads(text, object_pairs_hook=_pairs_hook)
+
+
+def _parse_error(exc: BaseException) -> tuple[QuarantineReason, str]:
+    if isinstance(exc, RecursionError):
+        return "oversized", "JSON nested too deeply to parse"
+    if isinstance(exc, json.JSONDecodeError):
+        return "undecodable", f"invalid JSON at char {exc.pos}: {re.sub(r' (starting )?at$', '', exc.msg)}"
+    if str(exc).startswith("Exceeds the limit"):   # int("7" * 5000) refuses; so does json
+        return "undecodable", "invalid JSON: a number literal of more than 4300 digits"
+    return "undecodable", f"invalid JSON: {exc}"
+
+
+def _lines(f, limit: int) -> Iterator[tuple[bytes, bool]]:
+    """``(line, complete)`` for each line; a line longer than ``limit`` bytes yields its first ``limit + 1`` bytes
+    and ``complete=False``, and the rest is skipped without being held in memory."""
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line, True
+            continue
+        while True:   # drain the rest of the overlong line
+            more = f.readline(1 << 20)
+            if not more or more.endswith(b"\n"):
+                break
+        yield line, False
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | RawRowError]]:
     expected = "JSON Lines (one JSON object per line)"
     _sniff_text(path, expected)
     good = 0
-    with open(path, "rb") as f:  # bytes, so one undecodable line is one bad row, not a crash
-        for i, line in enumerate(f):
-            if not line.strip():
+    with _open(path) as f:  # bytes, so one undecodable line is one bad row, not a crash
+        for i, (line, complete) in enumerate(_lines(f, _MAX_LINE_BYTES)):
+            if complete and not line.strip():
                 continue
-            shown = line.rstrip(b"\r\n")[:_RAW_LIMIT].decode("utf-8", "replace")
+            shown_raw = line.rstrip(b"\r\n")[:_RAW_LIMIT].decode("utf-8", "replace")
+            if not complete:
+                yield i, RawRowError("oversized", f"line {i + 1}: longer than {_MAX_LINE_BYTES} bytes; not parsed",
+                                     shown_raw)
+                continue
+            # surrogateescape: a Latin-1/CP1252 byte becomes a lone surrogate in the value it sits in, so the
+            # quarantine names that field (reason undecodable) instead of losing the whole line's structure.
+            text = line.decode("utf-8", "surrogateescape").lstrip("\ufeff")   # a BOM on any line (cat a b)
             try:
-                obj = json.loads(line.decode("utf-8-sig" if i == 0 else "utf-8"))
-            except UnicodeDecodeError as exc:
-                yield i, RawRowError("undecodable", f"line {i + 1}: not valid UTF-8 ({exc.reason})", shown)
-                continue
-            except json.JSONDecodeError as exc:
-                yield i, RawRowError("undecodable", f"line {i + 1}: invalid JSON ({exc.msg})", shown)
+                obj = _loads(text)
+            except (ValueError, RecursionError) as exc:   # JSONDecodeError is a ValueError
+                reason, why = _parse_error(exc)
+                yield i, RawRowError(reason, f"line {i + 1}: {why}", shown_raw)
                 continue
             if not isinstance(obj, dict):
-                yield i, RawRowError("wrong_type", f"line {i + 1}: expected a JSON object, got {type(obj).__name__}",
-                                     shown)
+                yield i, RawRowError("wrong_type", f"line {i + 1}: expected a JSON object, got {_json_type(obj)}",
+                                     shown_raw)
                 continue
             good += 1
             yield i, obj
@@ -246,19 +387,26 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | RawRowError]]:
 def _json_rows(path: Path) -> Iterator[tuple[int, dict | RawRowError]]:
     expected = 'a JSON list of objects or {"data": [...]}'
     _sniff_text(path, expected)
+    with _open(path) as f:
+        blob = f.read()
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = _loads(blob.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not valid UTF-8 (byte {exc.start}: {exc.reason}); expected {expected}") from exc
+    except RecursionError as exc:
+        raise SourceError(f"{path}: JSON nested too deeply to parse; expected {expected}") from exc
+    except ValueError as exc:   # JSONDecodeError, or an integer literal of more than 4300 digits
         raise SourceError(f"{path}: not valid JSON ({exc}); expected {expected}") from exc
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise SourceError(f"{path}: top-level JSON value is a {type(data).__name__}; expected {expected}")
+        kind = "dict" if isinstance(data, dict) else type(data).__name__
+        raise SourceError(f"{path}: top-level JSON value is a {kind}; expected {expected}")
     for i, obj in enumerate(data):
         if isinstance(obj, dict):
             yield i, obj
         else:
-            yield i, RawRowError("wrong_type", f"record {i}: expected an object, got {type(obj).__name__}",
+            yield i, RawRowError("wrong_type", f"record {i}: expected an object, got {_json_type(obj)}",
                                  _raw_text(obj))
 
 
@@ -267,19 +415,22 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict | RawRowError]]:
     _sniff_text(path, expected)
     # Long solutions exceed csv's 128 KiB default field limit; sizes are policed by max_field_chars instead.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    # surrogateescape keeps undecodable bytes as lone surrogates, so they flag one row instead of the file.
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+    # surrogateescape keeps undecodable bytes as lone surrogates: the row is quarantined naming that field.
+    with _open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise SourceError(f"{path}: no header row; expected {expected}")
         try:
+            header = reader.fieldnames
+            if not header:
+                raise SourceError(f"{path}: no header row; expected {expected}")
+            dups = sorted({c for c in header if header.count(c) > 1})
+            if dups:
+                raise SourceError(f"{path}: the header names column(s) {dups} more than once; expected {expected} "
+                                  "of distinct column names")
             for i, row in enumerate(reader):
-                shown = _raw_text({str(k): v for k, v in row.items()}).encode("utf-8", "replace").decode()
                 if None in row:
-                    yield i, RawRowError("unparseable_layout", f"record {i}: more values than the "
-                                         f"{len(reader.fieldnames)} header columns", shown)
-                elif any(isinstance(v, str) and _SURROGATE_RE.search(v) for v in row.values()):
-                    yield i, RawRowError("undecodable", f"record {i}: holds bytes that are not valid UTF-8", shown)
+                    yield i, RawRowError("unparseable_layout", f"record {i}: {len(header) + len(row[None])} values "
+                                         f"for the {len(header)} header columns", _raw_text(
+                                             {str(k): v for k, v in row.items()}))
                 else:
                     yield i, row
         except csv.Error as exc:
@@ -290,19 +441,55 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | RawRowError]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with open(path, "rb") as f:
+    with _open(path) as f:
         magic = f.read(4)
     if magic != b"PAR1":
         raise SourceError(f"{path}: not a Parquet file (no PAR1 magic bytes{'; file is empty' if not magic else ''})")
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise SourceError(f"{path}: unreadable Parquet file ({exc})") from exc
+        raise SourceError(f"{path}: unreadable Parquet file, truncated or corrupt ({exc})") from exc
+    names = pf.schema_arrow.names
+    dups = sorted({c for c in names if names.count(c) > 1})
+    if dups:   # to_pylist would keep one of them silently
+        raise SourceError(f"{path}: Parquet schema names column(s) {dups} more than once; expected distinct names")
     offset = 0
-    for batch in pf.iter_batches(batch_size=1024):  # bounded memory for large files
-        for j, row in enumerate(batch.to_pylist()):
-            yield offset + j, row
+    batches = pf.iter_batches(batch_size=1024)  # bounded memory for large files
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as exc:
+            raise SourceError(f"{path}: corrupt Parquet data after row {offset} ({exc})") from exc
+        if batch is None:
+            return
+        yield from _batch_rows(batch, offset)
         offset += batch.num_rows
+
+
+def _batch_rows(batch, offset: int) -> Iterator[tuple[int, dict | RawRowError]]:
+    """A record batch as Python rows; a value Python cannot hold (a timestamp past year 9999) fails only its row."""
+    import pyarrow as pa
+
+    try:
+        rows = batch.to_pylist()
+    except (pa.ArrowException, ValueError, OverflowError):
+        rows = None
+    if rows is not None:
+        yield from ((offset + j, row) for j, row in enumerate(rows))
+        return
+    columns = batch.schema.names
+    for j in range(batch.num_rows):
+        row, bad = {}, None
+        for c, name in enumerate(columns):
+            try:
+                row[name] = batch.column(c)[j].as_py()
+            except (pa.ArrowException, ValueError, OverflowError) as exc:
+                bad = bad or (name, f"{type(exc).__name__}: {exc}")
+        if bad is None:
+            yield offset + j, row
+        else:
+            yield offset + j, RawRowError("wrong_type", f"record {offset + j}: column {bad[0]!r} holds a value "
+                                          f"Python cannot represent ({bad[1]})", _raw_text(row), bad[0])
 
 
 def _hf_rows(uri: str, subset: Optional[str], split: str) -> Iterator[tuple[int, dict | RawRowError]]:
@@ -336,20 +523,42 @@ def _text(row: dict, column: str, field_name: str, max_chars: int, required: boo
             raise _Reject("missing_field", field_name, f"column '{column}' is missing or null")
         return None
     if allow_numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isnan(value):   # pandas' missing value in a numeric column
+            return _text({}, column, field_name, max_chars, required)
+        if isinstance(value, float) and math.isinf(value):
+            raise _Reject("wrong_type", field_name, f"column '{column}' is {value}; expected a finite number or text")
         value = str(value)
     if not isinstance(value, str):
         raise _Reject("wrong_type", field_name, f"column '{column}' must be a string, got {type(value).__name__}")
     bad = _LONE_SURROGATE_RE.search(value)
     if bad is not None:   # valid JSON ("\ud800") but no Unicode text: it cannot be hashed, stored or tokenised
-        raise _Reject("undecodable", field_name, f"column '{column}' holds a lone surrogate "
-                      f"U+{ord(bad.group()):04X} at char {bad.start()}: not encodable as UTF-8")
+        code = ord(bad.group())
+        why = (f"the byte 0x{code - 0xDC00:02X} that is not valid UTF-8 (a Latin-1/CP1252 line?) or a lone "
+               f"surrogate escape" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate")
+        raise _Reject("undecodable", field_name, f"column '{column}' holds {why} (U+{code:04X}) at char "
+                      f"{bad.start()}: not encodable as UTF-8")
+    ctrl = _CONTROL_RE.search(value)
+    if ctrl is not None:   # NUL, ANSI escapes, backspace...: corrupt text, unsafe in terminals and C-string stores
+        ch = ctrl.group()
+        name = unicodedata.name(ch, "") or {"\x00": "NUL", "\x08": "BACKSPACE", "\x0c": "FORM FEED",
+                                             "\x1b": "ESCAPE", "\x7f": "DELETE"}.get(ch, "control")
+        hint = f"; {_JSON_ESCAPES[ch]}" if ch in _JSON_ESCAPES else ""
+        raise _Reject("control_char", field_name, f"column '{column}' holds the control character U+{ord(ch):04X} "
+                      f"({name}) at char {ctrl.start()}; expected text{hint}")
     if len(value) > max_chars:
         raise _Reject("oversized", field_name, f"column '{column}' has {len(value)} chars > limit {max_chars}")
-    if not value.strip():
+    if _blank(value):
         if required:
-            raise _Reject("empty_field", field_name, f"column '{column}' is empty or whitespace")
+            raise _Reject("empty_field", field_name, f"column '{column}' is empty, whitespace or invisible "
+                          "characters only")
         return None
     return value.strip()
+
+
+def _blank(value: str) -> bool:
+    """No visible character: whitespace (incl. NBSP, ideographic space) and format characters (zero-width space,
+    BOM, joiners, soft hyphen) only."""
+    return not value.strip() or all(c.isspace() or unicodedata.category(c) == "Cf" for c in value)
 
 
 def _tag(text: str, pattern: re.Pattern, tag: str, field_name: str, max_chars: int) -> Optional[str]:
@@ -435,16 +644,29 @@ def _check_reserved(fields: dict) -> None:
                           f"{found.start()}; it would corrupt the teacher prompt and the reward's span search")
 
 
+def _finite(value: Any) -> Any:
+    """NaN/Infinity (valid in Python's JSON and in parquet floats, not in JSON) as the strings JSON tools print."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _meta(value: Any) -> dict:
-    """The row's ``meta`` object as plain JSON: timestamps, decimals, bytes become strings (``str``); anything
-    else that is not a JSON object is ignored, as before; text that is not Unicode is a quarantine reason."""
+    """The row's ``meta`` object as plain JSON: timestamps, decimals, bytes become strings (``str``), NaN and
+    Infinity the strings ``"NaN"``/``"Infinity"``; anything else that is not a JSON object is ignored, as before;
+    text that is not Unicode is a quarantine reason."""
     if not isinstance(value, dict):
         return {}
     try:
-        text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+        text = json.dumps(_finite(value), sort_keys=True, ensure_ascii=False, default=str, allow_nan=False)
         text.encode("utf-8")
     except UnicodeEncodeError:   # (a ValueError: caught first)
-        raise _Reject("undecodable", "meta", "meta holds a lone surrogate: not encodable as UTF-8") from None
+        raise _Reject("undecodable", "meta", "meta holds text that is not valid UTF-8 (an undecodable byte or a "
+                      "lone surrogate)") from None
     except (TypeError, ValueError, RecursionError) as exc:
         raise _Reject("wrong_type", "meta", f"meta is not representable as JSON: {type(exc).__name__}: {exc}"[:300])
     return json.loads(text)
@@ -455,8 +677,33 @@ def _raw_text(raw: Any) -> str:
     try:
         text = json.dumps(raw, ensure_ascii=False, default=str)
     except (TypeError, ValueError, RecursionError):
-        text = repr(raw)
+        try:
+            text = repr(raw)
+        except RecursionError:
+            text = f"<{type(raw).__name__} nested too deeply to show>"
     return text[:_RAW_LIMIT].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _structure(row: dict) -> None:
+    """Reject a row nested deeper than ``_MAX_DEPTH`` or holding an object with a repeated key (which value was
+    meant is ambiguous), naming the top-level column it sits in. Iterative: a hostile row cannot recurse us out."""
+    if isinstance(row, _DupDict):
+        raise _Reject("duplicate_key", str(row.duplicates[0]), f"key {row.duplicates[0]!r} appears more than once "
+                      "in the row; which value is meant is ambiguous")
+    for column, value in row.items():
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if depth > _MAX_DEPTH:
+                raise _Reject("oversized", str(column), f"column '{column}' is nested more than {_MAX_DEPTH} "
+                              "levels deep")
+            if isinstance(item, _DupDict):
+                raise _Reject("duplicate_key", str(column), f"column '{column}' holds an object whose key "
+                              f"{item.duplicates[0]!r} appears more than once; which value is meant is ambiguous")
+            if isinstance(item, dict):
+                stack.extend((v, depth + 1) for v in item.values())
+            elif isinstance(item, (list, tuple)):
+                stack.extend((v, depth + 1) for v in item)
 
 
 def normalise_row(raw: dict | RawRowError, spec: SourceSpec, source_row: int) -> ProblemRecord | Quarantine:
@@ -468,11 +715,12 @@ def normalise_row(raw: dict | RawRowError, spec: SourceSpec, source_row: int) ->
         source_row: the row's index in the source, kept for provenance.
     """
     if isinstance(raw, RawRowError):
-        return Quarantine(raw.reason, "", raw.detail, spec.uri, source_row, raw.raw[:_RAW_LIMIT])
+        return Quarantine(raw.reason, raw.field, raw.detail, spec.uri, source_row, raw.raw[:_RAW_LIMIT])
     if not isinstance(raw, dict):
-        return Quarantine("wrong_type", "", f"row must be an object, got {type(raw).__name__}", spec.uri,
+        return Quarantine("wrong_type", "", f"row must be an object, got {_json_type(raw)}", spec.uri,
                           source_row, _raw_text(raw))
     try:
+        _structure(raw)
         layout = _detect(raw, spec)
         if layout == "sharegpt":
             fields = _from_sharegpt(raw, spec.max_field_chars)

@@ -56,7 +56,7 @@ class RunContext:
 
     @functools.cached_property
     def tracker(self) -> Tracker:
-        return Tracker(self.store.root, uri=self.tracking_uri, enabled=self.tracking)
+        return Tracker(self.store.root, uri=self.tracking_uri, enabled=self.tracking, run_id=self.run_id)
 
     def owner(self) -> dict:
         return owner_info(self.run_id)

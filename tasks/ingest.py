@@ -28,9 +28,12 @@ def source_fingerprint(spec: sources.SourceSpec) -> str:
     path = os.path.expanduser(spec.uri)
     if os.path.isfile(path):
         h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+        except OSError:   # unreadable: the reader says so, as one clear SourceError
+            return spec.uri
         return "sha256:" + h.hexdigest()[:16]
     return spec.uri
 
@@ -69,6 +72,7 @@ def ingest(run: StageRun) -> dict:
     buf: list[dict] = []
     qbuf: list[dict] = []
     reasons, splits = Counter(), Counter()
+    first_bad: dict | None = None
     for source_row, raw in sources.iter_raw_rows(cfg.source):
         kind, row = _classify(cfg, seen, source_row, raw)
         if kind == "problem":
@@ -77,21 +81,32 @@ def ingest(run: StageRun) -> dict:
         else:
             qbuf.append(row)
             reasons[kind] += 1
+            first_bad = first_bad or row
         for b, w in ((buf, good), (qbuf, bad)):
             if len(b) >= PART_ROWS:
                 w.write_part(b)
                 b.clear()
+    if not splits:   # before the last parts are written: a refused source leaves (almost) nothing behind
+        raise sources.SourceError(_no_usable_rows(cfg.source.uri, reasons, first_bad))
     for b, w in ((buf, good), (qbuf, bad)):
         if b:
             w.write_part(b)
-    if not splits:
-        raise sources.SourceError(f"{cfg.source.uri}: no usable rows ({dict(reasons)} quarantined)")
     bad.stats.update({"of": run.key, **reasons})
     run.log.info("ingest: %d problems (%d train / %d heldout), %d quarantined %s", sum(splits.values()),
                  splits["train"], splits["heldout"], sum(reasons.values()), dict(reasons) or "")
     return {"rows_in": sum(splits.values()) + sum(reasons.values()), "problems": sum(splits.values()),
             "train": splits["train"], "heldout": splits["heldout"], "quarantined": sum(reasons.values()),
             **{f"quarantine.{r}": n for r, n in sorted(reasons.items())}}
+
+
+def _no_usable_rows(uri: str, reasons: Counter, first: dict | None) -> str:
+    """One line: the source, how its rows failed, and the first failure (row, field, what was expected)."""
+    if first is None:
+        return f"{uri}: holds no rows; expected at least one problem"
+    counts = ", ".join(f"{r} {n}" for r, n in reasons.most_common())
+    where = f"row {first['source_row']}" + (f" field {first['field']!r}" if first["field"] else "")
+    return (f"{uri}: no usable rows, all {sum(reasons.values())} quarantined ({counts}); first: {where}: "
+            f"{first['reason']}: {first['detail'][:300]}")
 
 
 STAGE = Stage(

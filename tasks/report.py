@@ -116,6 +116,11 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
     runs = ctx.catalog.rows("SELECT * FROM lake.main.stage_runs WHERE run_id = ? ORDER BY ts", [ctx.run_id])
     tmp = tempfile.mkdtemp(prefix="rlt-report-")
     sections, images = [], []
+    missing = ctx.tracker.pending()
+    if missing:   # MLflow was unreachable: the data is committed, its tracking waits in the journal
+        sections.append(f"<p style='color:#a00'><b>Tracked incompletely</b>: MLflow could not be reached during this "
+                        f"run; missing so far: {html.escape(', '.join(f'{v} {k}' for k, v in missing.items()))}. "
+                        f"<code>rlt tracking relog {html.escape(ctx.run_id)}</code> replays it.</p>")
     names = [r["stage"] + (f"[{r['label']}]" if r["label"] else "") for r in runs]
     rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{r['status']}</td><td>{r['seconds']:.1f}</td>"
                    f"<td><code>{r['artifact_key'][:12]}</code></td></tr>" for n, r in zip(names, runs))

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel
 
 from data_contracts import ArtifactRef
+from infra import faults
 from infra.artifacts import ref_from_record
 from infra.locks import acquire, describe
 from infra.settings import redact_text
@@ -127,6 +128,7 @@ def _consolidate_and_commit(stage: Stage, run: StageRun, seconds: float) -> bool
     stage_row = dict(run_id=ctx.run_id, stage=stage.name, label=run.label, artifact_key=run.key, status="done",
                      cached=False, seconds=seconds, detail=json.dumps(stats, default=str)[:4000])
     committed = ctx.catalog.commit(specs, {"stage_runs": [stage_row]}, message=f"commit {stage.name}")
+    faults.point("stage.committed")   # visible in the catalog; staging parts not yet freed, MLflow not yet told
     if committed:   # the small staging parts now live on in the consolidated files: free their space
         for path in staging:
             try:

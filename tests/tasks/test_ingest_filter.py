@@ -92,6 +92,24 @@ def test_not_a_dataset_is_a_clear_error(tmp_path):
     assert ctx.catalog.sql("SELECT count(*) AS n FROM artifacts").to_pylist() == [{"n": 0}]
 
 
+def test_source_without_usable_rows_names_the_first_failure_and_leaves_nothing(tmp_path):
+    """Every row quarantined, or no rows at all: one line with the counts and the first row's field and reason;
+    nothing committed and (for a source this small) no staged part file written either."""
+    ctx = RunContext(str(tmp_path / "s"), tracking=False)
+    src = tmp_path / "nosolution.jsonl"
+    src.write_text(json.dumps({"question": "Q1?"}) + "\n" + json.dumps({"question": "Q2?", "solution": 3}) + "\n")
+    with pytest.raises(SourceError) as info:
+        ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}))
+    assert str(info.value) == (f"{src}: no usable rows, all 2 quarantined (missing_field 1, wrong_type 1); first: row 0 "
+                               "field 'solution': missing_field: column 'solution' is missing or null")
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(SourceError, match="empty.json: holds no rows; expected at least one problem"):
+        ingest.run(ctx, ingest.IngestConfig(source={"uri": str(tmp_path / "empty.json")}))
+    assert ctx.catalog.sql("SELECT count(*) AS n FROM artifacts").to_pylist() == [{"n": 0}]
+    staged = [p for p in (tmp_path / "s").rglob("part-*.parquet") if {"problems", "quarantine"} & set(p.parts)]
+    assert staged == [], staged
+
+
 def _ledger(ctx, rows):
     """Commit a hand-made reward ledger + explanations + problems, as the score stage would."""
     from data_contracts import explanations, problems, scored_explanations

@@ -1,0 +1,223 @@
+"""SIGKILL at seeded random points inside generate, score, filter and distill, and inside the catalog commit.
+
+For each stage: bring a data root to "everything upstream committed" (real ``rlt run`` of the previous stage),
+keep a copy, and run the stage once uninterrupted with a crash-point trace (infra/faults.py): that run is the
+reference and its trace lists every place a run of this stage can be killed (each file written, each catalog
+transaction's begin / before-COMMIT / after-COMMIT, the parts registration inside the commit, the moment after
+the commit). Then, per trial: restore the copy, run the stage with ``RLT_FAULT_KILL`` set to a point drawn
+with ``random.Random(seed)`` (the process sends itself SIGKILL there), rerun it without faults, and check that
+
+- the killed run really died of SIGKILL, the rerun exits 0;
+- the stage's artifacts have the reference's keys and are identical to the reference row for row (tables)
+  or byte for byte (checkpoints: the recorded digest);
+- no key committed twice, no body run twice, no duplicate ids, every committed artifact's bytes match its
+  recorded digest (tests/flows/test_overlap.assert_each_key_once).
+
+At least ``RLT_FAULT_TRIALS`` (default 10) trials per stage, of which at least a third are kills inside a catalog
+write transaction (one of them inside the artifact's own commit, after its parts were registered, when the stage
+writes tables). Runs go through ``flows.cli.main`` in forked children of a pre-imported interpreter
+(tests/faults/zygote.py) against one real Prefect server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import services
+from infra.catalog import Catalog
+from infra.faults import KILL_ENV, TRACE_ENV
+from infra.storage import Store
+from tests.faults.conftest import ROOT
+from tests.flows.test_factory import tiny_recipe
+from tests.flows.test_overlap import ID_COLS, assert_each_key_once
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(3600)]
+
+TRIALS = int(os.environ.get("RLT_FAULT_TRIALS", "10"))
+SEED = int(os.environ.get("RLT_FAULT_SEED", "20261129"))
+STAGES = ("generate", "score", "filter", "distill")
+PREVIOUS = {"generate": "train_teacher", "score": "generate", "filter": "score", "distill": "filter"}
+OUTPUTS = {"generate": ("explanations",), "score": ("scored_explanations",),
+           "filter": ("filter_decisions", "distill_set"), "distill": ("student_checkpoint",)}
+COMMIT_POINTS = ("catalog.txn.begin", "catalog.commit.parts_registered", "catalog.txn.before_commit",
+                 "catalog.txn.committed")
+VOLATILE = {"run_id", "created_at", "committed_at", "ts", "seconds", "latency_s"}   # differ between any two runs
+
+
+class Zygote:
+    """Runs ``rlt`` commands in forked children of tests/faults/zygote.py."""
+
+    def __init__(self, env: dict):
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.faults.zygote"], cwd=ROOT, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        ready = self.proc.stdout.readline()
+        assert ready and json.loads(ready).get("ready"), "zygote did not start"
+
+    def run(self, argv: list[str], log: Path, env: dict | None = None, timeout_s: float = 900) -> tuple[int, float]:
+        self.proc.stdin.write(json.dumps({"argv": argv, "env": env or {}, "log": str(log)}) + "\n")
+        pid = json.loads(self.proc.stdout.readline())["pid"]
+        deadline = time.time() + timeout_s
+        import select
+
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 5)
+            if ready:
+                res = json.loads(self.proc.stdout.readline())
+                return res["rc"], res["seconds"]
+            if time.time() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                raise AssertionError(f"{argv} ran past {timeout_s}s; log tail:\n{log.read_text()[-3000:]}")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """One real Prefect server for all the runs of this module (no temporary server per process)."""
+    root = tmp_path_factory.mktemp("prefect")
+    port = services.free_port()
+    home = root / "home"
+    home.mkdir()
+    spec = services.ServiceSpec(
+        name="prefect", argv=(sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                              "--port", str(port), "--no-ui"),
+        env={"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        health=services.HealthCheck(port=port, path="/api/health"))
+    services.start_and_wait(root, spec, timeout_s=180.0)
+    try:
+        yield f"http://127.0.0.1:{port}/api", str(home)
+    finally:
+        services.stop(root, "prefect", grace_s=10.0)
+
+
+@pytest.fixture(scope="module")
+def rlt(prefect_api):
+    api, home = prefect_api
+    env = {**os.environ, "PYTHONPATH": ROOT, "PREFECT_API_URL": api, "PREFECT_HOME": home,
+           "RLT_LOG_LEVEL": "INFO"}
+    for name in (KILL_ENV, TRACE_ENV):
+        env.pop(name, None)
+    z = Zygote(env)
+    yield z
+    z.close()
+
+
+def _copy_root(src: str, dst: str) -> None:
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True)
+
+
+def _outputs(root: str, stage: str) -> dict:
+    """The stage's committed artifacts: key -> rows (tables, volatile columns dropped, sorted) or digest."""
+    cat = Catalog(Store(root), read_only=True)
+    recs = cat.rows("SELECT * FROM artifacts_committed WHERE name IN ?", [list(OUTPUTS[stage])])
+    tables = cat.refresh_data_views() if any(r["name"] in ID_COLS for r in recs) else set()
+    out = {}
+    for r in recs:
+        if r["name"] in tables:
+            rows = cat.rows(f"SELECT * FROM data_{r['name']} WHERE artifact_key = ? ORDER BY {ID_COLS[r['name']]}",
+                            [r["key"]])
+            out[(r["name"], r["key"])] = [{k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
+        else:
+            out[(r["name"], r["key"])] = r["digest"]
+    return out
+
+
+def _diff(got, want) -> str:
+    if not (isinstance(got, list) and isinstance(want, list)):
+        return f"{got!r} != {want!r}"
+    if len(got) != len(want):
+        return f"{len(got)} rows != {len(want)} rows"
+    for j, (a, b) in enumerate(zip(got, want)):
+        cols = sorted(c for c in set(a) | set(b) if a.get(c) != b.get(c))
+        if cols:
+            return f"row {j}: " + "; ".join(f"{c}: {str(a.get(c))[:80]!r} != {str(b.get(c))[:80]!r}" for c in cols)
+    return "?"
+
+
+def _draw(trace: list[str], rng: random.Random, n: int) -> list[str]:
+    """``n`` kill points: at least a third inside a catalog commit transaction, the rest anywhere."""
+    inside = [p for p in trace if p.split("@")[0] in COMMIT_POINTS]
+    n_commit = max(1, -(-n // 3))
+    registered = [p for p in inside if p.startswith("catalog.commit.parts_registered@")]
+    picks = rng.sample(registered, 1) if registered else []   # one inside the artifact's own commit, when it has parts
+    picks += rng.sample([p for p in inside if p not in picks], min(n_commit - len(picks), len(inside) - len(picks)))
+    rest = [p for p in trace if p not in picks]
+    picks += rng.sample(rest, n - len(picks))
+    rng.shuffle(picks)
+    return picks
+
+
+@pytest.fixture(scope="module")
+def recipe_path(tmp_path_factory, tiny_model_dir) -> str:
+    path = tmp_path_factory.mktemp("recipe") / "kill.yaml"
+    recipe = tiny_recipe(tiny_model_dir, generate={"shard_size": 2})
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def base_roots(tmp_path_factory, rlt, recipe_path):
+    """Per stage: a saved root where everything upstream is committed, the reference outputs and the trace."""
+    work = tmp_path_factory.mktemp("kill")
+    root, logs = str(work / "data"), work / "logs"
+    logs.mkdir()
+    rc, _ = rlt.run(["--data-root", root, "run", PREVIOUS[STAGES[0]], "--recipe", recipe_path], logs / "setup.log")
+    assert rc == 0, (logs / "setup.log").read_text()[-4000:]
+    saved = {}
+    for stage in STAGES:
+        saved[stage] = str(work / f"before-{stage}")
+        _copy_root(root, saved[stage])
+        trace = work / f"trace-{stage}.txt"
+        rc, secs = rlt.run(["--data-root", root, "run", stage, "--recipe", recipe_path], logs / f"ref-{stage}.log",
+                           env={TRACE_ENV: str(trace)})
+        assert rc == 0, (logs / f"ref-{stage}.log").read_text()[-4000:]
+        saved[stage] = (saved[stage], _outputs(root, stage), trace.read_text().split(), secs)
+    return root, logs, saved
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigkill_anywhere_then_rerun_gives_the_identical_artifact(stage, base_roots, rlt, recipe_path,
+                                                                  fault_report):
+    root, logs, saved = base_roots
+    before, reference, trace, ref_seconds = saved[stage]
+    assert reference and all(reference.values()), f"{stage}: the reference run committed nothing"
+    assert any(p.split("@")[0] in COMMIT_POINTS for p in trace), trace
+    points = _draw(trace, random.Random(f"{SEED}-{stage}"), TRIALS)
+    t0, killed, inside_commit, outcomes = time.time(), 0, 0, []
+    for i, point in enumerate(points):
+        _copy_root(before, root)
+        log = logs / f"{stage}-{i}.log"
+        argv = ["--data-root", root, "run", stage, "--recipe", recipe_path]
+        rc, _ = rlt.run(argv, log, env={KILL_ENV: point})
+        assert rc == -signal.SIGKILL, f"trial {i} ({point}): expected death by SIGKILL, got rc {rc}\n" + \
+            log.read_text()[-3000:]
+        killed += 1
+        inside_commit += point.split("@")[0] in COMMIT_POINTS
+        rc, _ = rlt.run(argv, log)
+        assert rc == 0, f"trial {i}: the rerun after a kill at {point} failed\n" + log.read_text()[-4000:]
+        got = _outputs(root, stage)
+        assert got.keys() == reference.keys(), f"trial {i} ({point}): artifacts {sorted(got)} != {sorted(reference)}"
+        for k in reference:
+            assert got[k] == reference[k], f"trial {i} ({point}): {k} differs from the uninterrupted run: " + \
+                _diff(got[k], reference[k])
+        assert_each_key_once(root)
+        outcomes.append(point)
+    fault_report.record(
+        fault=f"SIGKILL inside {stage}", trials=killed,
+        outcome="rerun exit 0; artifacts identical to an uninterrupted run; no duplicate ids or keys; digests match",
+        detail=f"{inside_commit} of the kills inside a catalog write transaction; points (seed {SEED}): "
+               + ", ".join(outcomes), seconds=time.time() - t0)
