@@ -1,5 +1,5 @@
 """The `rlt` command line: factory, run, plan, lineage, manifest, catalog, tracking, deploy, serve, report, stack,
-models."""
+models, export."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,7 @@ STAGE_NAMES = ("ingest", "train_teacher", "generate", "score", "filter", "distil
 # Errors about input, recipes or the state of the data root: one `rlt: ...` line says all (their tracebacks only
 # with --debug); anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = ("RecipeError", "SourceError", "StageFailed", "ContractError", "CatalogError", "QueryError",
-                   "LockTimeout", "CheckpointCorrupt", "ExtensionError")
+                   "LockTimeout", "CheckpointCorrupt", "ExtensionError", "ExportError")
 
 
 class _QuietExpected(logging.Filter):
@@ -320,6 +320,32 @@ def cmd_tracking(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_export(args) -> int:
+    from flows.export import CARD, MANIFEST, ExportRequest, export_release
+    from infra.catalog import Catalog
+    from infra.settings import data_root
+    from infra.storage import Store
+
+    req = ExportRequest(ref=args.ref, format=args.format, out=args.out, with_ledger=args.with_ledger,
+                        overwrite=args.overwrite)
+    t0 = time.time()
+    res = export_release(Catalog(Store(data_root(args.data_root)), read_only=True), req)
+    rel = res.release
+    print(f"exported distill_set {rel.key} ({args.ref!r}, matched as {rel.via}) as {res.format} to {res.out} "
+          f"in {time.time() - t0:.1f}s")
+    for name, rows in res.splits.items():
+        what = "distill_set" if name == "train" else "scored_explanations (the reward ledger)"
+        by = ", ".join(f"{n} {o}" for o, n in sorted(res.origin.get(name, {}).items()))
+        print(f"  {name}: {rows} rows from {what}" + (f" ({by})" if by else ""))
+    size = sum(f["bytes"] or 0 for f in res.files.values())
+    print(f"  files: {len(res.files)} ({size / 1e6:.2f} MB): {', '.join(sorted(res.files))}")
+    print(f"  card: {res.out}/{CARD}; sha256 of every file: {res.out}/{MANIFEST}"
+          + ("; complete once _SUCCESS exists" if "://" in res.out else ""))
+    print("load it with:")
+    print(res.load)
+    return 0
+
+
 def cmd_deploy(args) -> int:
     from flows.deploy import deploy
 
@@ -384,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  rlt run generate --recipe flows/recipes/tiny.yaml\n"
                "  rlt manifest sql \"SELECT stage, label, status, seconds FROM stage_runs\"\n"
                "  rlt manifest snapshots; rlt manifest sql --snapshot 12 \"SELECT count(*) FROM data_explanations\"\n"
-               "  rlt lineage d_0123abcd...\n\n"
+               "  rlt lineage d_0123abcd...\n"
+               "  rlt export latest --format hf --out ./release   # the newest distill set, with a dataset card\n\n"
                "catalog: $RLT_CATALOG_URL (postgresql://... for many machines; default: a SQLite file in the "
                "data root)")
     p.add_argument("--data-root", help="artifact store root (default: $RLT_DATA_ROOT or ./rlt-data)")
@@ -448,6 +475,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="relog: also runs the catalog still calls running")
     sp.add_argument("--json", action="store_true", help="status: as JSON")
     sp.set_defaults(func=cmd_tracking)
+    sp = sub.add_parser(
+        "export", help="write a distill set (a release) as a Hugging Face datasets folder, parquet or jsonl, "
+                       "with a dataset card",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a committed distill set with a dataset card (README.md: source, teacher and student "
+                    "digests, recipe, row counts, filter and quarantine figures, lineage keys) and rlt_export.json "
+                    "(the same facts and every file's sha256). Rows stream from the catalog; the release appears "
+                    "under OUT only when complete (local: renamed into place; S3: _SUCCESS is written last).",
+        epilog="layouts:\n"
+               "  hf       OUT/dataset_dict.json, OUT/train/ (+ OUT/scored/)   datasets.load_from_disk(OUT)\n"
+               "  parquet  OUT/data/train-0000i-of-0000N.parquet (+ OUT/scored/) "
+               "load_dataset(\"parquet\", data_files=\"OUT/data/*.parquet\")\n"
+               "  jsonl    OUT/data/train.jsonl (+ OUT/scored/train.jsonl)     "
+               "load_dataset(\"json\", data_files=\"OUT/data/train.jsonl\")\n\n"
+               "examples:\n  rlt export latest --format hf --out ./release\n"
+               "  rlt export cd203f3f --format parquet --out s3://bucket/releases/night-12 --with-ledger")
+    sp.add_argument("ref", metavar="REF",
+                    help="'latest' (the newest committed distill set), an artifact key, or a unique key prefix "
+                         "(>= 8 hex characters); named aliases come later")
+    sp.add_argument("--format", choices=["hf", "parquet", "jsonl"], default="hf",
+                    help="hf: a datasets save_to_disk folder; parquet: sharded parquet files; jsonl: one JSON "
+                         "object a line (default: hf)")
+    sp.add_argument("--out", required=True, metavar="DIR_OR_S3", help="target folder or s3://bucket/prefix; must "
+                                                                       "be empty or absent unless --overwrite")
+    sp.add_argument("--with-ledger", action="store_true",
+                    help="also the reward ledger the set was filtered from (scored_explanations): split 'scored' "
+                         "(hf) or config 'scored' (parquet, jsonl)")
+    sp.add_argument("--overwrite", action="store_true", help="replace a non-empty target (local: swapped in "
+                                                             "whole once written)")
+    sp.set_defaults(func=cmd_export)
     for name, fn, helptext in (("deploy", cmd_deploy, "create a Prefect deployment with a cron schedule "
                                                      "(needs PREFECT_API_URL and a worker)"),
                                ("serve", cmd_serve, "serve the factory on a cron schedule from this process")):
