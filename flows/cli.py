@@ -1,5 +1,5 @@
-"""The `rlt` command line: factory, run, plan, lineage, manifest, catalog, tracking, deploy, serve, report, stack,
-models, export."""
+"""The `rlt` command line: factory, run, plan, lineage, manifest, catalog, tracking, releases, promote, rollback,
+deploy, serve, report, stack, models, export."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,8 @@ STAGE_NAMES = ("ingest", "train_teacher", "generate", "score", "filter", "distil
 # Errors about input, recipes or the state of the data root: one `rlt: ...` line says all (their tracebacks only
 # with --debug); anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = ("RecipeError", "SourceError", "StageFailed", "ContractError", "CatalogError", "QueryError",
-                   "LockTimeout", "CheckpointCorrupt", "ExtensionError", "ExportError")
+                   "LockTimeout", "CheckpointCorrupt", "ExtensionError", "ExportError", "AuditFailed",
+                   "ReleaseError", "AliasConflict")
 
 
 class _QuietExpected(logging.Filter):
@@ -329,7 +330,9 @@ def cmd_export(args) -> int:
     req = ExportRequest(ref=args.ref, format=args.format, out=args.out, with_ledger=args.with_ledger,
                         overwrite=args.overwrite)
     t0 = time.time()
-    res = export_release(Catalog(Store(data_root(args.data_root)), read_only=True), req)
+    from flows.releases import alias_lookup
+
+    res = export_release(Catalog(Store(data_root(args.data_root)), read_only=True), req, alias_lookup)
     rel = res.release
     print(f"exported distill_set {rel.key} ({args.ref!r}, matched as {rel.via}) as {res.format} to {res.out} "
           f"in {time.time() - t0:.1f}s")
@@ -343,6 +346,41 @@ def cmd_export(args) -> int:
           + ("; complete once _SUCCESS exists" if "://" in res.out else ""))
     print("load it with:")
     print(res.load)
+    return 0
+
+
+def cmd_releases(args) -> int:
+    from flows import releases
+
+    rows = releases.history(_reader(args), args.alias)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=1))
+        return 0
+    shown = []
+    for r in rows:
+        figs = "; ".join(f"{a['name']}={'-' if a['figure'] is None else format(a['figure'], '.4g')}"
+                         f"{'' if a['passed'] else ' FAIL'}" for a in r["audits"].get("results", []))
+        shown.append({"when": str(r["ts"])[:19], "alias": r["alias"], "action": r["action"], "key": r["key"][:16],
+                      "previous": (r["previous_key"] or "")[:16], "run": (r["run_id"] or "")[:12], "by": r["actor"],
+                      "why": r["reason"], "audits": figs or "-"})
+    _table(shown, f"releases{' of ' + args.alias if args.alias else ''} (newest first)")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from flows import releases
+
+    row = releases.promote(_ctx(args).catalog, args.ref, args.alias, args.reason)
+    print(f"{row['alias']}: {row['previous_key'] or '(none)'} -> {row['key']} (promote by {row['actor']}: "
+          f"{row['reason']})")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from flows import releases
+
+    row = releases.rollback(_ctx(args).catalog, args.alias, args.reason)
+    print(f"{row['alias']}: {row['previous_key']} -> {row['key']} (rollback by {row['actor']}: {row['reason']})")
     return 0
 
 
@@ -444,9 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_lineage)
     sp = sub.add_parser("manifest", help="query the catalog read-only: `ls`, `sql \"SELECT ...\"`, `snapshots`",
                         description="Read-only SQL over the catalog: relations runs, artifacts, lineage, shards, "
-                                    "provenance, stage_runs (+ views runs_latest, artifacts_committed, "
-                                    "shards_latest) and one data_<artifact> view per artifact kind. Data is "
-                                    "streamed from the lake, never loaded whole. Exactly one SELECT/EXPLAIN.")
+                                    "provenance, stage_runs, releases (+ views runs_latest, "
+                                    "artifacts_committed, shards_latest, aliases_current) and one "
+                                    "data_<artifact> view per artifact kind. Data is streamed from the lake, never "
+                                    "loaded whole. Exactly one SELECT/EXPLAIN.")
     sp.add_argument("action", choices=["ls", "sql", "snapshots"])
     sp.add_argument("query", nargs="?", default=None)
     sp.add_argument("--json", action="store_true", help="all rows as JSON (streamed)")
@@ -493,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  rlt export cd203f3f --format parquet --out s3://bucket/releases/night-12 --with-ledger")
     sp.add_argument("ref", metavar="REF",
                     help="'latest' (the newest committed distill set), an artifact key, or a unique key prefix "
-                         "(>= 8 hex characters); named aliases come later")
+                         "(>= 8 hex characters), or an alias (`rlt releases`, e.g. current)")
     sp.add_argument("--format", choices=["hf", "parquet", "jsonl"], default="hf",
                     help="hf: a datasets save_to_disk folder; parquet: sharded parquet files; jsonl: one JSON "
                          "object a line (default: hf)")
@@ -505,6 +544,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true", help="replace a non-empty target (local: swapped in "
                                                              "whole once written)")
     sp.set_defaults(func=cmd_export)
+    sp = sub.add_parser("releases", help="alias history (publish/promote/rollback) with each audit's figures",
+                        description="Write-audit-publish: a night whose audits (recipe `audits:`) all pass moves an "
+                                    "alias (default `current`) to its distill set; `promote`/`rollback` move it by "
+                                    "hand. `rlt export current ...` exports what an alias points to.")
+    sp.add_argument("alias", nargs="?", default=None, help="only this alias (default: every alias)")
+    sp.add_argument("--json", action="store_true", help="every row as JSON, audits decoded")
+    sp.set_defaults(func=cmd_releases)
+    sp = sub.add_parser("promote", help="point an alias at a committed distill set by hand (recorded with who/why)")
+    sp.add_argument("ref", metavar="KEY_OR_PREFIX", help="a distill_set key or unique prefix (>= 8 characters)")
+    sp.add_argument("--alias", default="current")
+    sp.add_argument("--reason", required=True, help="why (recorded in the alias history)")
+    sp.set_defaults(func=cmd_promote)
+    sp = sub.add_parser("rollback", help="move an alias back to its previous distill set (recorded with who/why)")
+    sp.add_argument("--alias", default="current")
+    sp.add_argument("--reason", required=True, help="why (recorded in the alias history)")
+    sp.set_defaults(func=cmd_rollback)
     for name, fn, helptext in (("deploy", cmd_deploy, "create a Prefect deployment with a cron schedule "
                                                      "(needs PREFECT_API_URL and a worker)"),
                                ("serve", cmd_serve, "serve the factory on a cron schedule from this process")):

@@ -54,8 +54,8 @@ CARD = "README.md"
 SUCCESS = "_SUCCESS"
 MIN_PREFIX = 8
 STAGE_ORDER = ("ingest", "train_teacher", "generate", "score", "filter")
-AUDIT_NOTE = ("rlt-factory has no audit figures yet; in their place this card reports the filter stage's "
-              "statistics (kept/dropped per reason) and the ingest quarantine counts.")
+AUDIT_NOTE = ("this distill set was never published through an audited alias (flows/audit.py); the filter "
+              "stage's statistics (kept/dropped per reason) and the ingest quarantine counts stand in for audits.")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
 # alias -> artifact key, or None when ``ref`` is not an alias (issue 14 part 2 plugs its alias table in here)
@@ -211,6 +211,19 @@ def _brief(rec: dict | None) -> dict | None:
             "producer": rec.get("producer") or "", "created_at": str(rec.get("ts"))}
 
 
+def _audit_facts(catalog: Catalog, key: str) -> dict[str, Any]:
+    """The audits of every alias move (publish, promote, rollback) that pointed an alias at ``key``."""
+    from flows.releases import history
+
+    moves = [r for r in history(catalog) if r["key"] == key]
+    if not moves:
+        return {"available": False, "note": AUDIT_NOTE}
+    return {"available": True, "releases": [
+        {"alias": m["alias"], "action": m["action"], "actor": m.get("actor"), "reason": m.get("reason"),
+         "run_id": m.get("run_id"), "ts": str(m.get("ts")), "audits": (m.get("audits") or {}).get("results", [])}
+        for m in moves]}
+
+
 def release_facts(catalog: Catalog, release: Release) -> dict[str, Any]:
     """Everything the card says about a release, from the catalog (small queries; no data rows are read but a
     GROUP BY over the filter decisions)."""
@@ -287,7 +300,7 @@ def release_facts(catalog: Catalog, release: Release) -> dict[str, Any]:
         "filter": {"decisions_key": fkey, "rules": fcfg.get("rules"), "stats": stats,
                    "decisions": [{"kept": bool(d["kept"]), "reason": d["reason"], "rows": int(d["n"])}
                                  for d in decisions]},
-        "audit": {"available": False, "note": AUDIT_NOTE},
+        "audit": _audit_facts(catalog, rec["key"]),
         "lineage": lineage, "lineage_missing": missing,
         "ledger_key": scored["key"] if scored else inputs.get("scored"),
     }
@@ -415,6 +428,20 @@ def _save_hf(splits: list[_Split], stage: str, build: str) -> None:
 
 
 # -- the card -------------------------------------------------------------------------------------------
+def _audit_section(audit: dict) -> str:
+    if not audit.get("available"):
+        return f"{audit.get('note', AUDIT_NOTE)}\n"
+    out = []
+    for m in audit["releases"]:
+        out.append(f"`{m['alias']}` {m['action']} by {m['actor']} ({m['ts']}, run `{m['run_id']}`)"
+                   + (f": {m['reason']}" if m.get("reason") else "") + "\n")
+        if m["audits"]:
+            out.append(_md_table(["audit", "figure", "bound", "passed", "detail"],
+                                 [[a.get("name"), a.get("figure"), a.get("bound"), a.get("passed"), a.get("detail")]
+                                  for a in m["audits"]]) + "\n")
+    return "\n".join(out)
+
+
 _YAML_DTYPES = {"string": "string", "large_string": "large_string", "double": "float64", "float": "float32",
                 "int64": "int64", "int32": "int32", "bool": "bool"}
 
@@ -509,8 +536,9 @@ def render_card(facts: dict, splits: list[_Split], fmt: str, load: str, exported
                ["code version", f"produced by `{rec.get('code_version') or '?'}`, exported by "
                                 f"`{exported['code_version'] or '?'}`"],
            ]),
+           "\n## Audits\n",
+           _audit_section(facts["audit"]),
            "\n## Filter and quarantine figures\n",
-           f"{AUDIT_NOTE}\n",
            f"Filter rules: `{json.dumps(flt.get('rules'), sort_keys=True)}`\n",
            _md_table(["statistic", "value"], [[k, v] for k, v in sorted((flt.get("stats") or {}).items())]),
            "",

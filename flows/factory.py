@@ -48,6 +48,7 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
         out.update(_run_nodes(ctx, plans))
         if with_report:
             out["report"] = report.write_report(ctx, out, plans, r.name)
+            audits = _audit(ctx, r, out)   # write-audit-publish: raises AuditFailed, the release stays
     except BaseException as exc:
         ctx.tracker.end_run(ctx.mlflow_parent, "FAILED")   # tracking calls never raise (infra/tracking.py)
         _record_run(ctx, flow_name, r, recipe, "failed", f"{type(exc).__name__}: {exc}")
@@ -60,7 +61,20 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
     ctx.tracker.end_run(ctx.mlflow_parent)
     _record_run(ctx, flow_name, r, recipe, "done")   # after the tracking's end: its record says if that went in
     _warn_untracked(ctx)
-    return {k: (v.model_dump() if isinstance(v, ArtifactRef) else v) for k, v in out.items()}
+    result = {k: (v.model_dump() if isinstance(v, ArtifactRef) else v) for k, v in out.items()}
+    if with_report:
+        result["audits"] = audits
+    return result
+
+
+def _audit(ctx: RunContext, r: Recipe, out: dict[str, Any]) -> dict:
+    """Audit the night's committed artifacts and, when all pass, publish its distill set under the alias."""
+    from flows.audit import audit_and_publish
+
+    if "distill_set" not in out:
+        return {"passed": True, "published": False, "results": [], "alias": r.audits.publish_alias}
+    refs = {k: v.key for k, v in out.items() if isinstance(v, ArtifactRef)}
+    return audit_and_publish(ctx.catalog, r.audits, refs, ctx.run_id)
 
 
 def _run_nodes(ctx: RunContext, plans: list[Planned]) -> dict[str, ArtifactRef]:

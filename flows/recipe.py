@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlt_core.prompts import PromptStyle
 
@@ -80,6 +80,35 @@ def derive_shared(data: dict) -> dict:
     return data
 
 
+class AuditsConfig(BaseModel):
+    """Write-audit-publish (flows/audit.py, flows/releases.py): checks on a night's committed artifacts; only a
+    night that passes every one moves ``publish_alias``. Every bound is off unless set. Not a stage config: no
+    stage key depends on it. Audits that compare with the current release pass as "no baseline" without one."""
+
+    model_config = ConfigDict(extra="forbid")
+    publish: bool = Field(default=True, description="move publish_alias to the night's distill set when all pass")
+    publish_alias: str = Field(default="current", pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
+                               description="'latest' is reserved (the newest committed distill set)")
+    min_yield: Optional[float] = Field(default=None, ge=0, le=1, description="filter yield: kept teacher "
+                                       "explanations / candidate explanations")
+    max_quarantine_rate: Optional[float] = Field(default=None, ge=0, le=1, description="quarantined / source rows")
+    max_reward_mean_shift: Optional[float] = Field(default=None, ge=0, description="|mean reward of kept rows - "
+                                                   "the current release's|")
+    max_reward_ks: Optional[float] = Field(default=None, ge=0, le=1, description="two-sample KS statistic of kept "
+                                           "rewards vs the current release's")
+    max_eval_regression: Optional[float] = Field(default=None, ge=0, description="per benchmark: fail when the "
+                                                 "release's CI low - the night's CI high exceeds this (0: fail when "
+                                                 "the 95% CIs are disjoint with the night below)")
+
+    @field_validator("publish_alias")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v.lower() == "latest":
+            raise ValueError("'latest' is reserved (it always means the newest committed distill set); "
+                             "choose another alias name")
+        return v
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -94,6 +123,7 @@ class Recipe(BaseModel):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     distill: DistillStageConfig = Field(default_factory=DistillStageConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    audits: AuditsConfig = Field(default_factory=AuditsConfig, description="write-audit-publish (not a stage)")
 
     @model_validator(mode="before")
     @classmethod

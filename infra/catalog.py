@@ -58,6 +58,9 @@ RELATIONS: dict[str, str] = {
                   "run_id VARCHAR",
     "stage_runs": "run_id VARCHAR, stage VARCHAR, label VARCHAR, artifact_key VARCHAR, status VARCHAR, "
                   "cached BOOLEAN, seconds DOUBLE, detail VARCHAR, ts TIMESTAMPTZ",
+    # append-only history of named release aliases (flows/releases.py): action publish | promote | rollback
+    "releases": "alias VARCHAR, key VARCHAR, previous_key VARCHAR, action VARCHAR, run_id VARCHAR, actor VARCHAR, "
+                "reason VARCHAR, audits_json VARCHAR, ts TIMESTAMPTZ",
 }
 # What a reader should usually look at; the raw relations stay queryable too.
 VIEWS = {
@@ -65,6 +68,7 @@ VIEWS = {
     "artifacts_committed": "SELECT * FROM artifacts QUALIFY row_number() OVER (PARTITION BY key ORDER BY ts) = 1",
     "shards_latest": ("SELECT * FROM shards QUALIFY row_number() OVER "
                       "(PARTITION BY artifact_key, shard_id ORDER BY ts DESC) = 1"),
+    "aliases_current": "SELECT * FROM releases QUALIFY row_number() OVER (PARTITION BY alias ORDER BY ts DESC) = 1",
 }
 LEDGER = "ledger"          # commit message of bookkeeping-only snapshots (expired by maintain())
 
@@ -87,6 +91,13 @@ class Location:
     sqlite_path: str = ""
     dsn: str = field(default="", repr=False)
     lock_dir: str = ""
+
+    def locks(self):
+        """The crash-safe named locks that go with this catalog: PostgreSQL advisory locks on its server, or flock
+        files beside a SQLite catalog (infra/locks.py)."""
+        from infra.locks import FileLocks, PgLocks
+
+        return PgLocks(self.dsn) if self.kind == "postgres" else FileLocks(self.lock_dir)
 
     def describe(self) -> str:
         if self.kind == "sqlite":

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from infra.catalog import Catalog
-from infra.locks import FileLocks, Locks, PgLocks, owner_info
+from infra.locks import Locks, owner_info
 from infra.storage import Store
 from infra.tracking import Tracker
 
@@ -51,8 +51,7 @@ class RunContext:
 
     @functools.cached_property
     def locks(self) -> Locks:
-        loc = self.catalog.location
-        return PgLocks(loc.dsn) if loc.kind == "postgres" else FileLocks(loc.lock_dir)
+        return self.catalog.location.locks()
 
     @functools.cached_property
     def tracker(self) -> Tracker:

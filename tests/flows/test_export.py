@@ -126,7 +126,7 @@ def test_parquet_export_card_and_manifest(factory, hf_cache, capsys):
     student = json.loads(factory["catalog"].artifact(produced["scored_explanations"]["key"])["models_json"])["student"]
     assert teacher["digest"] in card and student in card
     assert "tiny-test" in card and factory["out"]["run_id"] in card and "builtin:countdown" in card
-    assert "no audit figures yet" in card and "best_of_k" in card and "quarantined at ingest" in card
+    assert "never published through an audited alias" in card and "best_of_k" in card and "quarantined at ingest" in card
     n_teacher = sum(r["origin"] == "teacher" for r in factory["rows"])
     assert f"{n_teacher} teacher" in card
 
@@ -165,7 +165,7 @@ def test_errors_are_one_line(factory, tmp_path, capsys):
     problems_key = factory["out"]["problems"]["key"]
     cases = {
         "deadbeef00": "no release 'deadbeef00'",
-        "current": "tried an alias (none are defined yet), 'latest'",
+        "current": "tried an alias, 'latest'",   # the CLI passes the releases alias lookup (flows/releases.py)
         factory["key"][:5]: "needs >= 8 hex characters, got 5",
         problems_key: "is a problems artifact",
         problems_key[:9]: "not a distill_set",

@@ -64,3 +64,13 @@ def test_set_value_that_is_not_yaml_is_a_recipe_error_on_one_line():
         with pytest.raises(RecipeError, match=r"^--set ingest.source.uri=.*not valid YAML") as info:
             apply_overrides({}, [f"ingest.source.uri={bad}"])
         assert "\n" not in str(info.value) and str(info.value).isprintable()
+
+
+def test_publish_alias_latest_is_reserved():
+    from pydantic import ValidationError
+
+    from flows.recipe import AuditsConfig
+
+    with pytest.raises(ValidationError, match="'latest' is reserved"):
+        AuditsConfig(publish_alias="Latest")
+    assert AuditsConfig().publish_alias == "current"
