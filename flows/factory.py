@@ -47,8 +47,10 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
     try:
         out.update(_run_nodes(ctx, plans))
         if with_report:
-            out["report"] = report.write_report(ctx, out, plans, r.name)
-            audits = _audit(ctx, r, out)   # write-audit-publish: raises AuditFailed, the release stays
+            audits, failed = _audit(ctx, r, out)   # write-audit-publish: a failed audit leaves the release in place
+            out["report"] = report.write_report(ctx, out, plans, r.name, audits=audits)
+            if failed is not None:
+                raise failed   # the flow run fails visibly: Prefect state, the runs record, exit code 2
     except BaseException as exc:
         ctx.tracker.end_run(ctx.mlflow_parent, "FAILED")   # tracking calls never raise (infra/tracking.py)
         _record_run(ctx, flow_name, r, recipe, "failed", f"{type(exc).__name__}: {exc}")
@@ -67,14 +69,18 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
     return result
 
 
-def _audit(ctx: RunContext, r: Recipe, out: dict[str, Any]) -> dict:
-    """Audit the night's committed artifacts and, when all pass, publish its distill set under the alias."""
-    from flows.audit import audit_and_publish
+def _audit(ctx: RunContext, r: Recipe, out: dict[str, Any]) -> tuple[dict, Exception | None]:
+    """Audit the night's committed artifacts and, when all pass, publish its distill set under the alias. Returns
+    the summary (for the report) and the AuditFailed to raise once the report is written (or None)."""
+    from flows.audit import AuditFailed, audit_and_publish
 
     if "distill_set" not in out:
-        return {"passed": True, "published": False, "results": [], "alias": r.audits.publish_alias}
+        return {"passed": True, "published": False, "results": [], "alias": r.audits.publish_alias}, None
     refs = {k: v.key for k, v in out.items() if isinstance(v, ArtifactRef)}
-    return audit_and_publish(ctx.catalog, r.audits, refs, ctx.run_id)
+    try:
+        return audit_and_publish(ctx.catalog, r.audits, refs, ctx.run_id), None
+    except AuditFailed as exc:
+        return {"passed": False, "published": False, "results": exc.results, "alias": exc.alias}, exc
 
 
 def _run_nodes(ctx: RunContext, plans: list[Planned]) -> dict[str, ArtifactRef]:

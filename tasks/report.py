@@ -111,11 +111,32 @@ def _history_plot(hist: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name: str) -> ArtifactRef:
+def _audit_section(audits: dict) -> str:
+    """Write-audit-publish outcome: each audit's figure against its bound, and whether the alias moved."""
+    alias = html.escape(str(audits.get("alias")))
+    if audits.get("passed"):
+        moved = {True: f"published as <b>{alias}</b>", "unchanged": f"<b>{alias}</b> already pointed here"}.get(
+            audits.get("published"), f"not published (<b>{alias}</b> unchanged: publishing is off)")
+        head = f"<p>Every audit passed; {moved}.</p>"
+    else:
+        head = (f"<p style='color:#a00'><b>Audit failed</b>: <b>{alias}</b> was not moved; the previous release "
+                "stays in place and this run is marked failed.</p>")
+    rows = "".join(f"<tr><td>{html.escape(str(a.get('name')))}</td><td>{html.escape(str(a.get('figure')))}</td>"
+                   f"<td>{html.escape(str(a.get('bound')))}</td><td>{'pass' if a.get('passed') else '<b>FAIL</b>'}"
+                   f"</td><td>{html.escape(str(a.get('detail') or ''))}</td></tr>" for a in audits.get("results", []))
+    table = ("<table><tr><th>audit</th><th>figure</th><th>bound</th><th>result</th><th>detail</th></tr>"
+             f"{rows}</table>") if rows else "<p>No audits declared in the recipe.</p>"
+    return f"<h2>Audits</h2>{head}{table}"
+
+
+def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name: str,
+                 audits: dict | None = None) -> ArtifactRef:
     t0 = time.time()
     runs = ctx.catalog.rows("SELECT * FROM lake.main.stage_runs WHERE run_id = ? ORDER BY ts", [ctx.run_id])
     tmp = tempfile.mkdtemp(prefix="rlt-report-")
     sections, images = [], []
+    if audits is not None:
+        sections.append(_audit_section(audits))
     missing = ctx.tracker.pending()
     if missing:   # MLflow was unreachable: the data is committed, its tracking waits in the journal
         sections.append(f"<p style='color:#a00'><b>Tracked incompletely</b>: MLflow could not be reached during this "

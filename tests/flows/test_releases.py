@@ -111,8 +111,12 @@ def test_failed_audit_fails_the_run_and_keeps_the_release(night, capsys, tmp_pat
     with pytest.raises(AuditFailed, match="min_yield"):
         state.result()
     assert history(cat, "current") == before, "a failed audit leaves the release (and its history) in place"
-    run = cat.rows("SELECT status, detail FROM runs_latest ORDER BY ts DESC LIMIT 1")[0]
+    run = cat.rows("SELECT run_id, status, detail FROM runs_latest ORDER BY ts DESC LIMIT 1")[0]
     assert run["status"] == "failed" and "AuditFailed" in run["detail"] and "min_yield" in run["detail"]
+    # the run's HTML report says so, with the figures
+    report = cat.rows("SELECT uri FROM artifacts_committed WHERE name = 'report' AND run_id = ?", [run["run_id"]])
+    page = open(os.path.join(report[0]["uri"], "index.html")).read()
+    assert "Audit failed" in page and "min_yield" in page and "FAIL" in page
     # the CLI: exit 2, one line naming the failed audit and its figure
     import yaml
 
