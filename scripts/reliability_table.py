@@ -28,7 +28,8 @@ def load(path: Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise SystemExit(f"{path}:{n}: not a JSON line ({exc})") from None
         latest[row["fault"]] = row
-    return list(latest.values())
+    # injected faults first, then the hostile-input kinds (many rows, one each)
+    return sorted(latest.values(), key=lambda r: r["fault"].startswith("bad_input:"))
 
 
 def _cell(text: object, limit: int = 600) -> str:
