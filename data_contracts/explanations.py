@@ -1,11 +1,11 @@
 """explanations: teacher completions, K per problem (output of generate)."""
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
 from data_contracts.base import RowModel, make_contract
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: reused_from (incremental nights, tasks/reuse.py)
 
 
 class Explanation(RowModel):
@@ -26,6 +26,7 @@ class Explanation(RowModel):
     finish_reason: Literal["stop", "length"]
     latency_s: float = Field(ge=0)
     backend: str
+    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied from an earlier night (tasks/reuse.py); None: computed by this artifact's run")
 
 
 EXAMPLE = dict(explanation_id="e_0123456789abcdef", problem_id="p_0123456789abcdef", sample_index=0,

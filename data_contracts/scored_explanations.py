@@ -1,11 +1,12 @@
 """scored_explanations: the reward ledger, every RLT reward term per explanation (output of score)."""
 import math
+from typing import Optional
 
 from pydantic import Field, field_validator
 
 from data_contracts.base import RowModel, make_contract
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: reused_from (incremental nights, tasks/reuse.py)
 
 
 class ScoredExplanation(RowModel):
@@ -31,6 +32,7 @@ class ScoredExplanation(RowModel):
     teacher_digest: str
     student_digest: str
     reward_config_digest: str
+    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied from an earlier night (tasks/reuse.py); None: computed by this artifact's run")
 
     @field_validator("reward", "r_ss", "r_kl")
     @classmethod

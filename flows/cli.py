@@ -1,5 +1,5 @@
-"""The `rlt` command line: factory, run, plan, lineage, manifest, catalog, tracking, releases, promote, rollback,
-deploy, serve, report, stack, models, export."""
+"""The `rlt` command line: factory, backfill, run, plan, lineage, manifest, catalog, tracking, releases, promote,
+rollback, deploy, serve, report, stack, models, export."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,7 @@ STAGE_NAMES = ("ingest", "train_teacher", "generate", "score", "filter", "distil
 # with --debug); anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = ("RecipeError", "SourceError", "StageFailed", "ContractError", "CatalogError", "QueryError",
                    "LockTimeout", "CheckpointCorrupt", "ExtensionError", "ExportError", "AuditFailed",
-                   "ReleaseError", "AliasConflict")
+                   "ReleaseError", "AliasConflict", "BackfillError")
 
 
 class _QuietExpected(logging.Filter):
@@ -114,6 +114,26 @@ def cmd_factory(args) -> int:
     return 0
 
 
+def cmd_backfill(args) -> int:
+    """The factory over a range of nights (or source files), in order; committed nights are skipped."""
+    from flows.backfill import BackfillError, BackfillRequest, failure_line, run_backfill, summary_rows
+    from infra.settings import data_root
+
+    req = BackfillRequest(recipe=args.recipe, root=data_root(args.data_root), overrides=args.set,
+                          nights=args.nights, sources=args.sources, keep_going=args.keep_going,
+                          dry_run=args.dry_run)
+    t0 = time.time()
+    results = run_backfill(req)
+    counts = {s: sum(r.status == s for r in results) for s in dict.fromkeys(r.status for r in results)}
+    title = (f"backfill {'plan' if args.dry_run else 'of'} {len(results)} night(s) in {time.time() - t0:.1f}s: "
+             + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    _table(summary_rows(results, dry_run=args.dry_run), title)
+    line = failure_line(results)
+    if line is not None:
+        raise BackfillError(line)
+    return 0
+
+
 def cmd_run(args) -> int:
     from flows.factory import STAGE_FLOWS
     from infra.settings import data_root
@@ -147,9 +167,10 @@ def _summary(args, out: dict, seconds: float) -> None:
 
 
 def cmd_plan(args) -> int:
-    from flows.plan import annotate, stage_keys
+    from flows.plan import annotate, count_reuse, stage_keys
 
-    plans = annotate(_ctx(args), stage_keys(_recipe(args), [args.stage] if args.stage else None))
+    ctx = _ctx(args)
+    plans = count_reuse(ctx, annotate(ctx, stage_keys(_recipe(args), [args.stage] if args.stage else None)))
     _table([{"stage": p.node.id, "will": p.status, "key": p.key[:16], "why": p.reason} for p in plans], "plan")
     return 0
 
@@ -444,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         "runs to MLflow ($MLFLOW_TRACKING_URI, default sqlite in the data root), flows to Prefect."),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  rlt factory --recipe flows/recipes/tiny.yaml\n"
+               "  rlt backfill --recipe nightly.yaml --nights 2026-11-01..2026-11-07   # {night} in the recipe\n"
                "  rlt plan --recipe flows/recipes/tiny.yaml --set temperature=0.9\n"
                "  rlt run generate --recipe flows/recipes/tiny.yaml\n"
                "  rlt manifest sql \"SELECT stage, label, status, seconds FROM stage_runs\"\n"
@@ -467,6 +489,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--inject-failure", action="append", metavar="STAGE:SHARD",
                     help="testing aid: make a shard fail, e.g. generate:00001")
     sp.set_defaults(func=cmd_factory)
+    sp = sub.add_parser(
+        "backfill", help="run the factory night by night over a date range (or source files), skipping committed "
+                         "nights; resumable",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the nightly factory for each night in order, in this process. The recipe is a template: "
+                    "any string value may hold {night} (the night's ISO date), e.g. ingest.source.uri: "
+                    "\"data/problems/{night}.jsonl\". With --sources each file (sorted) is one night: it becomes "
+                    "ingest.source.uri and its stem the night's label. A night whose stages are all committed and "
+                    "whose factory run finished is skipped, so re-running the same command after an interruption "
+                    "resumes. A failed night (a stage, an audit) stops the backfill with exit 2 unless "
+                    "--keep-going.",
+        epilog="examples:\n"
+               "  rlt backfill --recipe nightly.yaml --nights 2026-11-01..2026-11-07\n"
+               "  rlt backfill --recipe nightly.yaml --nights 2026-11-01,2026-11-04 --dry-run\n"
+               "  rlt backfill --recipe flows/recipes/tiny.yaml --sources 'data/problems/*.jsonl' --keep-going\n\n"
+               "nightly.yaml holds e.g.  ingest: {source: {uri: \"data/problems/{night}.jsonl\"}}")
+    recipe_args(sp)
+    which = sp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--nights", metavar="A..B", help="inclusive ISO date range, e.g. 2026-11-01..2026-11-07, or a "
+                                                        "comma list (at most 366 nights); needs {night} in the recipe")
+    which.add_argument("--sources", metavar="GLOB", help="one night per matching file (sorted), e.g. "
+                                                         "'data/problems/*.jsonl' (quote it)")
+    sp.add_argument("--keep-going", action="store_true", help="run the later nights after a failed one (exit 2 at "
+                                                              "the end all the same)")
+    sp.add_argument("--dry-run", action="store_true", help="print each night's plan (stages to run vs cached); "
+                                                           "run nothing")
+    sp.set_defaults(func=cmd_backfill)
     sp = sub.add_parser("run", help="run one stage as its own flow (and whatever upstream of it is not committed)")
     sp.add_argument("stage", choices=STAGE_NAMES)
     recipe_args(sp)

@@ -34,8 +34,10 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
     """Plan, then run every planned node in order; record the run; keep the catalog tidy afterwards."""
     r = Recipe.model_validate(recipe)
     ctx = RunContext(root=root, fail_shards=tuple(fail_shards or ()), tracking_uri=tracking_uri, tracking=tracking,
-                     catalog_url=catalog_url)
+                     catalog_url=catalog_url, prices=r.costs.model_dump(exclude_none=True))
+    ctx.flow_name, ctx.recipe_name = flow_name, r.name   # OpenLineage job and parent-run names
     lg = logger()
+    _log_prices(r)
     plans = annotate(ctx, stage_keys(r, targets))
     for p in plans:
         lg.info("plan %-20s %-8s %s  %s", p.node.id, p.status, p.key[:12], p.reason)
@@ -67,6 +69,15 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
     if with_report:
         result["audits"] = audits
     return result
+
+
+def _log_prices(r: Recipe) -> None:
+    """Validate the prices in effect (recipe `costs:` + RLT_PRICE_*) before any work, and say which they are."""
+    from tasks.costs import resolve_prices
+
+    prices = resolve_prices(r.costs)
+    if prices.priced:
+        logger().info("costs priced at %s", prices.model_dump(exclude_none=True))
 
 
 def _audit(ctx: RunContext, r: Recipe, out: dict[str, Any]) -> tuple[dict, Exception | None]:

@@ -79,6 +79,7 @@ class Planned:
     status: str = ""           # cached | run | resume | running
     reason: str = ""
     shards: dict[str, int] = field(default_factory=dict)
+    reuse: dict[str, int] = field(default_factory=dict)   # incremental stages: rows, reused, new (flows/plan.py)
 
     @property
     def key(self) -> str:

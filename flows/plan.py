@@ -43,7 +43,7 @@ def explain_change(new: KeyParts, old: dict) -> str:
     old_m = json.loads(old["models_json"])
     for role, k in sorted(new.models.items()):
         if old_m.get(role) != k:
-            reasons.append(f"model '{role}' changed")
+            reasons.append("source content changed" if role == "source" else f"model '{role}' changed")
     return "; ".join(reasons) or "same key parts, never committed"
 
 
@@ -77,6 +77,71 @@ def annotate(ctx: RunContext, plans: list[Planned]) -> list[Planned]:
         if holder is not None:
             p.status, p.reason = "running", f"in progress in {describe(holder)}; this run would wait for it"
     return plans
+
+
+def count_reuse(ctx: RunContext, plans: list[Planned]) -> list[Planned]:
+    """For incremental stages that will run: how many of their rows earlier artifacts hold (tasks/reuse.py).
+
+    The rows a stage will work on are known before it runs: from its input when that is committed, from the
+    source (read, not written: ``ingest.preview``) when ingest has yet to run, or from the upstream stage's own
+    expected ids. Counts are by row id; score also compares explanation texts when it runs."""
+    from tasks.reuse import count_reusable, find_donors
+    from tasks.shards import chunks
+
+    by_id = {p.node.id: p for p in plans}
+    for p in plans:
+        spec = p.node.stage.incremental
+        if spec is None or p.status not in ("run", "resume"):
+            continue
+        ids = _expected_ids(ctx, p, by_id)
+        if ids is None:
+            continue
+        donors = find_donors(ctx.catalog, p.stage, p.node.stage.primary, spec, p.parts, p.key)
+        total = reused = 0
+        for batch in chunks(ids, 50_000):
+            total += len(batch)
+            reused += count_reusable(ctx.catalog, p.node.stage.primary, spec.id_col, donors, batch)
+        p.reuse = {"rows": total, "reused": reused, "new": total - reused, "donors": len(donors)}
+        p.reason = (f"{total - reused:,} new of {total:,} ({reused:,} reused"
+                    + (f" from {len(donors)} earlier artifact(s))" if donors else ")") + f"; {p.reason}")
+    return plans
+
+
+def _expected_ids(ctx: RunContext, p: Planned, by_id: dict[str, Planned]):
+    """The output ids node ``p`` will produce, streamed; None when they cannot be known before running."""
+    import itertools
+
+    from tasks.shards import chunks
+
+    spec = p.node.stage.incremental
+    src = p.node.inputs[spec.role]
+    up = by_id.get(src.node)
+    if up is None:
+        return None
+    in_key = up.keys[src.output]
+    where, keep, limit = spec.select(p.cfg)
+    if ctx.catalog.artifact(in_key) is not None:
+        rows = _scan(ctx, src.output, in_key, spec.columns, where)
+    elif up.node.stage.name == "ingest":
+        from tasks.ingest import preview
+
+        rows = (r for r in preview(up.cfg) if keep is None or keep(r))
+        if limit:   # the stage takes the first ``limit`` in id order
+            rows = iter(sorted(rows, key=lambda r: r[spec.columns[0]]))
+    elif up.node.stage.incremental is not None and spec.one_to_one:
+        up_ids = _expected_ids(ctx, up, by_id)
+        return None if up_ids is None else itertools.islice(up_ids, limit)
+    else:
+        return None
+    rows = itertools.islice(rows, limit)
+    return (i for batch in chunks(rows, 512) for i in spec.ids(p.cfg, p.parts, batch))
+
+
+def _scan(ctx: RunContext, name: str, key: str, columns, where: str):
+    from tasks.stage import ORDER
+
+    for b in ctx.catalog.scan(name, key, list(columns), ORDER.get(name), where, 4096):
+        yield from b.to_pylist()
 
 
 def _secondary(p: Planned) -> list[str]:

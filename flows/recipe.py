@@ -9,19 +9,23 @@ config that uses them (so they are part of each stage's key):
   temperature of the RLT reward in train_teacher and score (rlt-method.md 2.1: the teacher's log-probs are
   taken at the temperature its explanations were sampled at).
 
+One default follows another stage rather than the top level: ``ingest.decontaminate.benchmarks``, unless the recipe
+sets it, is ``evaluate.benchmarks`` (ingest keeps out of training what the recipe evaluates on).
+
 Setting one of the derived stage fields directly to another value is an error that names the top-level field.
 """
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlt_core.prompts import PromptStyle
 
+from tasks.costs import CostsConfig
 from tasks.distill import DistillStageConfig
 from tasks.evaluate import EvaluateConfig
 from tasks.filter import FilterConfig
@@ -77,7 +81,23 @@ def derive_shared(data: dict) -> dict:
                                      f"top-level `{name}` ({shown}) so that every stage agrees: set `{name}` once at "
                                      f"the top of the recipe (or --set {name}=...) instead")
             _set(data, path, top.model_dump(mode="json") if name == "style" else top)
+    _default_decontam_benchmarks(data)
     return data
+
+
+def _default_decontam_benchmarks(data: dict) -> None:
+    """``ingest.decontaminate.benchmarks`` := ``evaluate.benchmarks`` (or evaluate's default) unless it is set."""
+    if not all(isinstance(data.get(k, {}), dict) for k in ("ingest", "evaluate")) or \
+            not isinstance(data.get("ingest", {}).get("decontaminate", {}), dict):
+        return   # not a section: validation names it
+    path = ("ingest", "decontaminate", "benchmarks")
+    if _get(data, path)[1]:
+        return
+    evaluated, given = _get(data, ("evaluate", "benchmarks"))
+    if not given:
+        evaluated = EvaluateConfig.model_fields["benchmarks"].default_factory()
+    if isinstance(evaluated, list):
+        _set(data, path, list(evaluated))
 
 
 class AuditsConfig(BaseModel):
@@ -92,6 +112,8 @@ class AuditsConfig(BaseModel):
     min_yield: Optional[float] = Field(default=None, ge=0, le=1, description="filter yield: kept teacher "
                                        "explanations / candidate explanations")
     max_quarantine_rate: Optional[float] = Field(default=None, ge=0, le=1, description="quarantined / source rows")
+    max_contaminated: Optional[int] = Field(default=None, ge=0, description="source rows quarantined as contaminated "
+                                            "(ingest.decontaminate: copies of evaluation items); 0 = none allowed")
     max_reward_mean_shift: Optional[float] = Field(default=None, ge=0, description="|mean reward of kept rows - "
                                                    "the current release's|")
     max_reward_ks: Optional[float] = Field(default=None, ge=0, le=1, description="two-sample KS statistic of kept "
@@ -124,6 +146,8 @@ class Recipe(BaseModel):
     distill: DistillStageConfig = Field(default_factory=DistillStageConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     audits: AuditsConfig = Field(default_factory=AuditsConfig, description="write-audit-publish (not a stage)")
+    costs: CostsConfig = Field(default_factory=CostsConfig, description="prices for the cost figures (not a stage; "
+                               "RLT_PRICE_* environment variables win)")
 
     @model_validator(mode="before")
     @classmethod
@@ -157,7 +181,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | None = None,
+                transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Recipe:
+    """Read, apply ``--set`` overrides, then ``transform`` (if given: e.g. a backfill's per-night ``{night}``
+    substitution, flows/backfill.py) and validate."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe {p}: no such file")
@@ -168,6 +195,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {p}: expected a mapping at the top level")
     data = apply_overrides(data, overrides or [])
+    if transform is not None:
+        data = transform(data)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:

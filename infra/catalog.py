@@ -58,6 +58,12 @@ RELATIONS: dict[str, str] = {
                   "run_id VARCHAR",
     "stage_runs": "run_id VARCHAR, stage VARCHAR, label VARCHAR, artifact_key VARCHAR, status VARCHAR, "
                   "cached BOOLEAN, seconds DOUBLE, detail VARCHAR, ts TIMESTAMPTZ",
+    # what each stage run used (tasks/costs.py): written with its stage_runs record; cached stages write none.
+    # tokens NULL = not counted (training stages); cost NULL = no price set (prices_json: those in effect)
+    "stage_costs": "run_id VARCHAR, stage VARCHAR, label VARCHAR, artifact_key VARCHAR, status VARCHAR, "
+                   "wall_s DOUBLE, cpu_s DOUBLE, gpu_s DOUBLE, peak_rss_mb DOUBLE, peak_gpu_mb DOUBLE, "
+                   "tokens_in BIGINT, tokens_out BIGINT, forward_tokens BIGINT, rows BIGINT, host VARCHAR, "
+                   "cost DOUBLE, currency VARCHAR, prices_json VARCHAR, ts TIMESTAMPTZ",
     # append-only history of named release aliases (flows/releases.py): action publish | promote | rollback
     "releases": "alias VARCHAR, key VARCHAR, previous_key VARCHAR, action VARCHAR, run_id VARCHAR, actor VARCHAR, "
                 "reason VARCHAR, audits_json VARCHAR, ts TIMESTAMPTZ",
@@ -69,6 +75,37 @@ VIEWS = {
     "shards_latest": ("SELECT * FROM shards QUALIFY row_number() OVER "
                       "(PARTITION BY artifact_key, shard_id ORDER BY ts DESC) = 1"),
     "aliases_current": "SELECT * FROM releases QUALIFY row_number() OVER (PARTITION BY alias ORDER BY ts DESC) = 1",
+    # cost per run and stage (every attempt of the stage in that run, failed ones included)
+    "costs_by_stage": (
+        "SELECT run_id, stage, label, count(*) AS attempts, count(*) FILTER (WHERE status = 'failed') AS failed, "
+        "sum(wall_s) AS wall_s, sum(cpu_s) AS cpu_s, sum(gpu_s) AS gpu_s, max(peak_rss_mb) AS peak_rss_mb, "
+        "max(peak_gpu_mb) AS peak_gpu_mb, sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out, "
+        "sum(forward_tokens) AS forward_tokens, max(rows) FILTER (WHERE status = 'done') AS rows, sum(cost) AS cost, "
+        "any_value(currency) AS currency, min(ts) AS ts FROM stage_costs GROUP BY run_id, stage, label"),
+    # cost per run (a night): totals, and per kept example = per row of the run's distill set, the one its filter
+    # stage committed, reused or waited for (a night whose filter was cached still has one; no filter: NULL)
+    "costs_by_run": (
+        "SELECT r.run_id, r.flow, r.recipe, r.status, coalesce(c.stages_run, 0) AS stages_run, c.failed, "
+        "coalesce(c.wall_s, 0) AS wall_s, coalesce(c.cpu_s, 0) AS cpu_s, coalesce(c.gpu_s, 0) AS gpu_s, "
+        "c.peak_rss_mb, c.peak_gpu_mb, coalesce(c.tokens_in, 0) AS tokens_in, "
+        "coalesce(c.tokens_out, 0) AS tokens_out, coalesce(c.forward_tokens, 0) AS forward_tokens, "
+        "c.stages_without_tokens, c.cost, c.currency, k.distill_set, a.num_rows AS kept, "
+        "coalesce(c.wall_s, 0) / nullif(a.num_rows, 0) AS wall_s_per_kept, "
+        "coalesce(c.cpu_s, 0) / nullif(a.num_rows, 0) AS cpu_s_per_kept, "
+        "coalesce(c.gpu_s, 0) / nullif(a.num_rows, 0) AS gpu_s_per_kept, "
+        "coalesce(c.forward_tokens, 0) / nullif(a.num_rows, 0) AS forward_tokens_per_kept, "
+        "coalesce(c.tokens_out, 0) / nullif(a.num_rows, 0) AS tokens_out_per_kept, "
+        "c.cost / nullif(a.num_rows, 0) AS cost_per_kept, r.ts "
+        "FROM runs r LEFT JOIN (SELECT run_id, count(DISTINCT stage || '|' || coalesce(label, '')) AS stages_run, "
+        "count(*) FILTER (WHERE status = 'failed') AS failed, sum(wall_s) AS wall_s, sum(cpu_s) AS cpu_s, "
+        "sum(gpu_s) AS gpu_s, max(peak_rss_mb) AS peak_rss_mb, max(peak_gpu_mb) AS peak_gpu_mb, "
+        "sum(tokens_in) AS tokens_in, sum(tokens_out) AS tokens_out, sum(forward_tokens) AS forward_tokens, "
+        "count(DISTINCT stage) FILTER (WHERE forward_tokens IS NULL) AS stages_without_tokens, sum(cost) AS cost, "
+        "any_value(currency) AS currency FROM stage_costs GROUP BY run_id) c USING (run_id) "
+        "LEFT JOIN (SELECT run_id, arg_max(artifact_key, ts) AS distill_set FROM stage_runs WHERE stage = 'filter' "
+        "AND status IN ('done', 'cached', 'waited') GROUP BY run_id) k USING (run_id) "
+        "LEFT JOIN artifacts_committed a ON a.key = k.distill_set "
+        "QUALIFY row_number() OVER (PARTITION BY r.run_id ORDER BY r.ts DESC) = 1"),
 }
 LEDGER = "ledger"          # commit message of bookkeeping-only snapshots (expired by maintain())
 
@@ -272,7 +309,10 @@ class Catalog:
         for name, sql in VIEWS.items():
             base = sql.split(" FROM ")[1].split(" ")[0]
             if self._table_exists(con, "main", base):
-                con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+                try:
+                    con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+                except duckdb.CatalogException as exc:   # a read-only older catalog lacks a relation it joins
+                    log.debug("view %s not available: %s", name, exc)
         self.refresh_data_views(con)
 
     @staticmethod

@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -147,7 +148,7 @@ class Journal:
     """The tracking calls one rlt run could not make, durable in the data root.
 
     ``<root>/_tracking/pending/<rlt run id>/`` holds JSON Lines segments (one op per line: header, start, params,
-    metrics, tags, text, artifact, end; relog adds mapped) and ``files/`` (copies of artifacts to log: the
+    metrics, tags, text, artifact, inputs, end; relog adds mapped) and ``files/`` (copies of artifacts to log: the
     originals are often temporary). Segments are whole files written atomically through the store (local:
     temp + fsync + rename; S3: one PUT), so the same code works for a local and an s3:// root, where nothing can
     be appended to. Run starts/ends, params, tags and artifacts are written at once; metric and text lines are
@@ -225,6 +226,8 @@ def _count(c: Counter, op: dict) -> None:
         c["artifacts"] += 1
     elif kind == "end":
         c["ends"] += 1
+    elif kind == "inputs":
+        c["datasets"] += len(op["datasets"])
 
 
 class Tracker:
@@ -426,6 +429,17 @@ class Tracker:
                        lambda: {"op": "artifact", "run": run_id, "file": self.journal().keep_file(local_path),
                                 "name": os.path.basename(local_path), "artifact_path": artifact_path or ""})
 
+    def log_datasets(self, run_id: str, datasets: list[Mapping[str, str]]) -> None:
+        """A stage run's input and output artifacts as MLflow datasets (the run table's Datasets column): each
+        ``{"name": artifact name, "digest": artifact key, "source": artifact URI, "context": "input"|"output"}``.
+        MLflow keeps digests of at most 36 characters (artifact keys have 20)."""
+        if not (self.enabled and run_id and datasets):
+            return
+        rows = [{"name": str(d["name"])[:500], "digest": str(d["digest"])[:36], "source": redact_text(str(d["source"])),
+                 "context": str(d.get("context") or "input")} for d in datasets]
+        self._call("log_inputs", (run_id,), lambda: self.client.log_inputs(run_id, datasets=dataset_inputs(rows)),
+                   {"op": "inputs", "run": run_id, "datasets": rows})
+
     def metric_logger(self, run_id: str):
         """A ``log_metric(name, value, step)`` callable for injection into rlt_core."""
         def log_metric(name: str, value: float, step: int = 0) -> None:
@@ -445,6 +459,24 @@ class Tracker:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def dataset_inputs(rows: list[Mapping[str, str]]) -> list:
+    """MLflow ``DatasetInput`` entities for ``log_inputs``: metadata-only datasets (``MetaDataset``) whose source is
+    the artifact URI (a local or an S3 artifact source, as MLflow resolves it), tagged with their context."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    out = []
+    for r in rows:
+        with warnings.catch_warnings():   # "can be interpreted in multiple ways": a local path is a local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(r["source"])
+        ds = MetaDataset(source, name=r["name"], digest=r["digest"])
+        out.append(DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, r["context"])]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- relog
@@ -501,7 +533,8 @@ def summarize(store, run_id: str) -> dict:
     def entry(rid: str) -> dict:
         if rid not in runs:
             runs[rid] = {"run": rid, "name": "", "mlflow_run_id": j.mapping.get(rid, "" if is_local(rid) else rid),
-                         "create": is_local(rid), "params": 0, "metrics": 0, "tags": 0, "artifacts": 0, "end": ""}
+                         "create": is_local(rid), "params": 0, "metrics": 0, "tags": 0, "artifacts": 0, "datasets": 0,
+                         "end": ""}
         return runs[rid]
 
     totals: Counter = Counter()
@@ -520,13 +553,15 @@ def summarize(store, run_id: str) -> dict:
             e["artifacts"] += 1
         elif op["op"] == "end":
             e["end"] = op["status"]
+        elif op["op"] == "inputs":
+            e["datasets"] += len(op["datasets"])
     create = [r for r in runs.values() if r["create"]]
     return {"run_id": run_id, "journal": j.folder, "uri": j.header.get("uri", ""),
             "reason": j.header.get("reason", ""),
             "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.header.get("ts", 0) / 1000)),
             "runs_to_create": len(create), "runs_created_by_relog": sum(1 for r in create if r["mlflow_run_id"]),
             "runs_to_complete": len(runs) - len(create),
-            **{k: totals.get(k, 0) for k in ("params", "metrics", "tags", "artifacts", "ends")},
+            **{k: totals.get(k, 0) for k in ("params", "metrics", "tags", "artifacts", "datasets", "ends")},
             "runs": list(runs.values())}
 
 
@@ -607,6 +642,9 @@ def relog(store, run_id: str, uri: str | None = None) -> dict:
                         f.write(store.read_bytes(f"{j.folder}/files/{op['file']}"))
                     client.log_artifact(rid, local, op.get("artifact_path") or None)
                     done["artifacts"] += 1
+                elif kind == "inputs":
+                    client.log_inputs(rid, datasets=dataset_inputs(op["datasets"]))
+                    done["datasets"] += len(op["datasets"])
                 elif kind == "end":
                     send_metrics()
                     client.set_terminated(rid, status=op["status"], end_time=op["ts"])

@@ -205,6 +205,21 @@ def benchmark_items(spec: BenchmarkSpec, rows: Iterable[dict]) -> list[Item]:
     return items[: spec.limit] if spec.limit else items
 
 
+def benchmark_questions(spec: BenchmarkSpec, rows: Iterable[dict]) -> list[tuple[str, str]]:
+    """``(item_id, question)`` of every kept row, with the ids :func:`benchmark_items` gives (the bare question,
+    no prompt template, no GPQA choices): what decontamination compares training problems with.
+
+    Raises:
+        BenchmarkError: a kept row lacks the question column.
+    """
+    kept = (r for r in rows if spec.filter is None or spec.filter.contains in str(r.get(spec.filter.column, "")))
+    out = []
+    for index, row in enumerate(kept):
+        question = str(_required(row, spec.question_column, index, spec))
+        out.append((_item_id(row, question, spec), question))
+    return out[: spec.limit] if spec.limit else out
+
+
 def pass_at_1(correct: list[list[bool]], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """pass@1 averaged over k samples per item, with a 95% percentile-bootstrap CI over items.
 

@@ -40,7 +40,8 @@ __all__ = ["SourceSpec", "SourceError", "RawRowError", "ProblemRecord", "Quarant
 
 FIELDS = ("question", "solution", "reasoning_trace", "answer")
 QuarantineReason = Literal["missing_field", "empty_field", "wrong_type", "oversized", "undecodable",
-                           "unparseable_layout", "reserved_tag", "control_char", "duplicate_key"]
+                           "unparseable_layout", "reserved_tag", "control_char", "duplicate_key",
+                           "contaminated"]   # contaminated: a copy of an evaluation benchmark item (decontam.py)
 QUARANTINE_REASONS: tuple[str, ...] = get_args(QuarantineReason)
 
 _THOUGHT_RE = re.compile(r"<\|begin_of_thought\|>(.*?)<\|end_of_thought\|>", re.DOTALL)

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from infra.catalog import Catalog
 from infra.locks import Locks, owner_info
+from infra.openlineage import Emitter as LineageEmitter
 from infra.storage import Store
 from infra.tracking import Tracker
 
@@ -40,6 +41,9 @@ class RunContext:
     tracking_uri: str | None = None
     catalog_url: str | None = None
     fail_shards: tuple[str, ...] = ()   # fault injection for tests: "stage:shard_id"
+    flow_name: str = ""     # the flow running the stages (OpenLineage parent job); "" outside a flow
+    recipe_name: str = ""   # the recipe's name (OpenLineage job names: "<recipe>.<stage>")
+    prices: dict = field(default_factory=dict)   # the recipe's `costs:` (RLT_PRICE_* win; tasks/costs.py)
 
     @functools.cached_property
     def store(self) -> Store:
@@ -57,11 +61,16 @@ class RunContext:
     def tracker(self) -> Tracker:
         return Tracker(self.store.root, uri=self.tracking_uri, enabled=self.tracking, run_id=self.run_id)
 
+    @functools.cached_property
+    def lineage(self) -> LineageEmitter:
+        """OpenLineage events of this run's stage runs (off, and free, unless configured: infra/openlineage.py)."""
+        return LineageEmitter(self.store.root)
+
     def owner(self) -> dict:
         return owner_info(self.run_id)
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("store", "catalog", "tracker", "locks")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("store", "catalog", "tracker", "locks", "lineage")}
 
     def should_fail(self, stage: str, shard: str) -> bool:
         return f"{stage}:{shard}" in self.fail_shards or f"{stage}:*" in self.fail_shards

@@ -76,6 +76,8 @@ def evaluate(run: StageRun) -> dict:
             reqs = [GenRequest(f"{it.item_id}#{j}", _prompt(tok, cfg, it.prompt), cfg.seed + j)
                     for it in items for j in range(cfg.k)]
             results = gen.generate(reqs, cfg.sampling)
+        run.count_tokens(tokens_in=sum(r.prompt_tokens for r in results),
+                         tokens_out=sum(r.completion_tokens for r in results))
         rows, correct = [], []
         for n, it in enumerate(items):
             per = []

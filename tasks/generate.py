@@ -21,6 +21,7 @@ from infra.artifacts import digest
 from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
 from rlt_core.prompts import PromptStyle, format_teacher_prompt
 from tasks import shards
+from tasks.reuse import Incremental
 from tasks.models import engine_lock, model_and_tokenizer, tokenizer
 from tasks.stage import Output, Stage, StageRun
 
@@ -97,6 +98,8 @@ def generate_shard(job: shards.ShardJob, cfg: GenerateConfig, teacher_path: str,
         results = gen.stream(reqs, cfg.sampling, lock=engine_lock(teacher_path))
         while chunk := list(itertools.islice(results, cfg.part_size)):
             job.write([_row(by_id[r.request_id], r, cfg, teacher_digest, gcd, gen.name) for r in chunk])
+            job.count_tokens(tokens_in=sum(r.prompt_tokens for r in chunk),
+                             tokens_out=sum(r.completion_tokens for r in chunk))
     return job.finish()
 
 
@@ -110,10 +113,16 @@ def _row(pk, r, cfg: GenerateConfig, teacher_digest: str, gcd: str, backend: str
                 backend=backend)
 
 
+def selection(cfg: GenerateConfig):
+    """The problems this config works on: (SQL filter, the same as a predicate, at most this many by problem_id)."""
+    if cfg.split == "all":
+        return "", None, cfg.max_problems
+    return f"split = '{cfg.split}'", (lambda r: r["split"] == cfg.split), cfg.max_problems
+
+
 def _problems(run: StageRun) -> Iterator[dict]:
-    where = "" if run.cfg.split == "all" else f"split = '{run.cfg.split}'"
-    rows = run.rows("problems", ["problem_id", "question", "solution"], where=where)
-    return itertools.islice(rows, run.cfg.max_problems)
+    where, _, limit = selection(run.cfg)
+    return itertools.islice(run.rows("problems", ["problem_id", "question", "solution"], where=where), limit)
 
 
 def generate(run: StageRun) -> dict:
@@ -137,7 +146,7 @@ def generate(run: StageRun) -> dict:
         def args(i: int) -> tuple:   # shards spread over the endpoints
             return (cfg, snap.path, snap.digest, teacher.key, endpoints[i % len(endpoints)] if endpoints else None)
 
-        total = run.count("problems", "" if cfg.split == "all" else f"split = '{cfg.split}'")
+        total = run.count("problems", selection(cfg)[0])
         summary = shards.run_shards(run, lambda: _problems(run), cfg.shard_size, generate_shard, args, "explanation_id",
                                     parallel=cfg.parallel_shards, expected_per_row=cfg.num_samples,
                                     total_rows=min(total, cfg.max_problems or total))
@@ -163,11 +172,20 @@ def _token_stats(run: StageRun) -> dict:
     return {"prompt_tokens": ptok, "completion_tokens": ctok, "finish_stop": stops}
 
 
+def expected_ids(cfg: GenerateConfig, parts, problems: list[dict]) -> dict[str, str]:
+    """The explanation ids a shard of problems produces (no input fingerprint: the id hashes the problem's
+    content, the sample index and the generation config, and donors share every other key part)."""
+    gcd = gen_config_digest(cfg, parts.inputs["teacher"])
+    return {explanation_id(p["problem_id"], k, gcd): "" for p in problems for k in range(cfg.num_samples)}
+
+
 STAGE = Stage(
     name="generate", version="1", config=GenerateConfig, inputs=("problems", "teacher"),
     outputs=(Output("explanations", explanations.CONTRACT, ("explanation_id", "explanation", "problem_id",
                                                              "problem")),),
     body=generate, sharded=True,
+    incremental=Incremental(role="problems", id_col="explanation_id", ids=expected_ids, select=selection,
+                            columns=("problem_id",)),
     # where and how fast the work runs, not what it produces
     key_exclude=frozenset({"endpoints", "parallel_shards", "batch_size", "part_size", "concurrency"}))
 

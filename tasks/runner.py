@@ -19,6 +19,8 @@ from infra import faults
 from infra.artifacts import ref_from_record
 from infra.locks import acquire, describe
 from infra.settings import redact_text
+from tasks import costs
+from tasks import lineage_events
 from tasks.common import RunContext, logger
 from tasks.stage import AlreadyCommitted, Input, Stage, StageRun
 
@@ -84,6 +86,8 @@ def _run_body(stage, ctx, cfg, inputs, parts, keys, label, name) -> dict[str, Ar
                                **{f"rlt.input.{k}": v for k, v in parts.inputs.items()}})
     tr.log_params(mlrun, {"config": parts.config, "models": parts.models, "stage_version": stage.version})
     run = StageRun(stage, ctx, cfg, inputs, parts, keys, label, mlrun)
+    run.meter = costs.Meter().start()   # seconds, memory (tokens: run.usage); recorded in stage_costs
+    lineage_events.started(run)   # OpenLineage START (a no-op unless configured: infra/openlineage.py)
     try:
         stats = dict(stage.body(run) or {})
         run.writer().stats.update(stats)
@@ -92,9 +96,12 @@ def _run_body(stage, ctx, cfg, inputs, parts, keys, label, name) -> dict[str, Ar
         committed = False
     except BaseException as exc:
         tr.end_run(mlrun, "FAILED")
+        lineage_events.failed(run, exc)   # OpenLineage FAIL
         _record_stage(ctx, stage, key, label, "failed", time.time() - t0, f"{type(exc).__name__}: {exc}")
+        costs.record(run, "failed")
         raise
     finally:
+        run.meter.stop()
         if run.commit_lease is not None:
             run.commit_lease.release()
     found = ctx.catalog.artifacts(keys.values())
@@ -105,10 +112,13 @@ def _run_body(stage, ctx, cfg, inputs, parts, keys, label, name) -> dict[str, Ar
         numeric = {k: v for k, v in primary.stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         tr.log_metrics(mlrun, {**numeric, "rows": primary.num_rows, "stage_seconds": time.time() - t0})
         log.info("%s: committed %s (%d rows) in %.1fs", name, key[:12], primary.num_rows, time.time() - t0)
+        lineage_events.committed(run, found)   # OpenLineage COMPLETE; MLflow dataset inputs/outputs
     else:
         log.info("%s: another run committed %s first; using its artifact", name, key[:12])
         tr.set_tags(mlrun, {"rlt.reused_from_run": refs[stage.primary].run_id})
+        lineage_events.reused(run, refs)   # OpenLineage ABORT
         _record_stage(ctx, stage, key, label, "waited", time.time() - t0)
+        costs.record(run, "waited")   # the body's work was done all the same
     tr.end_run(mlrun)
     return refs
 
@@ -123,11 +133,27 @@ def _commit(stage: Stage, run: StageRun, seconds: float) -> bool:
 def _consolidate_and_commit(stage: Stage, run: StageRun, seconds: float) -> bool:
     ctx = run.ctx
     staging = [p for o in stage.outputs for p in run.writers[o.name].consolidate()]
+    reused = {}
+    if stage.incremental is not None:   # which rows were copied from earlier artifacts, read from the parts
+        from tasks.reuse import reuse_stats
+
+        reused = reuse_stats(run.writer())
+        run.writer().stats.update(reused)
+        if reused["rows_reused"]:
+            logger().info("%s: %d of %d rows reused from %d earlier artifact(s), %d computed", stage.name,
+                          reused["rows_reused"], run.writer().num_rows, len(reused["reused_from"]),
+                          reused["rows_computed"])
     specs = [run.writers[o.name].commit_spec(o.provenance) for o in stage.outputs]
+    if reused:
+        from tasks.reuse import reuse_lineage
+
+        specs[0].lineage.extend(reuse_lineage(run.writer(), reused))
     stats = run.writer().stats
     stage_row = dict(run_id=ctx.run_id, stage=stage.name, label=run.label, artifact_key=run.key, status="done",
                      cached=False, seconds=seconds, detail=json.dumps(stats, default=str)[:4000])
-    committed = ctx.catalog.commit(specs, {"stage_runs": [stage_row]}, message=f"commit {stage.name}")
+    cost = costs.measured_row(run, "done", run.writer().num_rows)   # the stage's cost, in the same transaction
+    committed = ctx.catalog.commit(specs, {"stage_runs": [stage_row], "stage_costs": [cost] if cost else []},
+                                   message=f"commit {stage.name}")
     faults.point("stage.committed")   # visible in the catalog; staging parts not yet freed, MLflow not yet told
     if committed:   # the small staging parts now live on in the consolidated files: free their space
         for path in staging:

@@ -15,6 +15,7 @@ from data_contracts import scored_explanations
 from infra.models import resolve_model
 from rlt_core.reward import RewardConfig, RLTReward
 from tasks import shards
+from tasks.reuse import Incremental, md5
 from tasks.models import engine_lock, model_and_tokenizer
 from tasks.stage import Output, Stage, StageRun
 
@@ -61,8 +62,24 @@ def score_shard(job: shards.ShardJob, cfg: ScoreConfig, teacher_path: str, teach
             with engine_lock(teacher_path):
                 out = reward.score(questions=[r["question"] for r in chunk], solutions=[r["solution"] for r in chunk],
                                    completions=[r["completion"] for r in chunk])
+                n = forward_tokens(tok, chunk, cfg.reward)
             job.write(ledger_rows(chunk, out, cfg.reward, teacher_digest, student_digest))
+            job.count_tokens(tokens_in=n, tokens_out=0, forward_tokens=n)
     return job.finish()
+
+
+def forward_tokens(tok, rows: list[dict], cfg: RewardConfig) -> int:
+    """Tokens the reward pushes through the two models for ``rows``: the teacher sequence (prompt + explanation)
+    and the student chat, each counted when its model runs on it (a sequence with nothing to score is skipped).
+    Re-tokenises what ``RLTReward.score`` tokenised (milliseconds beside the forward passes)."""
+    from rlt_core.spans import build_examples
+
+    exs = build_examples(tok, [r["question"] for r in rows], [r["solution"] for r in rows],
+                         [r["completion"] for r in rows], cfg.prompt_style, cfg.not_matched_penalty,
+                         max_length=cfg.max_length)
+    return sum((len(ex.teacher_ids) if ex.teacher_span[1] > ex.teacher_span[0] else 0)
+               + (len(ex.student_ids) if (ex.student_thought_span[1] > ex.student_thought_span[0]
+                                          or ex.solution_span[1] > ex.solution_span[0]) else 0) for ex in exs)
 
 
 def score(run: StageRun) -> dict:
@@ -96,12 +113,21 @@ def _reward_stats(run: StageRun) -> dict:
     return {f"{c}_mean": sums[c] / n for c in cols} if n else {}
 
 
+def expected_ids(cfg: ScoreConfig, parts, explanations: list[dict]) -> dict[str, str]:
+    """One score row per explanation; the text's fingerprint guards against an id whose text differs (an
+    explanation id does not cover generate's dtype or backend)."""
+    return {r["explanation_id"]: md5(r["completion"]) for r in explanations}
+
+
 STAGE = Stage(
     name="score", version="1", config=ScoreConfig, inputs=("explanations", "teacher"),
     models=lambda cfg: {"student": cfg.student_model},
     outputs=(Output("scored_explanations", scored_explanations.CONTRACT,
                     ("explanation_id", "reward_row", "explanation_id", "explanation")),),
-    body=score, sharded=True, key_exclude=frozenset({"parallel_shards", "part_size"}))
+    body=score, sharded=True, key_exclude=frozenset({"parallel_shards", "part_size"}),
+    incremental=Incremental(role="explanations", id_col="explanation_id", ids=expected_ids,
+                            input_table="explanations", fingerprint_sql="md5(i.completion)", one_to_one=True,
+                            columns=("explanation_id", "completion")))
 
 
 def run(ctx, cfg: ScoreConfig, explanations, teacher):

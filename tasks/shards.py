@@ -43,6 +43,7 @@ class ShardJob:
     done_ids: set[str] = field(default_factory=set)
     digests: dict[str, str] = field(default_factory=dict)   # part path -> sha256 of its bytes
     written_rows: int = 0
+    usage: dict[str, int] = field(default_factory=dict)   # tokens this job computed (tasks/costs.py)
     _pending: list[Future] = field(default_factory=list)
     _io: ThreadPoolExecutor | None = None
 
@@ -83,6 +84,12 @@ class ShardJob:
         for f in [f for f in self._pending if f.done()]:
             f.result()
 
+    def count_tokens(self, **counts: int | None) -> None:
+        """Add the tokens this shard computed (see tasks/costs.add_tokens); summed into the stage's cost record."""
+        from tasks.costs import add_tokens
+
+        add_tokens(self.usage, **counts)
+
     def progress(self, n: int) -> None:
         with _BARS_LOCK:
             bar = _BARS.get(self.writer.key)
@@ -103,7 +110,7 @@ class ShardJob:
             raise RuntimeError(f"{self.stage} shard {self.shard_id}: unexpected parts {unknown} appeared while "
                                "this run held the shard")
         return ShardResult(self.shard_id, files, len(self.done_ids) + self.written_rows,
-                           [self.digests[f] for f in files])
+                           [self.digests[f] for f in files], dict(self.usage))
 
 
 @dataclass
@@ -112,6 +119,7 @@ class ShardResult:
     files: list[str]
     num_rows: int
     digests: list[str] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)   # tokens computed (tasks/costs.py)
 
 
 @dataclass
@@ -121,10 +129,11 @@ class ShardSummary:
     waited: int = 0
     failed: list[str] = field(default_factory=list)
     resumed_rows: int = 0
+    copied_rows: int = 0   # rows copied from earlier artifacts by this run (tasks/reuse.py)
 
     def stats(self) -> dict:
         return {"shards_run": self.done, "shards_reused": self.reused, "shards_waited": self.waited,
-                "rows_resumed": self.resumed_rows}
+                "rows_resumed": self.resumed_rows, "rows_copied": self.copied_rows}
 
 
 def _in_prefect() -> bool:
@@ -152,7 +161,8 @@ def done_ids(ctx: RunContext, job: ShardJob) -> set[str]:
     return ids
 
 
-def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+def chunks(rows: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last may be shorter), streamed."""
     buf: list[dict] = []
     for r in rows:
         buf.append(r)
@@ -189,6 +199,19 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
         task = shard_task(fn, f"{stage}-shard", run.stage.version)
     elif parallel > 1:
         pool = ThreadPoolExecutor(parallel, thread_name_prefix=f"{stage}-shard")
+    reuser = None
+    if run.stage.incremental is not None:   # rows earlier artifacts hold are copied; the rest is cut into shards
+        from tasks.reuse import Reuser
+
+        reuser = Reuser(run)
+    if reuser is not None and reuser.donors:
+        first_pass = iter([True])
+        shard_id = reuser.shard_id
+
+        def source() -> Iterable[dict]:
+            return reuser.need(rows(), copy=next(first_pass, False), progress=lambda n: bar.update(n))
+    else:
+        source, shard_id = rows, (lambda i, chunk: f"{i:05d}")
     bar = tqdm(total=(total_rows * expected_per_row) if total_rows else None, desc=stage, unit="row", leave=False,
                mininterval=1.0)
     with _BARS_LOCK:
@@ -218,6 +241,8 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
             record(res.shard_id, "done", res.files, res.num_rows, digests=res.digests)
             writer.add_files(res.files, res.num_rows, res.digests)
             summary.done += 1
+            for k, v in (res.usage or {}).items():   # this run's work only: reused shards cost it nothing
+                run.usage[k] = run.usage.get(k, 0) + v
         finally:
             lease.release()
 
@@ -230,7 +255,7 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
                 settle(*item)
 
     def consider(i: int, chunk: list[dict], wait: bool) -> None:
-        sid = f"{i:05d}"
+        sid = shard_id(i, chunk)
         st = states.get(sid)
         if st is not None and st["status"] == "done":
             summary.reused += 1
@@ -266,13 +291,13 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
         drain(parallel - 1)
 
     try:
-        for i, chunk in enumerate(_chunks(rows(), shard_size)):
+        for i, chunk in enumerate(chunks(source(), shard_size)):
             consider(i, chunk, wait=False)
         drain(0)
         if deferred:
             log.info("%s: %d shard(s) were busy in other runs; revisiting them", stage, len(deferred))
-            for i, chunk in enumerate(_chunks(rows(), shard_size)):
-                if f"{i:05d}" in deferred:
+            for i, chunk in enumerate(chunks(source(), shard_size)):
+                if shard_id(i, chunk) in deferred:
                     consider(i, chunk, wait=True)
             drain(0)
     finally:
@@ -292,6 +317,7 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
         raise StageFailed(f"{stage}: {len(summary.failed)} shard(s) failed: {sorted(summary.failed)}; "
                           "re-run the same command to redo only those")
     run.hold_commit_lock()   # from here to the commit the parts are read under the key's lock
+    summary.copied_rows = reuser.copied if reuser is not None else 0
     return summary
 
 

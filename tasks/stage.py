@@ -55,6 +55,8 @@ class Stage:
     extra_key: Callable[[Any], Mapping[str, str]] | None = None   # more identity (e.g. a source file's digest)
     key_config: Callable[[Any], dict] | None = None   # the config's part of the key, when not all of it
     sharded: bool = False
+    key_inputs: Callable[[Any], Sequence[str]] | None = None   # the inputs the output depends on (default: all)
+    incremental: Any = None   # tasks.reuse.Incremental: rows an earlier artifact holds are copied, not recomputed
 
     def key_parts(self, cfg: BaseModel, inputs: Mapping[str, str | ModelSnapshot]) -> KeyParts:
         """The artifact key's parts. ``inputs``: role -> artifact key, or a model snapshot for model inputs."""
@@ -65,7 +67,7 @@ class Stage:
         models = {role: resolve_model(ref).digest for role, ref in (self.models(cfg) if self.models else {}).items()}
         models.update(self.extra_key(cfg) if self.extra_key else {})
         keys: dict[str, str] = {}
-        for role in self.inputs:
+        for role in (self.key_inputs(cfg) if self.key_inputs else self.inputs):
             v = inputs[role]
             if isinstance(v, ModelSnapshot):
                 keys[role], models[role] = f"model:{v.ref}", v.digest
@@ -95,6 +97,8 @@ class StageRun:
     mlflow_run: str = ""
     writers: dict[str, ArtifactWriter] = field(default_factory=dict)
     commit_lease: Any = None   # the key's lock, held from the end of a sharded body's shards through the commit
+    usage: dict[str, int] = field(default_factory=dict)   # tokens this run computed (tasks/costs.py)
+    meter: Any = None   # tasks.costs.Meter: the runner measures the body's seconds and memory
 
     def __post_init__(self):
         for o in self.stage.outputs:
@@ -154,6 +158,13 @@ class StageRun:
         ctx = self.ctx
         base = ctx.store.root if ctx.store.local else os.path.join(os.path.expanduser("~"), ".cache", "rlt-factory")
         return os.path.join(base, "_work", self.stage.name, self.key, sub)
+
+    def count_tokens(self, **counts: int | None) -> None:
+        """Add the tokens this run computed (``tokens_in``, ``tokens_out``, ``forward_tokens``; see
+        tasks/costs.py) to its ``stage_costs`` record."""
+        from tasks.costs import add_tokens
+
+        add_tokens(self.usage, **counts)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         self.ctx.tracker.log_metrics(self.mlflow_run, metrics, step)

@@ -84,7 +84,10 @@ def _key_config(cfg: TrainTeacherConfig) -> dict:
 STAGE = Stage(
     name="train_teacher", version="2", config=TrainTeacherConfig, inputs=("problems",),
     outputs=(Output("teacher_checkpoint", teacher_checkpoint.CONTRACT),), body=train_teacher,
-    models=lambda cfg: {"base": cfg.base_model, "student": cfg.student_model}, key_config=_key_config)
+    models=lambda cfg: {"base": cfg.base_model, "student": cfg.student_model}, key_config=_key_config,
+    # no training phase: the base model is the teacher whatever the problems, so a night whose source grew keeps
+    # the same teacher key, and generate/score reuse earlier rows (tasks/reuse.py)
+    key_inputs=lambda cfg: ("problems",) if cfg.phases else ())
 
 
 def run(ctx, cfg: TrainTeacherConfig, problems):

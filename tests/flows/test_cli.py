@@ -38,8 +38,11 @@ def test_lineage_of_a_problem_and_an_unknown_id(store, capsys):
 
 def test_plan_reports_cached_and_new_stages(store, tmp_path, tiny_model_dir, capsys):
     ctx, _ = store
+    # the same ingest config as the fixture's (a recipe checks against the benchmarks it evaluates on by default)
     recipe = tiny_recipe(tiny_model_dir, ingest={"source": {"uri": "builtin:countdown", "n": 5},
-                                                 "heldout_fraction": 0.2})
+                                                 "heldout_fraction": 0.2,
+                                                 "decontaminate": {"benchmarks": ["countdown-heldout",
+                                                                                  "arithmetic-heldout"]}})
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     assert main(["--data-root", ctx.root, "plan", "--recipe", str(path)]) == 0

@@ -19,7 +19,7 @@ from infra.storage import Store
 from tests.flows.test_factory import tiny_recipe
 
 AUDITS = {"min_yield": 0.0, "max_quarantine_rate": 1.0, "max_reward_mean_shift": 100.0, "max_reward_ks": 1.0,
-          "max_eval_regression": 1.0}
+          "max_eval_regression": 1.0, "max_contaminated": 0}
 
 
 def _with_audits(recipe: dict, **audits) -> dict:
@@ -59,6 +59,18 @@ def test_ks_and_mean_shift_on_fixed_arrays():
     assert mean_shift([-1.5], [1.5]) == pytest.approx(3.0)
     with pytest.raises(ValueError):
         ks_statistic([], [1.0])
+
+
+def test_contamination_audit_counts_the_nights_contaminated_rows(monkeypatch):
+    import flows.audit as audit
+
+    monkeypatch.setattr(audit, "_stats", lambda cat, key: {"rows_in": 10, "quarantine.contaminated": 2}
+                        if key == "problems-key" else {})
+    failed = run_audits(None, AuditsConfig(max_contaminated=0), "distill-key", "problems-key")
+    assert [(r["name"], r["figure"], r["passed"]) for r in failed] == [("max_contaminated", 2, False)]
+    assert run_audits(None, AuditsConfig(max_contaminated=2), "distill-key", "problems-key")[0]["passed"]
+    clean = run_audits(None, AuditsConfig(max_contaminated=0), "distill-key", "other-key")
+    assert clean[0]["passed"] is False and clean[0]["detail"] == "no ingest stats"
 
 
 def test_rollback_target_walks_back():

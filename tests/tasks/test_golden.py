@@ -51,8 +51,10 @@ def pins():
         GOLDEN.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
+# reused_from: where a copied row was computed (tasks/reuse.py); NULL on every row a stage computes itself, and an
+# artifact committed before the column existed reads NULL too, so its cached rows are not stale.
 VOLATILE = ("artifact_key", "latency_s", "teacher_digest", "student_digest", "gen_config_digest", "explanation_id",
-            "example_id", "eval_key", "grader")
+            "example_id", "eval_key", "grader", "reused_from")
 
 
 def test_golden_outputs_per_stage(tmp_path, tiny_model_dir, smol_tokenizer, pins):
