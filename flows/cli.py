@@ -531,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_lineage)
     sp = sub.add_parser("manifest", help="query the catalog read-only: `ls`, `sql \"SELECT ...\"`, `snapshots`",
                         description="Read-only SQL over the catalog: relations runs, artifacts, lineage, shards, "
-                                    "provenance, stage_runs, releases (+ views runs_latest, "
-                                    "artifacts_committed, shards_latest, aliases_current) and one "
+                                    "provenance, stage_runs, stage_costs, releases (+ views runs_latest, "
+                                    "artifacts_committed, shards_latest, aliases_current, costs_by_stage, "
+                                    "costs_by_run) and one "
                                     "data_<artifact> view per artifact kind. Data is streamed from the lake, never "
                                     "loaded whole. Exactly one SELECT/EXPLAIN.")
     sp.add_argument("action", choices=["ls", "sql", "snapshots"])

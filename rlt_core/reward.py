@@ -124,12 +124,18 @@ class RLTReward:
         student: frozen causal LM on the same vocabulary.
         tokenizer: the tokenizer shared by both (its chat template builds both chats).
         config: :class:`RewardConfig`.
+
+    After each :meth:`score` call, ``last_forward_tokens`` holds the tokens it pushed through the two models: the
+    full length of each teacher sequence and of each student chat, counted for each model that runs on it (a
+    sequence with no position to score is not run). Nominal, as in the score stage's cost record: the right
+    padding of a batch and a common prefix run once (``share_prefix``) are not subtracted.
     """
 
     def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, tokenizer,
                  config: Optional[RewardConfig] = None):
         self.teacher, self.student, self.tokenizer = teacher, student, tokenizer
         self.config = config or RewardConfig()
+        self.last_forward_tokens = 0
         for name, model in (("teacher", teacher), ("student", student)):
             vocab = getattr(getattr(model, "config", None), "vocab_size", None)
             if vocab is not None and len(tokenizer) > vocab:
@@ -164,6 +170,7 @@ class RLTReward:
             for i, v in enumerate(values):
                 if not isinstance(v, str):
                     raise TypeError(f"row {i}: {field} must be a str, got {type(v).__name__}")
+        self.last_forward_tokens = 0
         if n == 0:
             return []
         cfg = self.config
@@ -179,6 +186,8 @@ class RLTReward:
         fp32 = cfg.logprob_dtype == "float32"
         t_pos = [list(range(*ex.teacher_span)) for ex in examples]
         s_pos = [list(range(*ex.student_thought_span)) + list(range(*ex.solution_span)) for ex in examples]
+        self.last_forward_tokens = (sum(len(ex.teacher_ids) for ex, pos in zip(examples, t_pos) if pos)
+                                    + sum(len(ex.student_ids) for ex, pos in zip(examples, s_pos) if pos))
         with scoring_mode(self.teacher, self.student):
             teacher_lp = token_logprobs(self.teacher, [ex.teacher_ids for ex in examples], t_pos,
                                         cfg.teacher_temperature, batch_size, pad, fp32, self._plan(self.teacher))
@@ -209,7 +218,8 @@ class RLTReward:
 
         Reads the dataset columns ``question`` and ``solution`` from kwargs; string prompts (the teacher prompts
         the completions continue) are used as the teacher context. The last batch's breakdowns are kept on
-        ``f.last_breakdowns``, and each term's batch mean goes to TRL's ``log_metric`` when it is passed.
+        ``f.last_breakdowns`` and its model forward tokens on ``f.last_forward_tokens`` (see the class
+        docstring), and each term's batch mean goes to TRL's ``log_metric`` when it is passed.
         """
         def rlt_reward(prompts, completions, **kwargs) -> list[float]:
             for col in ("question", "solution"):
@@ -219,6 +229,7 @@ class RLTReward:
             given = list(prompts) if prompts is not None and all(isinstance(p, str) for p in prompts) else None
             out = self.score(kwargs["question"], kwargs["solution"], texts, prompts=given)
             rlt_reward.last_breakdowns = out
+            rlt_reward.last_forward_tokens = self.last_forward_tokens
             log_metric = kwargs.get("log_metric")
             if callable(log_metric) and out:
                 for key in ("r_ss", "r_kl", "answer_logprob_mean", "answer_logprob_min", "kl_mean", "kl_max",
@@ -228,4 +239,5 @@ class RLTReward:
 
         rlt_reward.__name__ = "rlt_reward"
         rlt_reward.last_breakdowns = []
+        rlt_reward.last_forward_tokens = 0
         return rlt_reward

@@ -28,8 +28,16 @@ failed record; a cached stage records nothing: it cost nothing). What each colum
   ``tokens_in`` = the teacher and student sequences it scores, ``tokens_out`` = 0. ``forward_tokens`` = tokens
   pushed through a model forward: prompt + generated for generation (nominal: one prompt per sample, prefix
   caching not subtracted), the full sequence length for each model a scorer runs. Stages without a model
-  (ingest, filter) record 0; training stages (train_teacher, distill) record NULL: the tokens they process are
-  not counted yet (TRL's trainers do not report them cheaply).
+  (ingest, filter, train_teacher with no training phase) record 0. The training stages record what their TRL
+  trainers counted (``rlt_core.training``: ``TrainResult.tokens``; train_teacher sums its SFT and GRPO phases):
+  SFT (teacher warm-up, distill): ``tokens_in`` = the non-padding tokens of the batches trained on
+  (transformers' ``num_input_tokens_seen``), ``tokens_out`` = 0, ``forward_tokens`` = ``tokens_in`` (one
+  forward each; the backward and activation-checkpointing recomputation are not counted); GRPO: ``tokens_in`` =
+  the prompt tokens of every generated sequence, ``tokens_out`` = the generated tokens, ``forward_tokens`` =
+  prompt + completion once for each pass over them (generation, the training forward, the reference model's
+  log-probs when beta > 0) plus the RLT reward's teacher and student forwards (as score counts them); see
+  ``rlt_core.training.grpo.grpo_token_counts``. Trainers report their counts when they finish: a run that fails
+  inside a training call records NULL for that call (NULL altogether if nothing was counted before).
 
 Money (``cost``) is computed when the row is written, from the prices in effect then (``costs:`` in the recipe,
 overridden by ``RLT_PRICE_*`` environment variables, see :class:`CostsConfig`), and the prices are kept in the row

@@ -34,6 +34,7 @@ def distill(run: StageRun) -> dict:
     _, tok = model_and_tokenizer(base.path, cfg.dtype, padding_side="right")
     res = distill_student(model, tok, rows, cfg.train, os.path.join(run.work_dir(), "sft"),
                           log_metric=run.metric_logger())
+    run.count_tokens(**res.tokens)   # what the trainer counted (TrainResult)
     run.save_checkpoint(res.model_dir, dict(
         role="student", base_model=cfg.student_model, base_digest=base.digest, phase="distill", steps=res.steps,
         data_keys=[run.ref("distill_set").key], student_key=None, config_json=run.parts.config,

@@ -96,7 +96,11 @@ def _info(run: StageRun) -> StageInfo:
 
 
 def _artifact_inputs(run: StageRun) -> list[ArtifactRef]:
-    return [v for _, v in sorted(run.inputs.items()) if isinstance(v, ArtifactRef)]
+    """The artifacts the outputs derive from: the key's inputs, as the catalog's lineage records them. An input the
+    key leaves out (train_teacher without phases: the base model is the teacher, the problems are not read) is no
+    parent in `rlt lineage`, so it is no input dataset either."""
+    keyed = run.parts.inputs
+    return [v for role, v in sorted(run.inputs.items()) if isinstance(v, ArtifactRef)]
 
 
 def _inputs(run: StageRun) -> list[DatasetInfo]:

@@ -254,8 +254,8 @@ def cost_section(ctx: RunContext) -> dict:
                if kept else "no distill set in this run")
         money = (f", {t['cost']:.4f} {cur}" if t["cost"] is not None else
                  " (no prices set: recipe costs: or RLT_PRICE_*)")
-        unknown = (f" Token totals leave out {t['stages_without_tokens']} stage(s) that do not count tokens "
-                   "(training)." if t["stages_without_tokens"] else "")
+        unknown = (f" Token totals leave out {t['stages_without_tokens']} stage(s) with a run that recorded no "
+                   "token counts (a run that failed before counting)." if t["stages_without_tokens"] else "")
         summary = (f"This night: {_fmt(t['wall_s'])} wall s, {_fmt(t['cpu_s'])} CPU s, {_fmt(t['gpu_s'])} GPU s, "
                    f"{t['forward_tokens']} forward tokens{money}; {per}.{unknown}")
     return {"error": "", "columns": COST_COLUMNS, "stages": rows, "summary": summary}

@@ -41,6 +41,7 @@ def train_teacher(run: StageRun) -> dict:
                student_key=cfg.student_model, config_json=run.parts.config)
     if not cfg.phases:
         run.log.info("train_teacher: no phases configured; the base model is the teacher")
+        run.count_tokens(tokens_in=0, tokens_out=0, forward_tokens=0)   # no model ran: 0, not unknown
         run.save_checkpoint(None, dict(row, phase="base", steps=0, metrics_json={}))
         return {"steps": 0}
     rows = list(run.rows("problems", ["question", "solution", "reasoning_trace"], where="split = 'train'"))
@@ -62,6 +63,7 @@ def _train(run: StageRun, cfg: TrainTeacherConfig, rows: list[dict], base_path: 
         model = fresh_model(model_path, cfg.dtype)
         _, tok = model_and_tokenizer(model_path, cfg.dtype, padding_side="right")
         res = train_teacher_sft(model, tok, rows, cfg.sft, os.path.join(work, "sft"), log_metric=log_metric)
+        run.count_tokens(**res.tokens)   # None (unknown) counts add nothing
         model_path, steps = res.model_dir, steps + res.steps
         metrics["sft_final_loss"] = res.final_loss
         del model
@@ -70,6 +72,7 @@ def _train(run: StageRun, cfg: TrainTeacherConfig, rows: list[dict], base_path: 
         student, tok = model_and_tokenizer(student_path, cfg.dtype)
         res = train_teacher_grpo(policy, student, tok, rows, cfg.grpo, cfg.reward, os.path.join(work, "grpo"),
                                  log_metric=log_metric, log_text=run.text_logger())
+        run.count_tokens(**res.tokens)
         model_path, steps = res.model_dir, steps + res.steps
         metrics["grpo_final_loss"] = res.final_loss
     return model_path, steps, metrics

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,6 +42,11 @@ class TrainResult:
         output_dir: the run folder (checkpoints while training, ``model/`` at the end).
         model_dir: the folder with the final safetensors weights, config and tokenizer.
         resumed_from: the checkpoint training resumed from, if any.
+        tokens_in / tokens_out / forward_tokens: the tokens this ``train()`` call processed (a resumed run counts
+            from its checkpoint on, not the steps before it), read from the trainer's own counters after
+            training; None when the trainer did not count them. What each means per trainer is documented where
+            it is computed: :func:`sft_token_counts` (teacher SFT, distillation) and
+            ``rlt_core.training.grpo.grpo_token_counts``.
     """
 
     steps: int
@@ -49,6 +54,16 @@ class TrainResult:
     output_dir: str
     model_dir: str
     resumed_from: Optional[str] = None
+    tokens_in: Optional[int] = None
+    tokens_out: Optional[int] = None
+    forward_tokens: Optional[int] = None
+
+    @property
+    def tokens(self) -> dict[str, Optional[int]]:
+        """``{"tokens_in": ..., "tokens_out": ..., "forward_tokens": ...}`` for a cost record; all three None when
+        any is unknown (a cost record would read a missing count as 0)."""
+        counts = {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "forward_tokens": self.forward_tokens}
+        return dict.fromkeys(counts) if any(v is None for v in counts.values()) else counts
 
 
 class LoraSettings(BaseModel):
@@ -116,13 +131,23 @@ def gradient_accumulation(global_batch: int, per_device: int, what: str = "batch
 class MetricsCallback(TrainerCallback):
     """Forwards every numeric value of the Trainer's log dicts to ``log_metric(prefix + key, value, step)``.
 
-    Also remembers the last training loss, for :class:`TrainResult`.
+    Also remembers the last training loss, and ``TrainerState.num_input_tokens_seen`` when this ``train()`` call
+    began (after a checkpoint's state was loaded: the state's count is cumulative over resumes), for
+    :class:`TrainResult`.
     """
 
     def __init__(self, log_metric: Optional[MetricLogger], prefix: str = ""):
         self.log_metric = log_metric
         self.prefix = prefix
         self.last_loss: Optional[float] = None
+        self.tokens_seen_at_start = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens_seen_at_start = int(state.num_input_tokens_seen or 0)
+
+    def tokens_seen(self, state) -> int:
+        """``num_input_tokens_seen`` gained since this ``train()`` call began."""
+        return int(state.num_input_tokens_seen or 0) - self.tokens_seen_at_start
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key, value in (logs or {}).items():
@@ -132,6 +157,32 @@ class MetricsCallback(TrainerCallback):
                 self.last_loss = float(value)
             if self.log_metric is not None:
                 self.log_metric(f"{self.prefix}{key}", float(value), int(state.global_step))
+
+
+SFT_TOKEN_COUNTING = "non_padding"
+"""``TrainingArguments.include_num_input_tokens_seen`` for the SFT trainers (transformers 5 accepts "no", "all",
+"non_padding", or a bool meaning "all"/"no"): count the attention-mask ones of every micro-batch trained on."""
+
+
+def sft_token_counts(trainer, metrics: MetricsCallback) -> dict[str, Optional[int]]:
+    """Token counts of an ``SFTTrainer.train()`` call built with ``include_num_input_tokens_seen="non_padding"``.
+
+    - ``tokens_in``: the non-padding tokens (prompt + completion, after ``max_length`` truncation) of every
+      micro-batch the trainer ran, as transformers counts them (``TrainerState.num_input_tokens_seen``: the
+      ``attention_mask`` sum of each batch, gathered over processes; batches skipped when resuming are not run and
+      not counted). Equal to what TRL logs as ``num_tokens`` for the same call. Prompt tokens count although the
+      loss covers the completion only: they go through the model all the same.
+    - ``tokens_out``: 0 (training generates nothing).
+    - ``forward_tokens``: ``tokens_in``: each token goes through the model's forward once per micro-batch. The
+      backward pass is not a forward and is not counted, nor is the forward that activation (gradient)
+      checkpointing recomputes during the backward, nor padding positions of a padded batch.
+
+    All None when the trainer did not count (``include_num_input_tokens_seen`` off).
+    """
+    if getattr(trainer.args, "include_num_input_tokens_seen", "no") in ("no", False, None):
+        return {"tokens_in": None, "tokens_out": None, "forward_tokens": None}
+    seen = metrics.tokens_seen(trainer.state)
+    return {"tokens_in": seen, "tokens_out": 0, "forward_tokens": seen}
 
 
 def resume_checkpoint(output_dir: str, resume: bool) -> Optional[str]:
@@ -169,12 +220,17 @@ def save_final(model: torch.nn.Module, tokenizer, output_dir: str) -> str:
 
 
 def finish_run(trainer, tokenizer, output_dir: str, rt: RuntimeSettings, metrics: MetricsCallback,
-               resumed_from: Optional[str]) -> tuple[TrainResult, torch.nn.Module]:
-    """Merge LoRA, save the final model, drop the resume checkpoints; return the result and the plain model."""
+               resumed_from: Optional[str], tokens: Optional[Mapping[str, Optional[int]]] = None
+               ) -> tuple[TrainResult, torch.nn.Module]:
+    """Merge LoRA, save the final model, drop the resume checkpoints; return the result and the plain model.
+
+    ``tokens``: the call's token counts (``tokens_in``, ``tokens_out``, ``forward_tokens``) for the result.
+    """
     model = unwrap_trained(trainer.model)
     model_dir = save_final(model, tokenizer, output_dir)
     if not rt.keep_checkpoints:
         shutil.rmtree(os.path.join(output_dir, CHECKPOINTS_SUBDIR), ignore_errors=True)
     result = TrainResult(steps=int(trainer.state.global_step), final_loss=metrics.last_loss,
-                         output_dir=output_dir, model_dir=model_dir, resumed_from=resumed_from)
+                         output_dir=output_dir, model_dir=model_dir, resumed_from=resumed_from,
+                         **{k: (None if v is None else int(v)) for k, v in (tokens or {}).items()})
     return result, model

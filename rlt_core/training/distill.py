@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlt_core.prompts import PromptStyle, student_messages
 from rlt_core.training.common import (
+    SFT_TOKEN_COUNTING,
     LoraSettings,
     MetricLogger,
     MetricsCallback,
@@ -28,6 +29,7 @@ from rlt_core.training.common import (
     gradient_accumulation,
     quiet_trainer,
     resume_checkpoint,
+    sft_token_counts,
     trainer_kwargs,
 )
 
@@ -101,6 +103,7 @@ def make_distill_trainer(model, tokenizer, rows: Iterable[Mapping[str, Any]], cf
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=gradient_accumulation(cfg.batch_size, cfg.per_device_batch_size),
         num_train_epochs=cfg.num_train_epochs, max_length=cfg.max_length, packing=False,
+        include_num_input_tokens_seen=SFT_TOKEN_COUNTING,  # TrainResult's token counts (sft_token_counts)
         completion_only_loss=True, assistant_only_loss=False,
         **trainer_kwargs(cfg.runtime, output_dir, cfg.max_steps),
     )
@@ -127,7 +130,8 @@ def distill_student(model, tokenizer, rows: Iterable[Mapping[str, Any]], cfg: Di
     trainer, metrics = make_distill_trainer(model, tokenizer, rows, cfg, output_dir, log_metric)
     ckpt = resume_checkpoint(output_dir, resume)
     trainer.train(resume_from_checkpoint=ckpt)
-    result, _ = finish_run(trainer, tokenizer, output_dir, cfg.runtime, metrics, ckpt)
+    result, _ = finish_run(trainer, tokenizer, output_dir, cfg.runtime, metrics, ckpt,
+                           tokens=sft_token_counts(trainer, metrics))
     log.info("distillation done: %d steps, final loss %s, model in %s", result.steps, result.final_loss,
              result.model_dir)
     return result

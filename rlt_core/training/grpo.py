@@ -20,6 +20,9 @@ Recipe mapping (rlt-method.md 3.2 -> TRL 1.16):
 * TR-DPO reference soft sync every 32 steps with alpha 0.9: ``sync_ref_model`` (TRL's ``SyncRefModelCallback``).
   The synced reference weights are written into each checkpoint, so a resumed run continues with them.
 * ``max_prompt_length`` has no TRL 1.16 counterpart: prompts are left-truncated here when the dataset is built.
+
+The tokens a run processed (prompt, completion, model forward tokens) come back on the :class:`TrainResult`, from
+TRL's own counters and the reward's (:func:`grpo_token_counts`).
 """
 from __future__ import annotations
 
@@ -130,6 +133,11 @@ class RewardTermsLogger(TrainerCallback):
     go to ``log_metric("rlt/<term>/<stat>", value, step)``, then the reward's and the step's wall times
     (``rlt/reward_seconds``, ``rlt/step_seconds``, the latter last); every
     ``sample_every`` steps a few completions with their terms to ``log_text("rlt/samples", text, step)``.
+
+    It also counts, over every call (this process's completions only): ``completion_tokens``, the generated tokens
+    TRL hands to reward functions (``completion_ids``, cut after the first EOS, EOS included: what TRL counts as
+    completion lengths), or None once a call came without them; ``reward_forward_tokens``, the tokens the
+    reward's teacher and student forwards took (``RLTReward.last_forward_tokens``); ``completions``, the count.
     """
 
     def __init__(self, reward_func, log_metric: Optional[MetricLogger] = None, log_text: Optional[TextLogger] = None,
@@ -143,11 +151,21 @@ class RewardTermsLogger(TrainerCallback):
         self.history: list[dict[str, float]] = []  # one row of stats per optimizer step
         self._t0: Optional[float] = None
         self._reward_seconds = 0.0
+        self.completions = 0
+        self.completion_tokens: Optional[int] = 0
+        self.reward_forward_tokens: Optional[int] = 0
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         t0 = time.perf_counter()
         rewards = self.reward_func(prompts=prompts, completions=completions, **kwargs)
         self._reward_seconds += time.perf_counter() - t0
+        self.completions += len(completions)
+        ids = kwargs.get("completion_ids")
+        self.completion_tokens = (None if ids is None or self.completion_tokens is None
+                                  else self.completion_tokens + sum(len(c) for c in ids))
+        fwd = getattr(self.reward_func, "last_forward_tokens", None)
+        self.reward_forward_tokens = (None if fwd is None or self.reward_forward_tokens is None
+                                      else self.reward_forward_tokens + int(fwd))
         breakdowns = list(self.reward_func.last_breakdowns)
         self.pending.extend(breakdowns)
         self.samples = list(zip(kwargs["question"], completions, breakdowns))
@@ -267,17 +285,68 @@ def train_teacher_grpo(policy, student, tokenizer, rows: Iterable[Mapping[str, A
         callbacks: extra ``transformers.TrainerCallback``s (e.g. a time budget or a cancellation check).
     """
     tokenizer.padding_side = "left"
-    trainer, _, _, metrics = make_teacher_grpo_trainer(policy, student, tokenizer, rows, grpo_cfg, reward_cfg,
-                                                       output_dir, log_metric, log_text, callbacks)
+    trainer, _, terms, metrics = make_teacher_grpo_trainer(policy, student, tokenizer, rows, grpo_cfg, reward_cfg,
+                                                           output_dir, log_metric, log_text, callbacks)
     ckpt = resume_checkpoint(output_dir, resume)
     if ckpt and trainer.ref_model is not None and os.path.exists(os.path.join(ckpt, REFERENCE_FILE)):
         from safetensors.torch import load_model
 
         load_model(trainer.ref_model, os.path.join(ckpt, REFERENCE_FILE))
     trainer.train(resume_from_checkpoint=ckpt)
-    result, _ = finish_run(trainer, tokenizer, output_dir, grpo_cfg.runtime, metrics, ckpt)
+    result, _ = finish_run(trainer, tokenizer, output_dir, grpo_cfg.runtime, metrics, ckpt,
+                           tokens=grpo_token_counts(trainer, terms, metrics))
     log.info("teacher GRPO done: %d steps, model in %s", result.steps, result.model_dir)
     return result
+
+
+def grpo_token_counts(trainer, terms: RewardTermsLogger, metrics: MetricsCallback) -> dict[str, Optional[int]]:
+    """Token counts of a ``GRPOTrainer.train()`` call (this call only: a resumed run counts from its checkpoint).
+
+    ``S`` = what TRL adds to ``TrainerState.num_input_tokens_seen`` (logged as ``num_tokens``) at each training
+    generation: the prompt tokens plus the completion tokens (up to and including the first EOS) of every
+    generated sequence, without padding, summed over processes.
+
+    - ``tokens_out``: the completion tokens, summed from the ``completion_ids`` TRL passes to the reward function
+      (the lengths TRL logs as ``completions/*_length``).
+    - ``tokens_in``: ``S - tokens_out``: the prompt tokens, once per generated sequence (a prompt shared by the
+      G completions of a group counts G times, as TRL generates it G times).
+    - ``forward_tokens``: ``S`` for each pass TRL runs over the prompt + completion sequences, plus the reward's:
+      the policy's generation (nominal: prompt + completion, like the generate stage; KV caching not
+      subtracted), the policy's training forward (``num_iterations`` times), the reference model's log-prob pass
+      when ``beta > 0`` (with LoRA: the policy with its adapter off), the old-policy log-prob pass when TRL runs
+      it (not in this recipe: one generation per optimizer step, ``num_iterations=1``, no vLLM), and the RLT
+      reward's teacher (the live policy) and student forwards (:class:`rlt_core.reward.RLTReward`, nominal full
+      lengths). Padding positions, the backward pass and activation-checkpointing recomputation are not counted.
+
+    The training forward runs ``num_iterations`` times over each generated batch (exact when training stops at
+    the end of a generation cycle, always so with ``num_iterations=1``). None for a figure that cannot be known:
+    all three when the reward function was called without ``completion_ids``, ``forward_tokens`` when the reward
+    function does not report its forward tokens.
+    """
+    seen = metrics.tokens_seen(trainer.state)
+    if terms.completion_tokens is None:
+        return {"tokens_in": None, "tokens_out": None, "forward_tokens": None}
+    out = _sum_over_processes(trainer, terms.completion_tokens)
+    args = trainer.args
+    iterations = int(trainer.num_iterations)
+    # TRL's own conditions (GRPOTrainer._generate_and_score_completions) for the old-policy and reference passes
+    old_pass = (args.gradient_accumulation_steps % (args.steps_per_generation * iterations) != 0
+                or (trainer.use_vllm and trainer.vllm_importance_sampling_correction))
+    passes = 1 + iterations + int(trainer.beta != 0.0) + int(bool(old_pass))
+    forward = None
+    if terms.reward_forward_tokens is not None:
+        forward = passes * seen + _sum_over_processes(trainer, terms.reward_forward_tokens)
+    return {"tokens_in": seen - out, "tokens_out": out, "forward_tokens": forward}
+
+
+def _sum_over_processes(trainer, value: int) -> int:
+    """``value`` summed over the training processes (itself with one process)."""
+    acc = trainer.accelerator
+    if acc.num_processes <= 1:
+        return int(value)
+    import torch
+
+    return int(acc.reduce(torch.tensor(int(value), device=acc.device), reduction="sum").item())
 
 
 @contextlib.contextmanager
@@ -318,5 +387,5 @@ def _text(row: Mapping[str, Any], field: str, index: int) -> str:
     return value
 
 
-__all__ = ["REWARD_TERMS", "RewardTermsLogger", "TeacherGRPOConfig", "build_grpo_dataset",
+__all__ = ["REWARD_TERMS", "RewardTermsLogger", "TeacherGRPOConfig", "build_grpo_dataset", "grpo_token_counts",
            "make_teacher_grpo_trainer", "train_teacher_grpo"]

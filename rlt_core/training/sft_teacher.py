@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rlt_core.prompts import PromptStyle, format_teacher_prompt, format_teacher_sft_text
 from rlt_core.training.common import (
+    SFT_TOKEN_COUNTING,
     LoraSettings,
     MetricLogger,
     MetricsCallback,
@@ -30,6 +31,7 @@ from rlt_core.training.common import (
     gradient_accumulation,
     quiet_trainer,
     resume_checkpoint,
+    sft_token_counts,
     trainer_kwargs,
 )
 
@@ -110,6 +112,7 @@ def make_teacher_sft_trainer(model, tokenizer, rows: Iterable[Mapping[str, Any]]
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=gradient_accumulation(cfg.batch_size, cfg.per_device_batch_size),
         num_train_epochs=cfg.num_train_epochs, max_length=cfg.max_length, packing=False,
+        include_num_input_tokens_seen=SFT_TOKEN_COUNTING,  # TrainResult's token counts (sft_token_counts)
         completion_only_loss=True,  # labels = -100 wherever completion_mask == 0
         **trainer_kwargs(rt, output_dir, cfg.max_steps),
     )
@@ -136,7 +139,8 @@ def train_teacher_sft(model, tokenizer, rows: Iterable[Mapping[str, Any]], cfg: 
     trainer, metrics = make_teacher_sft_trainer(model, tokenizer, rows, cfg, output_dir, log_metric)
     ckpt = resume_checkpoint(output_dir, resume)
     trainer.train(resume_from_checkpoint=ckpt)
-    result, _ = finish_run(trainer, tokenizer, output_dir, cfg.runtime, metrics, ckpt)
+    result, _ = finish_run(trainer, tokenizer, output_dir, cfg.runtime, metrics, ckpt,
+                           tokens=sft_token_counts(trainer, metrics))
     log.info("teacher SFT done: %d steps, final loss %s, model in %s", result.steps, result.final_loss,
              result.model_dir)
     return result

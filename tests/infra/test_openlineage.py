@@ -316,3 +316,149 @@ def test_abort_event_and_secret_env_facets_are_redacted(tmp_path, monkeypatch):
     assert env == [{"name": "AWS_SECRET_ACCESS_KEY", "value": "***"}]
     assert event["eventType"] == "ABORT" and event["inputs"][0]["inputFacets"]["inputStatistics"]["rowCount"] == 3
     _validator()(event)
+
+
+@pytest.mark.slow
+def test_factory_night_events_match_stage_runs_and_rlt_lineage(tmp_path, monkeypatch, receiver, capsys,
+                                                               tiny_model_dir):
+    """The real nightly flow on tiny models, twice (the second night changes only the evaluation: upstream cached),
+    with OPENLINEAGE_URL at the local receiver. Per night: a START and a COMPLETE (one run id) per stage run that
+    computed, nothing for cached ones; every event valid; one parent (the flow run); the COMPLETE graph is the
+    catalog's lineage of the night and what `rlt lineage` prints; the data-quality facets are the catalog's stats."""
+    from flows.cli import main
+    from flows.factory import factory_flow
+    from flows.lineage import artifact_chain
+    from infra.openlineage import DEFAULT_NAMESPACE, flow_run_uuid, stage_run_uuid
+    from tasks.reuse import LINEAGE_ROLE
+    from tests.flows.test_factory import tiny_recipe
+
+    monkeypatch.setenv("OPENLINEAGE_URL", receiver.url)
+    root = str(tmp_path / "data")
+    recipe = tiny_recipe(tiny_model_dir, train_teacher={"phases": []})
+    first = factory_flow(recipe=recipe, root=root, tracking=False)
+    recipe["evaluate"]["max_items"] = 2   # night two: only the two evaluations compute
+    second = factory_flow(recipe=recipe, root=root, tracking=False)
+
+    cat = RunContext(root, tracking=False).catalog
+    events = receiver.events()
+    assert events and {h["path"] for h in receiver.headers} == {"/api/v1/lineage"}
+    validate = _validator()
+    assert sum(validate(e) for e in events) >= 3 * len(events)   # standard facets checked against their schemas
+    assert {e["eventType"] for e in events} == {"START", "COMPLETE"}   # nothing failed, nothing aborted
+    namespace = "file://" + os.path.abspath(root)
+
+    def ancestors(key: str, edges: set) -> set:
+        out, todo = set(), [key]
+        while todo:
+            k = todo.pop()
+            for p, c in edges:
+                if c == k and p not in out:
+                    out.add(p)
+                    todo.append(p)
+        return out
+
+    all_edges: set = set()
+    for night, expect_cached in ((first, False), (second, True)):
+        run_id = night["run_id"]
+        mine = [e for e in events if e["run"]["facets"]["rlt"]["rlt_run_id"] == run_id]
+        stage_runs = cat.sql(f"SELECT stage, label, artifact_key, status FROM stage_runs "
+                             f"WHERE run_id = '{run_id}'").to_pylist()
+        done = {f"tiny-test.{r['stage']}" + (f"[{r['label']}]" if r["label"] else ""): r
+                for r in stage_runs if r["status"] == "done"}
+        cached = [r for r in stage_runs if r["status"] == "cached"]
+        if expect_cached:
+            assert set(done) == {"tiny-test.evaluate[base]", "tiny-test.evaluate[distilled]"}
+            assert {r["stage"] for r in cached} == {"ingest", "train_teacher", "generate", "score", "filter",
+                                                    "distill"}
+        else:
+            assert not cached and set(done) == {f"tiny-test.{s}" for s in ("ingest", "train_teacher", "generate",
+                                                                            "score", "filter", "distill")} | \
+                {"tiny-test.evaluate[base]", "tiny-test.evaluate[distilled]"}
+        # one START and one COMPLETE per stage run that computed, with one run id; none for cached stages
+        by_job: dict[str, list] = {}
+        for e in mine:
+            by_job.setdefault(e["job"]["name"], []).append(e)
+        assert set(by_job) == set(done)
+        for job, evs in by_job.items():
+            r = done[job]
+            assert [e["eventType"] for e in evs] == ["START", "COMPLETE"], job
+            assert {e["run"]["runId"] for e in evs} == {stage_run_uuid(run_id, r["stage"], r["artifact_key"])}
+            assert all(e["run"]["facets"]["rlt"]["artifact_key"] == r["artifact_key"] for e in evs)
+        # the parent run facet names the flow run: one parent per night, derived from the rlt run id
+        for e in mine:
+            assert e["job"]["namespace"] == DEFAULT_NAMESPACE
+            parent = e["run"]["facets"]["parent"]
+            assert parent["run"]["runId"] == flow_run_uuid(run_id) == parent["root"]["run"]["runId"]
+            assert (parent["job"]["namespace"], parent["job"]["name"]) == (DEFAULT_NAMESPACE, "rlt-factory")
+
+        # datasets: the store URI, "<artifact name>/<key>"; each COMPLETE's outputs are what that stage committed
+        arts = {a["key"]: a for a in cat.sql("SELECT key, name, stage, label, num_rows, stats_json, run_id "
+                                             "FROM artifacts_committed").to_pylist()}
+        complete = [e for e in mine if e["eventType"] == "COMPLETE"]
+        for e in complete:
+            for d in e["inputs"] + e["outputs"]:
+                name, key = d["name"].split("/")
+                assert d["namespace"] == namespace and arts[key]["name"] == name
+            r = done[e["job"]["name"]]
+            assert {o["name"].split("/")[1] for o in e["outputs"]} == {
+                k for k, a in arts.items() if a["run_id"] == run_id and a["stage"] == r["stage"]
+                and (a["label"] or "") == (r["label"] or "")}
+            for o in e["outputs"]:
+                assert o["outputFacets"]["outputStatistics"]["rowCount"] == arts[o["name"].split("/")[1]]["num_rows"]
+
+        # the graph of the COMPLETE events is the catalog's lineage of the night (the report is no stage run: the
+        # flow commits it without events; `reused` edges name row donors, not inputs)
+        edges = _edges(complete)
+        rows = cat.sql(f"SELECT parent_key, child_key, role FROM lineage WHERE run_id = '{run_id}'").to_pylist()
+        catalog_edges = {(r["parent_key"], r["child_key"]) for r in rows
+                         if r["role"] != LINEAGE_ROLE and r["child_key"] != night["report"]["key"]}
+        assert edges == catalog_edges and edges
+        all_edges |= edges
+
+        # data-quality facets: the ingest quarantine counts and the filter yield are the artifacts' catalog stats
+        outs = {o["name"].split("/")[0]: o for e in complete for o in e["outputs"]}
+        if not expect_cached:   # no training phase: the problems are no parent of the teacher (nor an input)
+            assert [e["inputs"] for e in complete if e["job"]["name"] == "tiny-test.train_teacher"] == [[]]
+
+            def stats(o):
+                return json.loads(arts[o["name"].split("/")[1]]["stats_json"])
+
+            q, st = outs["problems"]["facets"]["rlt_dataQuality"], stats(outs["problems"])
+            assert (q["rows_in"], q["quarantined"]) == (st["rows_in"], st["quarantined"])
+            assert q["quarantine_rate"] == pytest.approx(st["quarantined"] / st["rows_in"])
+            assert q.get("quarantine_by_reason", {}) == {k.split(".", 1)[1]: v for k, v in st.items()
+                                                          if k.startswith("quarantine.")}
+            qs = stats(outs["quarantine"])
+            reasons = {k: v for k, v in qs.items() if k != "of"}
+            assert outs["quarantine"]["facets"].get("rlt_dataQuality", {}).get("quarantine_by_reason", {}) == reasons
+            assert sum(reasons.values()) == st["quarantined"]
+            for name in ("distill_set", "filter_decisions"):
+                q, st = outs[name]["facets"]["rlt_dataQuality"], stats(outs[name])
+                assert q["yield"] == pytest.approx(st["yield"]) and 0 <= q["yield"] <= 1
+                assert (q["candidates"], q["kept"]) == (st["candidates"], st["kept"]) and st["candidates"] > 0
+                assert q.get("filter_reasons", {}) == {k.split(".", 1)[1]: v for k, v in st.items()
+                                                        if k.startswith("reason.")}
+
+    # `rlt lineage` (artifact_chain) over both nights: each artifact and its ancestors by the events' graph
+    for night in (first, second):
+        for out in ("distill_set", "eval_distilled", "eval_base"):
+            key = night[out]["key"]
+            assert {a["key"] for a in artifact_chain(cat, key)} == {key} | ancestors(key, all_edges), out
+    assert ancestors(second["eval_distilled"]["key"], all_edges) >= {first["distill_set"]["key"],
+                                                                     first["problems"]["key"]}
+
+    # and the command itself, for a distill row: every key it prints is a dataset of night one's events
+    ex = cat.sql(f"SELECT example_id FROM data_distill_set WHERE artifact_key = '{first['distill_set']['key']}' "
+                 f"ORDER BY origin DESC, example_id LIMIT 1").to_pylist()[0]["example_id"]
+    home = os.environ.get("PREFECT_HOME")
+    monkeypatch.setenv("PREFECT_HOME", home or str(tmp_path / "prefect-home"))   # the CLI would set one for good
+    capsys.readouterr()
+    assert main(["--data-root", root, "lineage", ex, "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)
+    if home is None:
+        monkeypatch.delenv("PREFECT_HOME")
+    printed = {s[k] for s in steps for k in ("key", "artifact_key") if s.get(k)}
+    night_one = {d["name"].split("/")[1] for e in events if e["run"]["facets"]["rlt"]["rlt_run_id"] == first["run_id"]
+                 for d in e["inputs"] + e["outputs"]}
+    assert {first["distill_set"]["key"], first["problems"]["key"]} <= printed <= night_one
+    assert [s["step"] for s in steps][-2:] == ["raw problem", "ingest artifact"]

@@ -72,6 +72,11 @@ def test_distill_changes_weights_saves_and_resumes(smol_tokenizer, tmp_path):
     result = distill_student(tiny_causal_lm(tok, seed=0), tok, ROWS, cfg, str(tmp_path),
                              log_metric=lambda n, v, s: steps.append(s) if n == "distill/loss" else None)
     assert result.resumed_from.endswith("checkpoint-1") and result.steps == 2 and steps == [2]
+    # Tokens of this call only: step 2 = one batch of both rows; its non-padding tokens, once through the forward.
+    probe, _ = make_distill_trainer(tiny_causal_lm(tok, seed=0), tok, ROWS, cfg, str(tmp_path / "probe"))
+    batch = probe.data_collator([probe.train_dataset[i] for i in range(len(ROWS))])
+    assert result.tokens_in == int(batch["attention_mask"].sum()) > 0
+    assert (result.tokens_out, result.forward_tokens) == (0, result.tokens_in)
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
     files = os.listdir(result.model_dir)
     assert "model.safetensors" in files and not [f for f in files if f.endswith((".bin", ".pt", ".pth"))]

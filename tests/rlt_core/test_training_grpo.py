@@ -10,8 +10,8 @@ from rlt_core.modeling import tiny_causal_lm
 from rlt_core.prompts import PromptStyle
 from rlt_core.reward import RewardConfig
 from rlt_core.training.common import RuntimeSettings
-from rlt_core.training.grpo import (REWARD_TERMS, TeacherGRPOConfig, build_grpo_dataset, make_teacher_grpo_trainer,
-                                    train_teacher_grpo)
+from rlt_core.training.grpo import (REWARD_TERMS, TeacherGRPOConfig, build_grpo_dataset, grpo_token_counts,
+                                    make_teacher_grpo_trainer, train_teacher_grpo)
 
 ROWS = [{"question": "Using the numbers [3, 5, 7], create an equation that equals 22.", "solution": "3 * 5 + 7 = 22"},
         {"question": "What is 12 + 30?", "solution": "12 + 30 = 42"}]
@@ -60,7 +60,7 @@ def test_two_grpo_steps_on_tiny_models(smol_tokenizer, tmp_path):
     tok = smol_tokenizer
     policy, student = tiny_causal_lm(tok, seed=0), tiny_causal_lm(tok, seed=1)
     metrics, texts = [], []
-    trainer, reward, terms, _ = make_teacher_grpo_trainer(
+    trainer, reward, terms, callback = make_teacher_grpo_trainer(
         policy, student, tok, ROWS, _cfg(), _reward_cfg(), str(tmp_path),
         log_metric=lambda n, v, s: metrics.append((n, v, s)), log_text=lambda n, t, s: texts.append((n, t, s)))
     # The reward's teacher is the object TRL trains (not a copy), so its KL term uses the current policy.
@@ -69,6 +69,11 @@ def test_two_grpo_steps_on_tiny_models(smol_tokenizer, tmp_path):
 
     probe = ["First multiply 3 by 5.\n\n<|end_of_explanation|>"]
     before_kl = reward.score([ROWS[0]["question"]], [ROWS[0]["solution"]], probe)[0]
+    # The reward's forward tokens: the teacher sequence and the student chat, each in full.
+    from rlt_core.spans import build_examples
+
+    ex = build_examples(tok, [ROWS[0]["question"]], [ROWS[0]["solution"]], probe, STYLE, -1.0)[0]
+    assert reward.last_forward_tokens == len(ex.teacher_ids) + len(ex.student_ids)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     student_before = {k: v.clone() for k, v in student.state_dict().items()}
     trainer.train()
@@ -97,6 +102,17 @@ def test_two_grpo_steps_on_tiny_models(smol_tokenizer, tmp_path):
     for step, value in trl_reward.items():
         assert ours[step] == pytest.approx(value, rel=1e-4, abs=1e-4)
 
+    # Tokens: 2 steps x 1 prompt x 4 generations; each row's prompt once (one epoch over the 2 rows).
+    counts = grpo_token_counts(trainer, terms, callback)
+    prompts = build_grpo_dataset(tok, ROWS, STYLE, 16384)["prompt"]
+    assert counts["tokens_in"] == 4 * sum(len(tok(text=p)["input_ids"]) for p in prompts)
+    mean_len = {s: v for n, v, s in metrics if n == "grpo/completions/mean_length"}
+    assert counts["tokens_out"] == round(4 * (mean_len[1] + mean_len[2])) > 0   # TRL's completion lengths
+    assert {s: v for n, v, s in metrics if n == "grpo/num_tokens"}[2] == counts["tokens_in"] + counts["tokens_out"]
+    # generation + training forward + reference log-probs (beta > 0), then the reward's teacher and student
+    assert terms.reward_forward_tokens > counts["tokens_out"]
+    assert counts["forward_tokens"] == 3 * (counts["tokens_in"] + counts["tokens_out"]) + terms.reward_forward_tokens
+
 
 def test_train_saves_safetensors_and_resumes_reference(smol_tokenizer, tmp_path, monkeypatch):
     import safetensors.torch as st
@@ -109,6 +125,9 @@ def test_train_saves_safetensors_and_resumes_reference(smol_tokenizer, tmp_path,
                                 _reward_cfg(), str(tmp_path))
     assert result.steps == 1
     assert "model.safetensors" in os.listdir(result.model_dir)
+    prompt_tokens = [len(tok(text=p)["input_ids"]) for p in build_grpo_dataset(tok, ROWS, STYLE, 16384)["prompt"]]
+    assert result.tokens_in in {4 * n for n in prompt_tokens} and result.tokens_out > 0
+    assert result.forward_tokens > 3 * (result.tokens_in + result.tokens_out)   # + the reward's forwards
     ref_file = tmp_path / "checkpoints" / "checkpoint-1" / "reference_model.safetensors"
     trained = st.load_file(os.path.join(result.model_dir, "model.safetensors"))
     ref = st.load_file(str(ref_file))
@@ -126,6 +145,15 @@ def test_train_saves_safetensors_and_resumes_reference(smol_tokenizer, tmp_path,
                                log_metric=lambda n, v, s: steps.append(s) if n == "rlt/reward/mean" else None)
     assert again.resumed_from.endswith("checkpoint-1") and again.steps == 2 and steps == [2]
     assert loaded == [str(ref_file)]
+    # Tokens of the resumed call only: step 2 (the trainer state also holds step 1's)
+    import json
+
+    def seen(step):
+        with open(tmp_path / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json") as f:
+            return json.load(f)["num_input_tokens_seen"]
+
+    assert again.tokens_in + again.tokens_out == seen(2) - seen(1) > 0
+    assert again.tokens_in in {4 * n for n in prompt_tokens}
 
 
 def _lora_trainer(tok, tmp_path):

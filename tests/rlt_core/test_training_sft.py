@@ -8,7 +8,8 @@ import torch
 
 from rlt_core.prompts import PromptStyle, format_teacher_prompt
 from rlt_core.training.common import RuntimeSettings
-from rlt_core.training.sft_teacher import TeacherSFTConfig, make_teacher_sft_trainer, train_teacher_sft
+from rlt_core.training.sft_teacher import (TeacherSFTConfig, make_teacher_sft_trainer, teacher_sft_example,
+                                          train_teacher_sft)
 
 ROWS = [
     {"question": "Using the numbers [3, 5, 7], create an equation that equals 22.", "solution": "3 * 5 + 7 = 22",
@@ -62,10 +63,14 @@ def test_labels_cover_exactly_explanation_end_tag_and_eos(tiny_lm, smol_tokenize
 
 def test_train_changes_weights_and_saves_safetensors(tiny_lm, smol_tokenizer, tmp_path):
     before = {k: v.clone() for k, v in tiny_lm.state_dict().items()}
-    seen = []
+    seen, values = [], {}
     result = train_teacher_sft(tiny_lm, smol_tokenizer, ROWS, _cfg(), str(tmp_path),
-                               log_metric=lambda n, v, s: seen.append((n, s)))
+                               log_metric=lambda n, v, s: (seen.append((n, s)), values.__setitem__((n, s), v)))
     assert result.steps == 2 and result.final_loss is not None and result.resumed_from is None
+    # Tokens: 2 steps of 2 over 3 rows = each example once; every non-padding token of it went through the model.
+    assert result.tokens_in == _example_tokens(smol_tokenizer) > 0
+    assert (result.tokens_out, result.forward_tokens) == (0, result.tokens_in)
+    assert values[("sft/num_tokens", 2)] == result.tokens_in   # TRL's own count agrees with transformers'
     changed = [k for k, v in tiny_lm.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "training did not change any weight"
     files = sorted(os.listdir(result.model_dir))
@@ -99,6 +104,17 @@ def test_resume_after_crash(smol_tokenizer, tmp_path):
                                log_metric=lambda n, v, s: steps.append(s) if n == "sft/loss" else None)
     assert result.resumed_from.endswith("checkpoint-2")
     assert result.steps == 4 and steps == [3, 4]  # started from step 2, not from scratch
+    # Tokens of this call only (steps 3-4: the second epoch, each example once), though the trainer state counts both
+    import json
+
+    with open(tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json") as f:
+        assert json.load(f)["num_input_tokens_seen"] == 2 * _example_tokens(smol_tokenizer)
+    assert result.tokens_in == result.forward_tokens == _example_tokens(smol_tokenizer)
+
+
+def _example_tokens(tok) -> int:
+    """All tokens of the three teacher examples (prompt + target), as they are trained on."""
+    return sum(len(teacher_sft_example(tok, row, PromptStyle(), i)["input_ids"]) for i, row in enumerate(ROWS))
 
 
 def test_bad_row_names_row_and_field(tiny_lm, smol_tokenizer, tmp_path):
@@ -119,3 +135,4 @@ def test_lora_trains_and_merges(tiny_lm, smol_tokenizer, tmp_path):
     assert not [k for k in saved if "lora" in k]  # merged: a plain model, loadable without peft
     changed = [k for k in saved if k in before and not torch.equal(saved[k], before[k])]
     assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    assert result.tokens_in == result.forward_tokens == _example_tokens(smol_tokenizer)   # counted through PEFT too

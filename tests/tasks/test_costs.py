@@ -119,7 +119,8 @@ def test_chain_records_costs_and_views_give_per_kept_figures(tmp_path, tiny_mode
     spans = _sum(ctx, "2 * n_explanation_tokens + n_solution_tokens", "scored_explanations", sc.key)
     assert s["forward_tokens"] == s["tokens_in"] > spans and s["tokens_out"] == 0
     assert (rows["filter"]["forward_tokens"], rows["ingest"]["tokens_in"]) == (0, 0)   # no model: 0
-    assert rows["train_teacher"]["forward_tokens"] is None                              # not counted: NULL
+    t = rows["train_teacher"]   # no training phase: the base model teaches, no model ran
+    assert (t["tokens_in"], t["tokens_out"], t["forward_tokens"]) == (0, 0, 0)
 
     assert g["currency"] == "USD" and '"cpu_hour": 3.6' in g["prices_json"]
     assert g["cost"] == pytest.approx(g["cpu_s"] * 0.001 + g["tokens_out"] * 1e-3, rel=1e-6)
@@ -138,7 +139,7 @@ def test_chain_records_costs_and_views_give_per_kept_figures(tmp_path, tiny_mode
     assert night["wall_s_per_kept"] == pytest.approx(night["wall_s"] / kept)
     assert night["forward_tokens_per_kept"] == pytest.approx((g["forward_tokens"] + s["forward_tokens"]) / kept)
     assert night["cost_per_kept"] == pytest.approx(sum(r["cost"] for r in rows.values()) / kept)
-    assert night["stages_without_tokens"] == 1
+    assert night["stages_without_tokens"] == 0
 
     # the same chain again in another run: every stage cached, no cost row; its night still has its distill set
     ctx2 = RunContext(str(tmp_path), tracking=False)
@@ -150,6 +151,37 @@ def test_chain_records_costs_and_views_give_per_kept_figures(tmp_path, tiny_mode
     night2 = ctx2.catalog.rows("SELECT * FROM costs_by_run WHERE run_id = ?", [ctx2.run_id])[0]
     assert (night2["stages_run"], night2["wall_s"], night2["kept"]) == (0, 0, kept)
     assert night2["wall_s_per_kept"] == 0 and night2["cost"] is None
+
+
+def test_training_stage_records_the_trainer_token_counts(tmp_path, tiny_model_dir, smol_tokenizer):
+    """distill (one SFT step on both rows) records what its trainer counted: the batch's non-padding tokens, each
+    once through the forward, nothing generated."""
+    from data_contracts import distill_set
+    from rlt_core.modeling import tiny_causal_lm
+    from rlt_core.prompts import PromptStyle, student_assistant_content
+    from rlt_core.training.common import RuntimeSettings
+    from rlt_core.training.distill import DistillConfig, make_distill_trainer
+    from tasks import distill
+    from tests.tasks.helpers import commit_rows
+
+    ctx = RunContext(str(tmp_path), tracking=False)
+    style = PromptStyle()
+    qa = [("What is 12 + 30?", "42"), ("Compute 6 * 7.", "42")]
+    rows = [dict(example_id=f"d_{i:016x}", problem_id=f"p_{i:016x}", origin="reference",
+                 system=style.student_system_prompt, question=q,
+                 assistant=student_assistant_content(q, a, f"\n\n{q} gives {a}.\n\n", style))
+            for i, (q, a) in enumerate(qa)]
+    ds = commit_rows(ctx, "distill_set", distill_set.CONTRACT, rows)
+    train = DistillConfig(max_steps=1, batch_size=2, per_device_batch_size=2, max_length=512,
+                          runtime=RuntimeSettings(use_cpu=True, bf16=False, gradient_checkpointing=False))
+    distill.run(ctx, distill.DistillStageConfig(student_model=tiny_model_dir, train=train), ds)
+    d = {r["stage"]: r for r in _costs(ctx)}["distill"]
+    probe, _ = make_distill_trainer(tiny_causal_lm(smol_tokenizer, seed=0), smol_tokenizer,
+                                    [{k: r[k] for k in ("system", "question", "assistant")} for r in rows], train,
+                                    str(tmp_path / "probe"))
+    batch = probe.data_collator([probe.train_dataset[i] for i in range(len(rows))])
+    assert d["status"] == "done" and d["tokens_in"] == int(batch["attention_mask"].sum()) > 0
+    assert (d["tokens_out"], d["forward_tokens"]) == (0, d["tokens_in"])
 
 
 def test_failed_stage_records_what_it_used(tmp_path, tiny_model_dir):

@@ -140,3 +140,27 @@ def test_plan_counts_new_and_reused_rows_before_running(tmp_path, tiny_model_dir
     for node in ("generate", "score"):
         assert after[node].reuse == {"rows": 24, "reused": 20, "new": 4, "donors": 1}, node
         assert after[node].reason.startswith("4 new of 24 (20 reused from 1 earlier artifact(s))")
+
+
+@pytest.mark.services
+def test_grown_source_reuses_rows_on_s3_with_a_postgres_catalog(seaweed_s3, postgres_url, monkeypatch,
+                                                                tiny_model_dir):
+    """The deployment shape: data on S3 (SeaweedFS), catalog in PostgreSQL; donors are found and copied there too."""
+    import time
+
+    import psycopg
+
+    for k, v in seaweed_s3["env"].items():
+        monkeypatch.setenv(k, v)
+    server, db = postgres_url.rsplit("/", 1)[0], f"rlt_reuse_{time.time_ns() % 10**9}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as pg:   # a catalog of its own
+        pg.execute(f"CREATE DATABASE {db}")
+    ctx = RunContext(f"s3://{seaweed_s3['bucket']}/rlt-reuse-{time.time_ns()}", tracking=False,
+                     catalog_url=f"{server}/{db}")
+    _, _, ex1, sc1 = _night(ctx, tiny_model_dir, 6)
+    _, _, ex2, sc2 = _night(ctx, tiny_model_dir, 8)
+    for first, second in ((ex1, ex2), (sc1, sc2)):
+        st = _stats(ctx, second)
+        assert (st["rows_reused"], st["rows_computed"], st["reused_from"]) == (12, 4, {first.key: 12}), st
+    a, b = _rows(ctx, "scored_explanations", sc1.key), _rows(ctx, "scored_explanations", sc2.key)
+    assert all(_same(a[i], b[i]) and b[i]["reused_from"] == sc1.key for i in a)
