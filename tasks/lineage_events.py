@@ -100,7 +100,7 @@ def _artifact_inputs(run: StageRun) -> list[ArtifactRef]:
     key leaves out (train_teacher without phases: the base model is the teacher, the problems are not read) is no
     parent in `rlt lineage`, so it is no input dataset either."""
     keyed = run.parts.inputs
-    return [v for role, v in sorted(run.inputs.items()) if isinstance(v, ArtifactRef)]
+    return [v for role, v in sorted(run.inputs.items()) if isinstance(v, ArtifactRef) and role in keyed]
 
 
 def _inputs(run: StageRun) -> list[DatasetInfo]:
