@@ -221,10 +221,10 @@ def _recipe_dict(night: Night) -> dict:
 
 def finished_run(ctx, night: Night) -> Optional[str]:
     """The newest factory run of exactly this night's recipe that ended done (audits passed or publish off)."""
-    from infra.artifacts import digest
+    from flows.recipe import recipe_digest
 
     rows = ctx.catalog.rows("SELECT run_id, status FROM runs_latest WHERE flow = 'rlt-factory' AND recipe_hash = ? "
-                            "ORDER BY ts DESC LIMIT 1", [digest(_recipe_dict(night))])
+                            "ORDER BY ts DESC LIMIT 1", [recipe_digest(_recipe_dict(night))])
     return rows[0]["run_id"] if rows and rows[0]["status"] == "done" else None
 
 

@@ -98,7 +98,17 @@ def _ctx(args):
 def _recipe(args):
     from flows.recipe import load_recipe
 
-    return load_recipe(args.recipe, args.set)
+    return load_recipe(args.recipe, args.set + _executor_overrides(args))
+
+
+def _executor_overrides(args) -> list[str]:
+    """--executor / --ray-address as recipe overrides (the executor is not part of any key)."""
+    out = []
+    if getattr(args, "executor", None):
+        out.append(f"executor.kind={args.executor}")
+    if getattr(args, "ray_address", None):
+        out.append(f"executor.address={args.ray_address}")
+    return out
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -119,7 +129,7 @@ def cmd_backfill(args) -> int:
     from flows.backfill import BackfillError, BackfillRequest, failure_line, run_backfill, summary_rows
     from infra.settings import data_root
 
-    req = BackfillRequest(recipe=args.recipe, root=data_root(args.data_root), overrides=args.set,
+    req = BackfillRequest(recipe=args.recipe, root=data_root(args.data_root), overrides=args.set + _executor_overrides(args),
                           nights=args.nights, sources=args.sources, keep_going=args.keep_going,
                           dry_run=args.dry_run)
     t0 = time.time()
@@ -408,15 +418,28 @@ def cmd_rollback(args) -> int:
 def cmd_deploy(args) -> int:
     from flows.deploy import deploy
 
-    print(deploy(args.recipe, args.set, args.cron, args.name, args.pool, args.data_root))
+    print(deploy(args.recipe, args.set + _executor_overrides(args), args.cron, args.name, args.pool, args.data_root))
     return 0
 
 
 def cmd_serve(args) -> int:
     from flows.deploy import serve
 
-    serve(args.recipe, args.set, args.cron, args.name, args.data_root)
+    serve(args.recipe, args.set + _executor_overrides(args), args.cron, args.name, args.data_root)
     return 0
+
+
+def _int_in(lo: int, hi: int):
+    """argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
+        return value
+    return parse
 
 
 def cmd_stack(args) -> int:
@@ -427,8 +450,16 @@ def cmd_stack(args) -> int:
     if "://" in root:
         print("rlt stack: --data-root must be a local folder (it holds the services' data)", file=sys.stderr)
         return 2
+    if args.action != "up" and (args.ray_nodes is not None or args.ray_cpus_per_node is not None):
+        print("rlt stack: --ray-nodes/--ray-cpus-per-node go with `rlt stack up`", file=sys.stderr)
+        return 2
     if args.action == "up":
-        env = stack.up(root)
+        cfg = stack.StackConfig(ray_nodes=args.ray_nodes or 0, ray_cpus_per_node=args.ray_cpus_per_node or 1)
+        try:
+            env = stack.up(root, cfg)
+        except stack.StackError as exc:
+            print(f"rlt stack up: {exc}", file=sys.stderr)
+            return 2
         print("# the stack is up; point the factory at it with (holds its credentials; again: rlt stack env):")
         print(stack.format_exports(env))
     elif args.action == "env":   # the credentials, for `eval "$(rlt stack env)"`
@@ -483,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--recipe", required=True, help="recipe YAML (see flows/recipes/)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe field, e.g. generate.num_samples=2 (repeatable)")
+        sp.add_argument("--executor", choices=["local", "ray"], default=None,
+                        help="where shards of generate and score run: here (local, the default) or on a Ray cluster "
+                             "(ray; see docs/scale-out.md). Overrides the recipe's executor.kind; never changes a key")
+        sp.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                        help="the Ray cluster (default: executor.address, else $RLT_RAY_ADDRESS from `rlt stack env`)")
 
     sp = sub.add_parser("factory", help="run the whole chain (cached stages are skipped)")
     recipe_args(sp)
@@ -620,9 +656,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "deploy":
             sp.add_argument("--pool", default="rlt-process", help="work pool (created as a process pool if missing)")
         sp.set_defaults(func=fn)
-    sp = sub.add_parser("stack", help="local real services: PostgreSQL, SeaweedFS S3, MLflow server, Prefect server "
-                                      "(all password-protected; `env` prints the client settings and credentials)")
+    sp = sub.add_parser("stack", help="local real services: PostgreSQL, SeaweedFS S3, MLflow server, Prefect server, "
+                                      "optionally a local Ray cluster (all password-protected; `env` prints the "
+                                      "client settings and credentials)",
+                        description="up: start (or reuse) the services; env: print their settings and credentials "
+                                    "for eval; status: running/healthy per service (no secret); down: stop them "
+                                    "all (data, secrets and ports are kept).")
     sp.add_argument("action", choices=["up", "down", "status", "env"])
+    sp.add_argument("--ray-nodes", type=_int_in(0, 26), default=None, metavar="N",
+                    help="with `up`: also start a local Ray cluster, a head (GCS, no CPUs) and N worker nodes "
+                         "(ray-node-a, -b, ...; custom resources node_a, node_b, ...), each node running with the "
+                         "stack's env and RLT_RAY_NODE; token auth on. `rlt stack env` then adds RLT_RAY_ADDRESS, "
+                         "RAY_AUTH_MODE and RAY_AUTH_TOKEN. Without it `up` starts no Ray, and refuses while this "
+                         "stack's Ray cluster runs (repeat its --ray-nodes, or `down` first). N: 0..26")
+    sp.add_argument("--ray-cpus-per-node", type=_int_in(1, 256), default=None, metavar="C",
+                    help="with `up --ray-nodes`: Ray CPUs each node offers, i.e. tasks at once per node (default 1)")
     sp.set_defaults(func=cmd_stack)
     sp = sub.add_parser("models", help="resolve a model reference (builtin:..., folder, hub id)")
     sp.add_argument("action", choices=["resolve"])

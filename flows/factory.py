@@ -19,10 +19,10 @@ from prefect import flow
 from data_contracts import ArtifactRef
 from flows.pipeline import From, Planned, STAGES, walk
 from flows.plan import annotate, stage_keys
-from flows.recipe import Recipe
-from infra.artifacts import digest
+from flows.recipe import Recipe, recipe_digest
 from tasks import report
 from tasks.common import RunContext, logger
+from tasks.executor import run_stage
 from tasks.runner import prefect_task
 
 log = logging.getLogger("rlt")
@@ -34,7 +34,8 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
     """Plan, then run every planned node in order; record the run; keep the catalog tidy afterwards."""
     r = Recipe.model_validate(recipe)
     ctx = RunContext(root=root, fail_shards=tuple(fail_shards or ()), tracking_uri=tracking_uri, tracking=tracking,
-                     catalog_url=catalog_url, prices=r.costs.model_dump(exclude_none=True))
+                     catalog_url=catalog_url, prices=r.costs.model_dump(exclude_none=True),
+                     executor=r.executor.model_dump(mode="json") if r.executor.kind != "local" else {})
     ctx.flow_name, ctx.recipe_name = flow_name, r.name   # OpenLineage job and parent-run names
     lg = logger()
     _log_prices(r)
@@ -101,7 +102,8 @@ def _run_nodes(ctx: RunContext, plans: list[Planned]) -> dict[str, ArtifactRef]:
         resolved = {role: (refs[(v.node, v.output)] if isinstance(v, From) else v) for role, v in inputs.items()}
         task = prefect_task(p.node.stage).with_options(
             task_run_name=f"{p.node.id}-{p.key[:10]}", tags=[f"stage:{p.stage}", f"key:{p.key}"])
-        result = task(ctx, p.cfg.model_dump(mode="json"), resolved, p.label, p.key)
+        result = run_stage(ctx, p.node.stage, task, dict(ctx=ctx, cfg=p.cfg.model_dump(mode="json"),
+                                                          inputs=resolved, label=p.label, key=p.key))
         for name, ref in result.items():
             ref = ArtifactRef.model_validate(ref)
             refs[(p.node.id, name)] = ref
@@ -120,7 +122,7 @@ def _record_run(ctx: RunContext, flow_name: str, r: Recipe, recipe: dict, status
     from infra.settings import redact_text
 
     ctx.catalog.append("runs", [dict(run_id=ctx.run_id, flow=flow_name, status=status, recipe=r.name,
-                                     recipe_hash=digest(recipe), mlflow_run_id=ctx.mlflow_parent,
+                                     recipe_hash=recipe_digest(recipe), mlflow_run_id=ctx.mlflow_parent,
                                      host=socket.gethostname(), code_version=_code_version(),
                                      detail=redact_text(detail)[:2000], tracking=ctx.tracker.tracking_state())],
                        message="run" if status != "running" else "ledger")

@@ -28,6 +28,7 @@ from rlt_core.prompts import PromptStyle
 from tasks.costs import CostsConfig
 from tasks.distill import DistillStageConfig
 from tasks.evaluate import EvaluateConfig
+from tasks.executor import ExecutorConfig
 from tasks.filter import FilterConfig
 from tasks.generate import GenerateConfig
 from tasks.ingest import IngestConfig
@@ -148,6 +149,8 @@ class Recipe(BaseModel):
     audits: AuditsConfig = Field(default_factory=AuditsConfig, description="write-audit-publish (not a stage)")
     costs: CostsConfig = Field(default_factory=CostsConfig, description="prices for the cost figures (not a stage; "
                                "RLT_PRICE_* environment variables win)")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where shard work runs (not a "
+                                     "stage: no key depends on it); `rlt factory --executor ray` sets kind")
 
     @model_validator(mode="before")
     @classmethod
@@ -157,6 +160,14 @@ class Recipe(BaseModel):
 
 class RecipeError(ValueError):
     pass
+
+
+def recipe_digest(recipe: dict) -> str:
+    """The runs record's recipe hash: what the recipe computes, so the executor (where work runs) is left out
+    (a night run locally and again on Ray is the same night)."""
+    from infra.artifacts import digest
+
+    return digest({k: v for k, v in recipe.items() if k != "executor"})
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

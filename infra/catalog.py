@@ -53,7 +53,7 @@ RELATIONS: dict[str, str] = {
     "lineage": "child_key VARCHAR, parent_key VARCHAR, role VARCHAR, run_id VARCHAR, ts TIMESTAMPTZ",
     "shards": "artifact_key VARCHAR, stage VARCHAR, shard_id VARCHAR, status VARCHAR, num_rows BIGINT, "
               "files VARCHAR[], digests VARCHAR[], error VARCHAR, run_id VARCHAR, host VARCHAR, pid BIGINT, "
-              "ts TIMESTAMPTZ",
+              "ts TIMESTAMPTZ, node VARCHAR",   # node: the Ray node that ran it ("" = the run's own process)
     "provenance": "example_id VARCHAR, kind VARCHAR, artifact_key VARCHAR, parent_id VARCHAR, parent_kind VARCHAR, "
                   "run_id VARCHAR",
     "stage_runs": "run_id VARCHAR, stage VARCHAR, label VARCHAR, artifact_key VARCHAR, status VARCHAR, "

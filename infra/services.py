@@ -137,6 +137,33 @@ def private_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path`` atomically, the file 0600 from its creation, its folder 0700."""
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{random.getrandbits(32):08x}")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+        fh.write(text)
+    tmp.replace(path)
+
+
+def secret_file(path: Path, create: bool, make, what: str):
+    """A one-line secret kept in ``path`` (0600) as a SecretStr; with ``create`` a new one (``make()``) is written
+    when there is none. None when there is none and ``create`` is False."""
+    from pydantic import SecretStr
+
+    with contextlib.suppress(FileNotFoundError):
+        if value := path.read_text().strip():
+            if stat.S_IMODE(path.stat().st_mode) != 0o600:
+                path.chmod(0o600)
+            return SecretStr(value)
+    if not create:
+        return None
+    value = make()
+    write_private(path, value + "\n")
+    logger.info("made a new %s in %s", what, path)
+    return SecretStr(value)
+
+
 def private_service_dir(root: str | os.PathLike, name: str) -> Path:
     """The service's folder as 0700, and ``_services/`` above it closed: 0700 unless it is already closed
     to others and to its group but for traversal (0710: the stack's PostgreSQL user must pass through)."""

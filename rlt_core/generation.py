@@ -33,6 +33,15 @@ class GenerationError(RuntimeError):
     """A backend could not produce a completion (server rejected the request, unreachable, bad reply)."""
 
 
+class EndpointUnavailable(GenerationError):
+    """A server stayed unreachable or kept failing (connection errors, 429, 5xx) through the client's retries:
+    the endpoint's fault rather than the request's, so another endpoint may serve the request (tasks/endpoints.py)."""
+
+    def __init__(self, message: str, url: str):
+        super().__init__(message)
+        self.url = url
+
+
 class SamplingConfig(BaseModel):
     """How to sample. ``temperature=0`` means greedy. ``stop`` strings end a completion and are cut from its text
     (vLLM's default, ``include_stop_str_in_output=False``)."""
@@ -321,20 +330,22 @@ class VLLMServerGenerator:
     """Client for a vLLM OpenAI-compatible server: one ``/v1/completions`` call per request, in a thread pool.
 
     Connection errors, 429 and 5xx replies are retried with exponential backoff (``backoff_s * 2**attempt``) up to
-    ``max_retries`` times; any other 4xx fails at once with the server's message. vLLM's per-request ``seed`` makes
-    a sample independent of concurrent requests.
+    ``max_retries`` times (connection errors at most ``connect_retries`` times, default ``max_retries``), then
+    raise ``EndpointUnavailable``; any other 4xx fails at once with the server's message. vLLM's per-request
+    ``seed`` makes a sample independent of concurrent requests.
     """
 
     name = "vllm-server"
     RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
     def __init__(self, base_url: str, model_name: str, max_concurrency: int = 16, timeout_s: float = 600.0,
-                 max_retries: int = 4, backoff_s: float = 0.5):
+                 max_retries: int = 4, backoff_s: float = 0.5, connect_retries: int | None = None):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.base_url = base_url.rstrip("/")
         self.model_name, self.max_concurrency = model_name, max_concurrency
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self.connect_retries = max_retries if connect_retries is None else min(connect_retries, max_retries)
         self._mutex = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._client = None
@@ -382,6 +393,7 @@ class VLLMServerGenerator:
 
         url = f"{self.base_url}/v1/completions"
         payload = completion_payload(req, sampling, self.model_name)
+        connect_failures = 0
         for attempt in range(self.max_retries + 1):
             t0 = time.perf_counter()
             try:
@@ -391,6 +403,9 @@ class VLLMServerGenerator:
                     from exc
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                connect_failures += 1
+                if connect_failures > self.connect_retries:
+                    break
             else:
                 if resp.status_code == 200:
                     return parse_completion(req, resp.json(), time.perf_counter() - t0)
@@ -402,8 +417,8 @@ class VLLMServerGenerator:
                 log.warning("request %s: %s; retry %d/%d in %.1fs", req.request_id, problem, attempt + 1,
                             self.max_retries, delay)
                 time.sleep(delay)
-        raise GenerationError(f"request {req.request_id!r}: {url} failed after {self.max_retries + 1} attempts; "
-                              f"last error: {problem}")
+        raise EndpointUnavailable(f"request {req.request_id!r}: {url} failed after {attempt + 1} attempts; "
+                                  f"last error: {problem}", self.base_url)
 
 
 def _error_message(resp) -> str:

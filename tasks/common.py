@@ -44,6 +44,7 @@ class RunContext:
     flow_name: str = ""     # the flow running the stages (OpenLineage parent job); "" outside a flow
     recipe_name: str = ""   # the recipe's name (OpenLineage job names: "<recipe>.<stage>")
     prices: dict = field(default_factory=dict)   # the recipe's `costs:` (RLT_PRICE_* win; tasks/costs.py)
+    executor: dict = field(default_factory=dict)   # the recipe's `executor:` (tasks/executor.py); {} = local
 
     @functools.cached_property
     def store(self) -> Store:

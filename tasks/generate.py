@@ -5,12 +5,15 @@ Shards are Prefect tasks (never one task per example). Rows carry
 what is already written. The engine stays warm: the model is loaded once per process (or one vLLM server per
 endpoint) and fed shard after shard; parts are written on a background thread. An in-process engine runs its
 shards one after another on the stage's own thread (see ``shards.run_shards`` for why); vLLM-server shards run
-``parallel_shards`` at a time, enough to keep every endpoint's request window full.
+``parallel_shards`` at a time, enough to keep every endpoint's request window full, each through the pool of
+endpoints (tasks/endpoints.py): a shard whose endpoint is down, or dies mid-shard, sends its remaining requests to a
+healthy one (the same texts, if every endpoint serves the same model and dtype).
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from contextlib import ExitStack
 from typing import Iterator, Literal, Optional
 
@@ -22,8 +25,10 @@ from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
 from rlt_core.prompts import PromptStyle, format_teacher_prompt
 from tasks import shards
 from tasks.reuse import Incremental
-from tasks.models import engine_lock, model_and_tokenizer, tokenizer
+from tasks.models import engine_lock, local_model, model_and_tokenizer, tokenizer
 from tasks.stage import Output, Stage, StageRun
+
+log = logging.getLogger("rlt")
 
 
 class GenerateConfig(BaseModel):
@@ -31,7 +36,9 @@ class GenerateConfig(BaseModel):
     num_samples: int = Field(default=4, ge=1, description="K explanations per problem")
     sampling: SamplingConfig = SamplingConfig(temperature=0.7, top_p=1.0, max_new_tokens=512)
     backend: Literal["hf", "vllm_server", "vllm"] = "hf"
-    endpoints: list[str] = Field(default_factory=list, description="vLLM OpenAI-compatible base URLs (vllm_server)")
+    endpoints: list[str] = Field(default_factory=list, description="vLLM OpenAI-compatible base URLs (vllm_server): "
+                                     "a pool, shards spread over the healthy ones (tasks/endpoints.py); [ray]: the servers the Ray "
+                                     "cluster's nodes advertise (a resource vllm_endpoint_<port>, see docs/scale-out.md)")
     served_model_name: Optional[str] = None
     concurrency: int = Field(default=64, ge=1, description="requests in flight per vLLM endpoint (vllm_server)")
     shard_size: int = Field(default=16, ge=1, description="problems per shard (the unit of retry)")
@@ -64,9 +71,10 @@ def explanation_id(problem_id: str, sample_index: int, gcd: str) -> str:
 _ENGINES: dict[tuple, object] = {}
 
 
-def engine(cfg: GenerateConfig, teacher_path: str, endpoint: str | None):
+def engine(cfg: GenerateConfig, teacher_path: str, endpoint: str | None, connect_retries: int | None = None):
     """One generator per (backend, model, endpoint) per process, reused by every shard."""
-    k = (cfg.backend, teacher_path, endpoint, cfg.dtype, cfg.batch_size, cfg.concurrency, cfg.served_model_name)
+    k = (cfg.backend, teacher_path, endpoint, cfg.dtype, cfg.batch_size, cfg.concurrency, cfg.served_model_name,
+         connect_retries)
     if k not in _ENGINES:
         if cfg.backend == "hf":
             model, tok = model_and_tokenizer(teacher_path, cfg.dtype)
@@ -74,7 +82,8 @@ def engine(cfg: GenerateConfig, teacher_path: str, endpoint: str | None):
         elif cfg.backend == "vllm_server":
             from rlt_core.generation import VLLMServerGenerator
 
-            _ENGINES[k] = VLLMServerGenerator(endpoint, cfg.served_model_name or teacher_path, cfg.concurrency)
+            _ENGINES[k] = VLLMServerGenerator(endpoint, cfg.served_model_name or teacher_path, cfg.concurrency,
+                                              connect_retries=connect_retries)
         else:
             from rlt_core.generation import VLLMOfflineGenerator
 
@@ -83,9 +92,13 @@ def engine(cfg: GenerateConfig, teacher_path: str, endpoint: str | None):
 
 
 def generate_shard(job: shards.ShardJob, cfg: GenerateConfig, teacher_path: str, teacher_digest: str,
-                   teacher_key: str, endpoint: str | None = None) -> shards.ShardResult:
-    """K completions for each problem of one shard, skipping ids an earlier attempt wrote."""
+                   teacher_key: str, endpoint: str | None = None, shard_index: int | None = None) -> shards.ShardResult:
+    """K completions for each problem of one shard, skipping ids an earlier attempt wrote. vllm_server: through
+    the pool of ``cfg.endpoints`` (or ``[endpoint]``), starting on ``endpoint`` (shard ``shard_index``'s own)."""
     gcd = gen_config_digest(cfg, teacher_key)
+    served = teacher_path   # the model name a vLLM server was started with (when served_model_name is unset)
+    # on a Ray worker of another host the driver's folder may not exist: the checkpoint is fetched and verified
+    teacher_path = local_model(job.ctx, f"artifact:{teacher_key}", teacher_path, teacher_digest)
     tok = tokenizer(teacher_path)
     todo = [(p, k) for p in job.rows for k in range(cfg.num_samples)
             if explanation_id(p["problem_id"], k, gcd) not in job.done_ids]
@@ -93,14 +106,49 @@ def generate_shard(job: shards.ShardJob, cfg: GenerateConfig, teacher_path: str,
     with engine_lock(teacher_path):   # the tokenizer is shared with the engine (not thread-safe)
         reqs = [GenRequest(rid, format_teacher_prompt(tok, p["question"], p["solution"], cfg.style),
                            sample_seed(cfg.seed, p["problem_id"], k)) for rid, (p, k) in by_id.items()]
-    if reqs:
+    if not reqs:
+        return job.finish()
+
+    def write(chunk: list, backend: str) -> None:
+        job.write([_row(by_id[r.request_id], r, cfg, teacher_digest, gcd, backend) for r in chunk])
+        job.count_tokens(tokens_in=sum(r.prompt_tokens for r in chunk),
+                         tokens_out=sum(r.completion_tokens for r in chunk))
+
+    if cfg.backend == "vllm_server":
+        _serve_on_pool(job.shard_id, cfg, served, reqs, write, endpoint, shard_index)
+    else:
         gen = engine(cfg, teacher_path, endpoint)
         results = gen.stream(reqs, cfg.sampling, lock=engine_lock(teacher_path))
         while chunk := list(itertools.islice(results, cfg.part_size)):
-            job.write([_row(by_id[r.request_id], r, cfg, teacher_digest, gcd, gen.name) for r in chunk])
-            job.count_tokens(tokens_in=sum(r.prompt_tokens for r in chunk),
-                             tokens_out=sum(r.completion_tokens for r in chunk))
+            write(chunk, gen.name)
     return job.finish()
+
+
+# with other endpoints to go to, a refused/reset connection is retried once (a stale keep-alive connection),
+# not through the client's full backoff (~7.5 s, or 5 connect timeouts for an unreachable host): the pool moves
+# the requests on and re-probes the endpoint after its cooldown; 429/5xx keep the client's full retries
+FAILOVER_CONNECT_RETRIES = 1
+
+
+def _serve_on_pool(shard_id: str, cfg: GenerateConfig, teacher_path: str, reqs: list[GenRequest], write,
+                   endpoint: str | None, shard_index: int | None) -> None:
+    """A shard's requests on the vLLM endpoint pool: failover to a healthy endpoint, never a request twice."""
+    from rlt_core.generation import VLLMServerGenerator
+    from tasks.endpoints import describe_counts, pool_for, serve
+
+    urls = [u.rstrip("/") for u in (cfg.endpoints or [endpoint])]
+    if shard_index is None:
+        shard_index = urls.index(endpoint.rstrip("/")) if endpoint and endpoint.rstrip("/") in urls else 0
+    pool = pool_for(urls)
+    retries = FAILOVER_CONNECT_RETRIES if len(urls) > 1 else None
+
+    def stream(url: str, todo: list[GenRequest]):
+        return engine(cfg, teacher_path, url, retries).stream(todo, cfg.sampling)
+
+    served = serve(pool, shard_index, reqs, stream, lambda chunk: write(chunk, VLLMServerGenerator.name),
+                   cfg.part_size)
+    log.info("generate shard %s: %d request(s) by endpoint: %s", shard_id, sum(served.values()),
+             describe_counts(served))
 
 
 def _row(pk, r, cfg: GenerateConfig, teacher_digest: str, gcd: str, backend: str) -> dict:
@@ -131,11 +179,17 @@ def generate(run: StageRun) -> dict:
     teacher, snap = run.ref("teacher"), run.model("teacher")
     with ExitStack() as stack:
         endpoints = list(cfg.endpoints)
+        if cfg.backend == "vllm_server" and endpoints == ["ray"]:   # the servers the cluster's nodes advertise
+            from tasks.endpoints import discover
+
+            endpoints = discover(run.ctx)
+            cfg = cfg.model_copy(update={"endpoints": endpoints})
         if cfg.backend == "vllm_server" and not endpoints:
             from infra.vllm_server import VLLMServer
 
             endpoints = [stack.enter_context(VLLMServer(snap.path)).base_url]
-            cfg = cfg.model_copy(update={"served_model_name": cfg.served_model_name or snap.path})
+            cfg = cfg.model_copy(update={"served_model_name": cfg.served_model_name or snap.path,
+                                         "endpoints": endpoints})
         if cfg.backend == "vllm_server":   # enough shards in flight to fill every endpoint's window, +2 queued
             per_shard = cfg.shard_size * cfg.num_samples
             need = len(endpoints) * (-(-cfg.concurrency // per_shard) + 2)
@@ -143,8 +197,8 @@ def generate(run: StageRun) -> dict:
         else:   # the model computes in this process: on this thread only (OpenMP, see shards.run_shards)
             cfg = cfg.model_copy(update={"parallel_shards": 1})
 
-        def args(i: int) -> tuple:   # shards spread over the endpoints
-            return (cfg, snap.path, snap.digest, teacher.key, endpoints[i % len(endpoints)] if endpoints else None)
+        def args(i: int) -> tuple:   # shards spread over the endpoints (a dead one's over the others: endpoints.py)
+            return (cfg, snap.path, snap.digest, teacher.key, endpoints[i % len(endpoints)] if endpoints else None, i)
 
         total = run.count("problems", selection(cfg)[0])
         summary = shards.run_shards(run, lambda: _problems(run), cfg.shard_size, generate_shard, args, "explanation_id",

@@ -26,8 +26,10 @@ class CheckpointCorrupt(RuntimeError):
     """A checkpoint's files do not hash to the digest its catalog record holds."""
 
 
-def checkpoint_snapshot(ctx: RunContext, ref: ArtifactRef) -> ModelSnapshot:
-    """A local, digest-verified folder for a checkpoint artifact (downloaded once when the store is remote)."""
+def checkpoint_snapshot(ctx: RunContext, ref: ArtifactRef | str) -> ModelSnapshot:
+    """A local, digest-verified folder for a checkpoint artifact (or its key), downloaded once when the store is
+    remote."""
+    ref = ref if isinstance(ref, ArtifactRef) else _KeyOnly(ref)
     rec = ctx.catalog.artifact(ref.key)
     if rec is None:
         raise KeyError(f"checkpoint {ref.key} is not committed")
@@ -57,9 +59,37 @@ def checkpoint_snapshot(ctx: RunContext, ref: ArtifactRef) -> ModelSnapshot:
     return ModelSnapshot(f"artifact:{ref.key}", path, rec["digest"])
 
 
+class _KeyOnly:
+    def __init__(self, key: str):
+        self.key = key
+
+
+def local_model(ctx: RunContext, ref: str, path: str, digest: str) -> str:
+    """The local folder of a model the stage resolved on the driver: ``path`` when it exists on this host (one
+    machine, or a shared file system), else the same model resolved here (a checkpoint ``artifact:<key>`` fetched
+    from the store, a ``builtin:`` model materialised, a hub id downloaded) and checked against ``digest``. This is
+    what lets a shard run on a Ray worker of another machine (tasks/executor.py)."""
+    if os.path.isdir(path):
+        return path
+    snap = checkpoint_snapshot(ctx, ref.removeprefix("artifact:")) if ref.startswith("artifact:") else \
+        resolve_model(ref)
+    if snap.digest != digest:
+        raise CheckpointCorrupt(f"model {ref}: resolved on {os.uname().nodename} to {snap.path} with digest "
+                                f"{snap.digest}, but the stage resolved it to digest {digest}; the hosts disagree "
+                                "on this model (a different folder or builtin build)")
+    log.info("model %s: %s is not on this host; using %s (digest verified)", ref, path, snap.path)
+    return snap.path
+
+
+def compute_device() -> str:
+    """Where shared (inference) models compute: $RLT_DEVICE, else the GPU when this process sees one (a Ray
+    shard task that asked for ``num_gpus`` sees exactly its GPU), else the CPU."""
+    return os.environ.get("RLT_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @functools.lru_cache(maxsize=4)
 def _load(path: str, dtype: str):
-    return load_causal_lm(path, DTYPES[dtype])
+    return load_causal_lm(path, DTYPES[dtype], device=compute_device())
 
 
 @functools.lru_cache(maxsize=4)

@@ -16,7 +16,7 @@ from infra.models import resolve_model
 from rlt_core.reward import RewardConfig, RLTReward
 from tasks import shards
 from tasks.reuse import Incremental, md5
-from tasks.models import engine_lock, model_and_tokenizer
+from tasks.models import engine_lock, local_model, model_and_tokenizer
 from tasks.stage import Output, Stage, StageRun
 
 
@@ -50,10 +50,14 @@ def ledger_rows(rows: list[dict], breakdowns: list, cfg: RewardConfig, teacher_d
 
 
 def score_shard(job: shards.ShardJob, cfg: ScoreConfig, teacher_path: str, teacher_digest: str,
-                student_path: str, student_digest: str) -> shards.ShardResult:
+                student_path: str, student_digest: str, teacher_ref: str = "",
+                student_ref: str = "") -> shards.ShardResult:
     """Score one shard's explanations with the RLT reward, part by part."""
     todo = [r for r in job.rows if r["explanation_id"] not in job.done_ids]
     if todo:
+        if teacher_ref:   # on a Ray worker of another host the driver's model folders may not exist
+            teacher_path = local_model(job.ctx, teacher_ref, teacher_path, teacher_digest)
+            student_path = local_model(job.ctx, student_ref, student_path, student_digest)
         teacher, tok = model_and_tokenizer(teacher_path, cfg.dtype)
         student, _ = model_and_tokenizer(student_path, cfg.dtype)
         reward = RLTReward(teacher=teacher, student=student, tokenizer=tok, config=cfg.reward)
@@ -89,7 +93,8 @@ def score(run: StageRun) -> dict:
     summary = shards.run_shards(
         run, lambda: run.rows("explanations", ["explanation_id", "problem_id", "sample_index", "question",
                                                "solution", "completion"]),
-        cfg.shard_size, score_shard, (cfg, teacher.path, teacher.digest, student.path, student.digest),
+        cfg.shard_size, score_shard, (cfg, teacher.path, teacher.digest, student.path, student.digest,
+                                      f"artifact:{run.ref('teacher').key}", student.ref),
         "explanation_id", parallel=cfg.parallel_shards, total_rows=run.ref("explanations").num_rows)
     stats = dict(summary.stats(), **_reward_stats(run))
     run.log.info("score: %d explanations scored, mean reward %.3f", run.writer().num_rows,

@@ -120,6 +120,9 @@ class ShardResult:
     num_rows: int
     digests: list[str] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)   # tokens computed (tasks/costs.py)
+    host: str = ""   # where it ran, when not this process (a Ray worker: tasks/executor.py)
+    pid: int = 0
+    node: str = ""
 
 
 @dataclass
@@ -195,7 +198,14 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
     summary, deferred = ShardSummary(), set()
     inflight: deque = deque()
     pool = task = None
-    if _in_prefect():
+    from tasks.executor import shard_executor
+
+    remote = shard_executor(ctx, stage)   # shards on a Ray cluster (executor: kind ray), or None: here
+    if remote is not None:
+        from tasks.executor import run_remote_shard
+
+        task, parallel = shard_task(run_remote_shard, f"{stage}-shard", run.stage.version), remote.in_flight
+    elif _in_prefect():
         task = shard_task(fn, f"{stage}-shard", run.stage.version)
     elif parallel > 1:
         pool = ThreadPoolExecutor(parallel, thread_name_prefix=f"{stage}-shard")
@@ -217,12 +227,14 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
     with _BARS_LOCK:
         _BARS[writer.key] = bar
 
-    def record(sid: str, status: str, files: list[str], n: int, error: str = "", digests=()) -> None:
+    def record(sid: str, status: str, files: list[str], n: int, error: str = "", digests=(),
+               where: ShardResult | None = None) -> None:
         ctx.catalog.append("shards", [dict(artifact_key=writer.key, stage=stage, shard_id=sid, status=status,
                                            num_rows=n, files=[ctx.store.rel(f) for f in files],
                                            digests=list(digests),
                                            error=redact_text(error),
-                                           run_id=ctx.run_id, host=host(), pid=_pid())])
+                                           run_id=ctx.run_id, host=(where and where.host) or host(),
+                                           pid=(where and where.pid) or _pid(), node=(where and where.node) or "")])
 
     def reuse(st: dict) -> None:
         files = [ctx.store.path(f) for f in st["files"]]
@@ -238,8 +250,10 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
             record(job.shard_id, "failed", [], 0, f"{type(exc).__name__}: {exc}"[:2000])
             summary.failed.append(job.shard_id)
         else:
-            record(res.shard_id, "done", res.files, res.num_rows, digests=res.digests)
+            record(res.shard_id, "done", res.files, res.num_rows, digests=res.digests, where=res)
             writer.add_files(res.files, res.num_rows, res.digests)
+            if remote is not None:   # a worker's progress does not reach this process's bar
+                bar.update(res.num_rows - len(job.done_ids))
             summary.done += 1
             for k, v in (res.usage or {}).items():   # this run's work only: reused shards cost it nothing
                 run.usage[k] = run.usage.get(k, 0) + v
@@ -283,7 +297,9 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
             bar.update(len(job.done_ids))
             log.info("%s shard %s: resuming, %d rows already written", stage, sid, len(job.done_ids))
         a = args(i) if callable(args) else args
-        if parallel <= 1:
+        if remote is not None:
+            fut = remote.submit(task, fn, job, a)
+        elif parallel <= 1:
             fut = _inline(task or fn, job, a)
         else:
             fut = task.submit(job, *a) if pool is None else pool.submit(fn, job, *a)
@@ -291,6 +307,8 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
         drain(parallel - 1)
 
     try:
+        if remote is not None:
+            remote.__enter__()
         for i, chunk in enumerate(chunks(source(), shard_size)):
             consider(i, chunk, wait=False)
         drain(0)
@@ -310,6 +328,8 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
             lease.release()
         if pool is not None:
             pool.shutdown(wait=True)
+        if remote is not None:
+            remote.__exit__(None, None, None)
         bar.close()
         with _BARS_LOCK:
             _BARS.pop(writer.key, None)
@@ -321,18 +341,19 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
     return summary
 
 
-_SHARD_TASKS: dict[str, Any] = {}
+_SHARD_TASKS: dict[tuple, Any] = {}
 
 
 def shard_task(fn: Callable, name: str, version: str):
     """A stage's shard function as a Prefect task carrying the stage version (built on first use, once)."""
-    if name not in _SHARD_TASKS:
+    key = (name, fn)   # one name, two bodies: the shard function here, or its Ray wrapper (tasks/executor.py)
+    if key not in _SHARD_TASKS:
         from prefect import task
         from prefect.cache_policies import NO_CACHE
 
-        _SHARD_TASKS[name] = task(fn, name=name, version=version, cache_policy=NO_CACHE, persist_result=False,
-                                  retries=0)
-    return _SHARD_TASKS[name]
+        _SHARD_TASKS[key] = task(fn, name=name, version=version, cache_policy=NO_CACHE, persist_result=False,
+                                 retries=0)
+    return _SHARD_TASKS[key]
 
 
 def _inline(fn: Callable, job: ShardJob, args: tuple) -> Future:

@@ -148,3 +148,121 @@ def test_offline_generator_in_the_vllm_env(smol_model_path, tmp_path):
     res = json.loads(line[len("RESULT"):])
     assert res[0]["text"] == res[2]["text"] != res[1]["text"]
     assert all(r["finish_reason"] in ("stop", "length") and 0 < r["completion_tokens"] <= 16 for r in res)
+
+
+# ---------------------------------------------------------------------------------------------------- endpoint pool
+# generate (backend vllm_server) over a pool of real servers: a dead endpoint's shards and a killed endpoint's
+# remaining requests move to a live one, and the data is what the live server alone produces (same model and dtype
+# on every server: float32 here, see the `server` fixture).
+
+POOL_GEN = dict(backend="vllm_server", num_samples=2, sampling={"temperature": 1.0, "max_new_tokens": 16},
+                shard_size=2, part_size=1, concurrency=8)
+
+
+def _explanations(ctx, ref) -> list[dict]:
+    return ctx.catalog.sql(f"SELECT explanation_id, completion, seed FROM data_explanations "
+                           f"WHERE artifact_key = '{ref.key}' ORDER BY explanation_id").to_pylist()
+
+
+def _generate(root, model_path: str, **cfg):
+    from tasks import generate
+    from tests.tasks.helpers import setup
+
+    ctx, problems, teacher = setup(str(root), model_path, n=6)
+    ref = generate.run(ctx, generate.GenerateConfig(**{**POOL_GEN, **cfg}), problems, teacher)
+    return ref, _explanations(ctx, ref)
+
+
+@pytest.fixture(scope="module")
+def second_server(smol_model_path, tmp_path_factory):
+    """A second server for the kill test, started in the background at once (its ~35 s start-up overlaps the pool
+    tests before it); call the fixture's value to wait for it."""
+    import threading
+
+    srv = VLLMServer(smol_model_path, dtype="float32", log_path=tmp_path_factory.mktemp("vllm2") / "server.log")
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            srv.start()
+        except BaseException as exc:  # surfaced by ready()
+            failed.append(exc)
+
+    starting = threading.Thread(target=start, daemon=True)
+    starting.start()
+
+    def ready() -> VLLMServer:
+        starting.join()
+        if failed:
+            raise failed[0]
+        return srv
+
+    yield ready
+    starting.join()
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def alone(server, second_server, smol_model_path, tmp_path_factory):
+    """The explanations generated against the module's live server alone (second_server: start it meanwhile)."""
+    return _generate(tmp_path_factory.mktemp("alone"), smol_model_path, endpoints=[server.base_url],
+                     served_model_name=server.model_name)
+
+
+@needs_vllm
+@pytest.mark.vllm
+def test_generate_skips_a_dead_endpoint(server, alone, smol_model_path, tmp_path, caplog):
+    from infra.vllm_server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with caplog.at_level("INFO", logger="rlt"):
+        ref, rows = _generate(tmp_path, smol_model_path, endpoints=[dead, server.base_url],
+                              served_model_name=server.model_name)
+    assert ref.key == alone[0].key and rows == alone[1]
+    assert len(rows) == len({r["explanation_id"] for r in rows}) > 0
+    assert any(f"{dead} marked dead" in r.getMessage() for r in caplog.records)
+
+
+def _shard_parts(root, shard_id: str) -> int:
+    return sum(1 for dp, _, fs in os.walk(root) if dp.endswith(f"/shards/{shard_id}")
+               for f in fs if f.startswith("part-") and f.endswith(".parquet"))
+
+
+@needs_vllm
+@pytest.mark.vllm
+def test_generate_survives_an_endpoint_killed_mid_stage(server, second_server, alone, smol_model_path, tmp_path,
+                                                         caplog):
+    """Shard 00001 runs on the second server, one request at a time; once its first part is written the server's
+    whole process group is SIGKILLed: the shard's remaining requests finish on the first server."""
+    import signal
+    import threading
+    import time
+
+    victim = second_server()
+    killed, done = threading.Event(), threading.Event()
+
+    def kill_after_first_part() -> None:
+        while not done.is_set():
+            if _shard_parts(tmp_path / "data", "00001"):
+                os.killpg(victim._proc.pid, signal.SIGKILL)   # the api server and its engine core, at once
+                killed.set()
+                return
+            time.sleep(0.01)
+
+    with caplog.at_level("INFO", logger="rlt"):
+        watcher = threading.Thread(target=kill_after_first_part, daemon=True)
+        watcher.start()
+        try:
+            ref, rows = _generate(tmp_path / "data", smol_model_path, endpoints=[server.base_url, victim.base_url],
+                                  served_model_name=server.model_name, concurrency=1)
+        finally:
+            done.set()
+            watcher.join(5)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "rlt"]
+    assert killed.is_set(), "shard 00001 wrote no part before the stage ended: make the work bigger"
+    assert any(f"{victim.base_url} marked dead" in m for m in msgs), msgs
+    assert ref.key == alone[0].key
+    assert len(rows) == len({r["explanation_id"] for r in rows}) == len(alone[1])   # none missing or twice
+    assert rows == alone[1]   # same texts whichever server sampled them
+    moved = [m for m in msgs if "generate shard 00001" in m and "by endpoint" in m]
+    assert moved and victim.base_url in moved[0] and server.base_url in moved[0], msgs

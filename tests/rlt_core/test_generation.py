@@ -12,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pydantic
 import pytest
+
+from tests.fake_http import send_json
 import torch
 
 from rlt_core.generation import (
@@ -247,12 +249,7 @@ class _CompletionsHandler(BaseHTTPRequestHandler):
                                                          "completion_tokens": body["max_tokens"]}})
 
     def _send(self, code, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, obj)
 
 
 @pytest.fixture
