@@ -121,6 +121,9 @@ def main() -> int:
                 "local, 2 threads": _child(args, "local 2 threads", {}, None)}
     finally:
         stack.down(services)
+        from tests.infra.services_fixtures import drop_postgres_cluster
+
+        drop_postgres_cluster(services, stack.load_state(services)["postgres"]["cluster_dir"])
     base = runs["local, 1 thread"]
     for name, r in runs.items():
         if (r["keys"], r["ids"]) != (base["keys"], base["ids"]):

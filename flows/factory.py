@@ -61,6 +61,10 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
         raise
     finally:
         _maintain(ctx)
+        if ctx.executor:
+            from tasks.executor import disconnect
+
+            disconnect()   # a driver left attached to a cluster that goes away is ended by Ray
     ctx.tracker.set_tags(ctx.mlflow_parent, {f"rlt.artifact.{k}": v.key for k, v in out.items()
                                              if isinstance(v, ArtifactRef)})
     ctx.tracker.end_run(ctx.mlflow_parent)

@@ -176,6 +176,17 @@ def _connect(address: str, runtime_env_items: tuple) -> dict:
     return dict(ray.cluster_resources())
 
 
+def disconnect() -> None:
+    """Leave the cluster this process connected to (end of a run): a Ray driver whose cluster later goes away
+    is ended by Ray itself (its GCS reconnect timeout), so a long-lived process must not stay attached."""
+    if _connect.cache_info().currsize:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        _connect.cache_clear()
+
+
 def _runtime_env(cfg: ExecutorConfig) -> dict:
     env = dict(cfg.runtime_env)
     copied = {name: os.environ[name] for name in cfg.env if name in os.environ}

@@ -21,6 +21,7 @@ import pytest
 from tasks.common import RunContext
 
 from tests.flows.test_factory import tiny_recipe
+from tests.infra.services_fixtures import drop_postgres_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -38,11 +39,21 @@ def ray_stack(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     for k, v in env.items():
         mp.setenv(k, v)
+    # Prefect read its settings when this process first used them (an earlier test's ephemeral server): point this
+    # process's flows at the stack's server, as a CLI started with `rlt stack env` would be
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
     try:
-        yield root, env
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"],
+                                         PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}):
+            yield root, env
     finally:
+        from tasks.executor import disconnect
+
+        disconnect()   # before the cluster goes: Ray ends a driver whose GCS stays unreachable (~60 s)
         mp.undo()
         stack.down(root)
+        drop_postgres_cluster(root, stack.load_state(root)["postgres"]["cluster_dir"])
 
 
 def _run(recipe: dict, root: str, catalog_url: str | None = None, **kw) -> dict:
