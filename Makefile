@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: setup demo test test-slow test-faults test-all test-vllm bench stack-up stack-down clean setup-vllm
+.PHONY: setup demo test test-slow test-faults test-all test-vllm bench evidence stack-up stack-down clean setup-vllm
 
 setup: $(STAMP)
 
@@ -55,6 +55,10 @@ test-vllm: setup setup-vllm
 bench: setup
 	$(PY) bench/reward.py
 	$(PY) bench/generate.py
+
+# the method evidence of docs/results.md (~100 min on a quiet 2-core machine; resumable: rerun to continue)
+evidence: setup
+	$(PY) experiments/evidence.py --out .scratch/evidence
 
 stack-up: setup
 	$(VENV)/bin/rlt stack up

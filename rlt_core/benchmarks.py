@@ -92,6 +92,9 @@ BUILTIN_BENCHMARKS: dict[str, BenchmarkSpec] = {
                       n=200, seed=HELDOUT_SEED),
         BenchmarkSpec(name="arithmetic-heldout", dataset="builtin:arithmetic", split="heldout", grader="arithmetic",
                       prompt_template=_BOXED + "{prompt}", question_column="question", n=200, seed=HELDOUT_SEED),
+        BenchmarkSpec(name="arithmetic-easy-heldout", dataset="builtin:arithmetic-easy", split="heldout",
+                      grader="arithmetic", prompt_template=_BOXED + "{prompt}", question_column="question", n=200,
+                      seed=HELDOUT_SEED),
     )
 }
 

@@ -1,4 +1,4 @@
-"""Seeded offline problem generators: countdown and multi-step arithmetic.
+"""Seeded offline problem generators: countdown, multi-step arithmetic and its easier variant (arithmetic-easy).
 
 Both families come with worked reference solutions, so the whole factory (teacher prompt with
 question + solution, RLT reward, distillation, graded evaluation) can run without any hub.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Optional
 
-KINDS = ("countdown", "arithmetic")
+KINDS = ("countdown", "arithmetic", "arithmetic-easy")
 PARTITIONS = ("train", "eval")
 _EVAL_SHARE = 8  # 1 in 8 canonical problems belongs to the eval partition
 
@@ -128,11 +128,12 @@ def countdown_problem(rng: random.Random, max_tries: int = 1000) -> dict:
     raise RuntimeError(f"no countdown problem found in {max_tries} tries")
 
 
-def arithmetic_problem(rng: random.Random, max_tries: int = 1000) -> dict:
+def arithmetic_problem(rng: random.Random, max_tries: int = 1000, sizes: tuple[int, ...] = (3, 4), high: int = 50,
+                       ops: str = "+-*", task: str = "arithmetic") -> dict:
     """One multi-step integer arithmetic problem over 3-4 operands in [1, 50] with + - *."""
     for _ in range(max_tries):
-        operands = [rng.randint(1, 50) for _ in range(rng.choice((3, 4)))]
-        tree = _random_tree(rng, operands, "+-*")
+        operands = [rng.randint(1, high) for _ in range(rng.choice(sizes))]
+        tree = _random_tree(rng, operands, ops)
         if tree is None:
             continue
         expr = render(tree)
@@ -140,13 +141,20 @@ def arithmetic_problem(rng: random.Random, max_tries: int = 1000) -> dict:
         solution = "\n".join([f"We evaluate {expr} step by step, innermost operations first.",
                               *_worked_steps(tree),
                               f"The answer is \\boxed{{{value}}}."])
-        return dict(question=f"Compute {expr}.", solution=solution, answer=value, task="arithmetic",
+        return dict(question=f"Compute {expr}.", solution=solution, answer=value, task=task,
                     meta={"expression": expr, "value": int(tree.value)})
     raise RuntimeError(f"no arithmetic problem found in {max_tries} tries")
 
 
+def arithmetic_easy_problem(rng: random.Random, max_tries: int = 1000) -> dict:
+    """The easier arithmetic: 3 operands in [1, 10] with + - * (two worked steps). A 135M model answers some of
+    these (SmolLM2-135M-Instruct: see docs/results.md), so distillation can move its accuracy either way."""
+    return arithmetic_problem(rng, max_tries, sizes=(3,), high=10, task="arithmetic-easy")
+
+
 _MAKERS: dict[str, Callable[[random.Random], dict]] = {"countdown": countdown_problem,
-                                                        "arithmetic": arithmetic_problem}
+                                                        "arithmetic": arithmetic_problem,
+                                                        "arithmetic-easy": arithmetic_easy_problem}
 
 
 def canonical_key(problem: dict) -> str:
@@ -167,7 +175,7 @@ def generate(kind: str, n: int, seed: int, partition: str = "train") -> list[dic
     """Generate ``n`` distinct problems of one kind, deterministically from ``seed``.
 
     Args:
-        kind: ``"countdown"`` or ``"arithmetic"``.
+        kind: ``"countdown"``, ``"arithmetic"`` or ``"arithmetic-easy"``.
         n: number of problems (>= 0).
         seed: RNG seed; the same arguments always give the same list, and a longer list with the same
             seed starts with the shorter one.

@@ -8,7 +8,7 @@ import pytest
 from rlt_core.builtin_problems import (Node, canonical_key, generate, partition_of, render, steps)
 from rlt_core.grading import evaluate_expression, grade_arithmetic, grade_countdown
 
-KINDS = ["countdown", "arithmetic"]
+KINDS = ["countdown", "arithmetic", "arithmetic-easy"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -49,6 +49,19 @@ def test_arithmetic_answer_is_value_of_question_expression():
         assert 3 <= len(used) <= 4
         assert p["solution"].endswith(f"The answer is \\boxed{{{p['answer']}}}.")
         assert grade_arithmetic(p["solution"], p["answer"]).correct
+
+
+def test_arithmetic_easy_has_three_small_operands_and_its_own_heldout_benchmark():
+    from rlt_core.benchmarks import benchmark_items, get_benchmark, load_benchmark_rows
+
+    for p in generate("arithmetic-easy", 300, seed=5):
+        expr = re.fullmatch(r"Compute (.+)\.", p["question"]).group(1)
+        value, used = evaluate_expression(expr)
+        assert len(used) == 3 and all(1 <= u <= 10 for u in used), expr
+        assert str(value.numerator) == p["answer"] and p["task"] == "arithmetic-easy"
+    spec = get_benchmark("arithmetic-easy-heldout")
+    items = benchmark_items(spec, load_benchmark_rows(spec))
+    assert len(items) == 200 and all(partition_of(r) == "eval" for r in load_benchmark_rows(spec))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -1,0 +1,498 @@
+"""Experiment: does the RLT method work at the scale of a 2-core CPU? One command, resumable, every phase on disk.
+
+    python experiments/evidence.py --out .scratch/evidence                 # the measurement (about 90-120 min)
+    python experiments/evidence.py --profile smoke --out /tmp/evidence     # tiny random models, minutes (CI)
+
+It measures the three claims of the RLT paper with the builtin SmolLM2-135M-Instruct as teacher and student, on
+the builtin ``arithmetic-easy`` problems (3 operands in 1..10 with + - *, worked solutions; the base student's
+held-out accuracy sits inside 5-60%: 9% on 64 items when the task was chosen):
+
+1. *The teacher learns.* Teacher-format SFT warm-up (the paper's phase 1), then GRPO with the RLT reward
+   (:func:`rlt_core.training.grpo.train_teacher_grpo`, TRL's GRPOTrainer) for ``grpo_steps`` steps. The mean
+   reward on held-out problems (``heldout_prompts`` x ``heldout_samples``, the same per-sample seeds before and
+   after) is compared per problem: mean difference with a 95% bootstrap CI over problems, and a paired t interval.
+   Every reward term per GRPO step goes to ``grpo_history.json`` and ``reward_terms.png``.
+2. *The explanations teach better.* One student per dataset, same steps, batch and max length
+   (:func:`rlt_core.training.distill.distill_student`): ``reference`` (the reference solution, no thought block),
+   ``untrained`` (one explanation per problem from the teacher before GRPO, i.e. after the SFT warm-up),
+   ``trained`` (sample 0 of the trained teacher) and ``trained_best_of_k`` (the highest-reward of K samples).
+   Each is evaluated greedily on ``eval_items`` held-out items (the ``arithmetic-easy-heldout`` partition; never in
+   any training set) with a 95% bootstrap CI, plus the paired difference to ``reference``.
+3. *Reward vs teaching.* The trained teacher's K x M explanations sorted by reward into quartiles; one student per
+   quartile (same budget); held-out accuracy per quartile and its Spearman/Pearson correlation with the bin's mean
+   reward.
+
+Every phase writes its result to ``--out`` and is skipped when the file is there, so a killed run resumes at the
+phase it was in. ``results.json`` gathers everything; ``report.md`` is the table docs/results.md quotes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from typing import Any, Callable, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+log = logging.getLogger("experiments.evidence")
+
+BOXED = "Return your final response within \\boxed{}. "
+PROFILES: dict[str, dict[str, Any]] = {
+    # the measurement: about 90-120 min on the quiet 2-core machine (see docs/results.md for the wall times)
+    # sft 8 x 4 at 2e-5, not 16 x 4 at 5e-5: the heavier warm-up made the teacher copy the solution deterministically
+    # (4 identical samples per prompt, zero reward variance in every group, zero gradient: docs/results.md)
+    "full": dict(tiny=False, task="arithmetic-easy", train_problems=400, sft_steps=8, sft_lr=2e-5, grpo_steps=100,
+                 group=4, prompts_per_step=2, max_new_tokens=96, lr=1e-4, beta=0.04, lora_r=16,
+                 heldout_prompts=64, heldout_samples=4, distill_problems=128, best_of_k=4, distill_steps=32,
+                 distill_batch=8, distill_lr=5e-5, eval_items=200, eval_max_new_tokens=200, batch=16, eval_batch=32),
+    # plumbing only (tiny random models): what CI runs
+    "smoke": dict(tiny=True, task="arithmetic-easy", train_problems=16, sft_steps=2, sft_lr=5e-5, grpo_steps=2,
+                  group=2, prompts_per_step=2, max_new_tokens=12, lr=5e-5, beta=0.04, lora_r=4,
+                  heldout_prompts=4, heldout_samples=2, distill_problems=8, best_of_k=4, distill_steps=2,
+                  distill_batch=4, distill_lr=5e-5, eval_items=8, eval_max_new_tokens=12, batch=8, eval_batch=8),
+}
+SHORT_TEACHER = ("You are given a question and its solution. Explain step by step how to reach the solution, "
+                 "inside the explanation tags.")
+EMPTY = "(no explanation)"
+SHORT_STUDENT = "Think step by step inside the thought tags, then give the solution."
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def _phase(out: str, name: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` once: its JSON result is kept in ``out/<name>.json`` (written atomically) and reused after."""
+    path = os.path.join(out, f"{name}.json")
+    if os.path.exists(path):
+        log.info("phase %s: done earlier (%s)", name, path)
+        with open(path) as f:
+            return json.load(f)
+    log.info("phase %s: start", name)
+    t0 = time.perf_counter()
+    result = fn()
+    result = {"seconds": round(time.perf_counter() - t0, 1), **result}
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+    log.info("phase %s: %.0f s", name, result["seconds"])
+    return result
+
+
+def _style():
+    from rlt_core.prompts import PromptStyle
+
+    # Same tags and layout as the paper; only the two ~250-token system prompts are shortened (CPU time).
+    return PromptStyle(teacher_system_prompt=SHORT_TEACHER, student_system_prompt=SHORT_STUDENT)
+
+
+def _tokenizer_and_builder(cfg: dict):
+    """(tokenizer, make(path or None, seed) -> model): the builtin SmolLM2, or tiny random models (smoke)."""
+    from infra.models import builtin_tokenizer_dir, resolve_model
+    from rlt_core.modeling import load_causal_lm, load_tokenizer, tiny_causal_lm
+
+    if cfg["tiny"]:
+        tok = load_tokenizer(builtin_tokenizer_dir())
+
+        def make(path: Optional[str], seed: int = 0):
+            return load_causal_lm(path) if path else tiny_causal_lm(tok, seed=seed)
+        return tok, make
+    base = resolve_model("builtin:smollm2-135m-instruct").path
+    tok = load_tokenizer(base)
+    return tok, lambda path, seed=0: load_causal_lm(path or base)
+
+
+def _runtime(seed: int, save_steps: int = 100_000):
+    from rlt_core.training.common import RuntimeSettings
+
+    return RuntimeSettings(use_cpu=True, bf16=False, gradient_checkpointing=False, seed=seed, save_steps=save_steps)
+
+
+def mean_ci(values: list[float], n_boot: int = 4000, seed: int = 0) -> dict:
+    """Mean with a 95% percentile-bootstrap CI and a t interval (the unit resampled is the list element)."""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    boot = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    se = x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else float("nan")
+    t = stats.t.ppf(0.975, len(x) - 1) if len(x) > 1 else float("nan")
+    return {"mean": float(x.mean()), "ci95_bootstrap": [float(lo), float(hi)],
+            "ci95_t": [float(x.mean() - t * se), float(x.mean() + t * se)], "n": int(len(x))}
+
+
+# --------------------------------------------------------------------------------------------------- teacher side
+def teacher_samples(teacher, student, tok, problems: list[dict], k: int, seed: int, cfg: dict, style) -> list[dict]:
+    """``k`` explanations per problem (request seeds ``seed + 1000*i + j``), each scored with the RLT reward."""
+    from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
+    from rlt_core.prompts import format_teacher_prompt
+    from rlt_core.reward import RewardConfig, RLTReward
+
+    prompts = [format_teacher_prompt(tok, p["question"], p["solution"], style) for p in problems]
+    reqs = [GenRequest(f"{i}#{j}", prompts[i], seed + 1000 * i + j) for i in range(len(problems)) for j in range(k)]
+    results = HFGenerator(teacher, tok, cfg["batch"]).generate(
+        reqs, SamplingConfig(temperature=0.7, top_p=1.0, max_new_tokens=cfg["max_new_tokens"]))
+    idx = [(i, j) for i in range(len(problems)) for j in range(k)]
+    reward = RLTReward(teacher, student, tok, RewardConfig(batch_size=cfg["batch"], prompt_style=style))
+    scored = reward.score([problems[i]["question"] for i, _ in idx], [problems[i]["solution"] for i, _ in idx],
+                          [r.text for r in results], prompts=[prompts[i] for i, _ in idx])
+    rows = []
+    for (i, j), res, b in zip(idx, results, scored):
+        rows.append({"problem": i, "sample": j, "seed": seed + 1000 * i + j, "text": res.text,
+                     "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
+                     "has_format_penalty": float(b.format_penalty != 0),
+                     **{t: float(getattr(b, t)) for t in ("reward", "r_ss", "r_kl", "format_penalty",
+                                                          "answer_logprob_mean", "kl_mean", "n_explanation_tokens")}})
+    return rows
+
+
+def _explanation(text: str, style) -> str:
+    from rlt_core.prompts import parse_teacher_completion
+
+    return parse_teacher_completion(text, style).explanation
+
+
+def group_diversity(rows: list[dict]) -> dict:
+    """Distinct completions per problem and the within-problem reward std: GRPO's learning signal. With one
+    distinct completion per group every advantage is 0 and no gradient flows (what the heavier warm-up caused)."""
+    groups: dict[int, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["problem"], []).append(r)
+
+    def std(xs: list[float]) -> float:
+        m = sum(xs) / len(xs)
+        return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+    return {"distinct_per_problem": sum(len({r["text"] for r in g}) for g in groups.values()) / len(groups),
+            "samples_per_problem": sum(len(g) for g in groups.values()) / len(groups),
+            "within_problem_reward_std": sum(std([r["reward"] for r in g]) for g in groups.values()) / len(groups)}
+
+
+def paired_reward_change(before: list[dict], after: list[dict]) -> dict:
+    """Per held-out problem: mean reward over its samples after minus before (same seeds); CI over problems."""
+    def per_problem(rows: list[dict], key: str) -> dict[int, float]:
+        acc: dict[int, list[float]] = {}
+        for r in rows:
+            acc.setdefault(r["problem"], []).append(r[key])
+        return {p: sum(v) / len(v) for p, v in acc.items()}
+
+    out = {"diversity": {"before": group_diversity(before), "after": group_diversity(after)}}
+    for key in ("reward", "r_ss", "r_kl", "has_format_penalty", "n_explanation_tokens"):
+        b, a = per_problem(before, key), per_problem(after, key)
+        out[key] = {"before": mean_ci(list(b.values())), "after": mean_ci(list(a.values())),
+                    "difference": mean_ci([a[p] - b[p] for p in sorted(b)])}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- student side
+def eval_items(cfg: dict) -> list:
+    import rlt_core.benchmarks as bm
+
+    spec = bm.get_benchmark(f"{cfg['task']}-heldout").model_copy(update={"n": cfg["eval_items"]})
+    return bm.benchmark_items(spec, bm.load_benchmark_rows(spec))
+
+
+def evaluate_student(model, tok, items: list, cfg: dict, style) -> dict:
+    """Greedy answers to the held-out items (student system prompt + the boxed instruction), graded."""
+    from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
+    from rlt_core.grading import get_grader
+
+    def prompt(text: str) -> str:
+        return tok.apply_chat_template([{"role": "system", "content": style.student_system_prompt},
+                                        {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+    reqs = [GenRequest(it.item_id, prompt(it.prompt), 0) for it in items]
+    results = HFGenerator(model, tok, cfg["eval_batch"]).generate(
+        reqs, SamplingConfig(temperature=0.0, max_new_tokens=cfg["eval_max_new_tokens"]))
+    grader = get_grader(items[0].grader)
+    graded = [grader(r.text, it.reference, **it.grader_args) for r, it in zip(results, items)]
+    correct = [bool(g.correct) for g in graded]
+    return {"accuracy": mean_ci([float(c) for c in correct]), "correct": correct,
+            "truncated": sum(r.finish_reason == "length" for r in results),
+            "mean_completion_tokens": sum(r.completion_tokens for r in results) / len(results),
+            "examples": [{"prompt": it.prompt, "response": r.text, "reference": it.reference, "correct": c}
+                         for it, r, c in list(zip(items, results, correct))[:3]]}
+
+
+def distill_and_eval(name: str, rows: list[dict], tok, make, items: list, cfg: dict, style, out: str) -> dict:
+    from rlt_core.training.distill import DistillConfig, distill_student
+
+    student = make(None, 1)
+    dcfg = DistillConfig(learning_rate=cfg["distill_lr"], lr_scheduler_type="cosine", warmup_ratio=0.1,
+                         batch_size=cfg["distill_batch"], per_device_batch_size=cfg["distill_batch"],
+                         max_length=768, max_steps=cfg["distill_steps"], style=style, runtime=_runtime(cfg["seed"]))
+    res = distill_student(student, tok, rows, dcfg, os.path.join(out, "students", name), resume=False)
+    result = evaluate_student(student.eval(), tok, items, cfg, style)
+    return {"name": name, "rows": len(rows), "steps": res.steps, "final_loss": res.final_loss,
+            "train_tokens_in": res.tokens_in, "train_tokens_out": res.tokens_out, **result}
+
+
+def paired_difference(a: list[bool], b: list[bool]) -> dict:
+    """accuracy(a) - accuracy(b) on the same items, with a bootstrap CI over items."""
+    return mean_ci([float(x) - float(y) for x, y in zip(a, b)])
+
+
+# ----------------------------------------------------------------------------------------------------------- flow
+def run(cfg: dict, stop_after: Optional[str] = None) -> dict:
+    """All phases (``stop_after="teacher"``: only the teacher side, claim 1; a later run continues from there)."""
+    import torch
+
+    from rlt_core.builtin_problems import generate
+    from rlt_core.reward import RewardConfig
+    from rlt_core.training.common import LoraSettings
+    from rlt_core.training.grpo import TeacherGRPOConfig, train_teacher_grpo
+    from rlt_core.training.sft_teacher import TeacherSFTConfig, train_teacher_sft
+
+    out, seed = cfg["out"], cfg["seed"]
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(seed)
+    style = _style()
+    tok, make = _tokenizer_and_builder(cfg)
+    # Disjoint problem sets: GRPO prompts, teacher-side held-out prompts (also train partition, never trained on),
+    # distillation problems; student evaluation items come from the eval partition.
+    pool = generate(cfg["task"], cfg["train_problems"] + cfg["heldout_prompts"] + cfg["distill_problems"], seed)
+    grpo_rows = pool[:cfg["train_problems"]]
+    heldout = pool[cfg["train_problems"]:cfg["train_problems"] + cfg["heldout_prompts"]]
+    distill_problems = pool[cfg["train_problems"] + cfg["heldout_prompts"]:]
+    items = eval_items(cfg)
+    student = make(None, 1).eval()
+
+    sft_dir = os.path.join(out, "teacher_sft")
+
+    def sft() -> dict:
+        teacher = make(None, 0)
+        res = train_teacher_sft(teacher, tok, grpo_rows, TeacherSFTConfig(
+            max_steps=cfg["sft_steps"], batch_size=4, per_device_batch_size=4, learning_rate=cfg["sft_lr"],
+            warmup_ratio=0.0, max_length=768, style=style, runtime=_runtime(seed)), sft_dir, resume=False)
+        return {"steps": res.steps, "final_loss": res.final_loss, "model_dir": res.model_dir}
+
+    sft_res = _phase(out, "teacher_sft", sft)
+    untrained = make(sft_res["model_dir"]).eval()
+    k = cfg["heldout_samples"]
+    before = _phase(out, "heldout_before", lambda: {"rows": teacher_samples(untrained, student, tok, heldout, k,
+                                                                           10_000, cfg, style)})
+
+    def grpo() -> dict:
+        from bench.teacher_rl import _plot, _summary
+
+        policy = make(sft_res["model_dir"]).train()
+        history: dict[int, dict[str, float]] = {}
+        samples: list[str] = []
+
+        def log_metric(name: str, value: float, step: int) -> None:
+            history.setdefault(step, {})[name] = value
+            if name == "rlt/step_seconds":
+                h = history[step]
+                log.info("grpo step %d/%d reward %.3f r_ss %.3f r_kl %.3f fmt %.2f tokens %.0f (%.1f s)", step,
+                         cfg["grpo_steps"], h.get("rlt/reward/mean", math.nan), h.get("rlt/r_ss/mean", math.nan),
+                         h.get("rlt/r_kl/mean", math.nan), h.get("rlt/format_penalty/mean", math.nan),
+                         h.get("rlt/n_explanation_tokens/mean", math.nan), value)
+
+        n = cfg["group"] * cfg["prompts_per_step"]
+        gcfg = TeacherGRPOConfig(num_generations=cfg["group"], prompts_per_step=cfg["prompts_per_step"],
+                                 per_device_batch_size=n, learning_rate=cfg["lr"], beta=cfg["beta"],
+                                 max_completion_length=cfg["max_new_tokens"], max_prompt_length=2048,
+                                 max_steps=cfg["grpo_steps"], sync_ref_model=False,
+                                 lora=LoraSettings(r=cfg["lora_r"], alpha=2 * cfg["lora_r"]), samples_per_log=2,
+                                 sample_every=10, runtime=_runtime(seed))
+        t0 = time.perf_counter()
+        res = train_teacher_grpo(policy, student, tok, grpo_rows, gcfg,
+                                 RewardConfig(batch_size=n, prompt_style=style), os.path.join(out, "grpo"),
+                                 log_metric, lambda name, text, step: samples.append(f"=== step {step}\n{text}"),
+                                 resume=False)
+        summary = _summary(history, time.perf_counter() - t0, {})
+        _plot(history, os.path.join(out, "reward_terms.png"), summary)
+        with open(os.path.join(out, "grpo_samples.txt"), "w") as f:
+            f.write("\n\n".join(samples))
+        return {"steps": res.steps, "model_dir": res.model_dir, "summary": summary,
+                "history": {str(s): h for s, h in sorted(history.items())}}
+
+    grpo_res = _phase(out, "grpo", grpo)
+    trained = make(grpo_res["model_dir"]).eval()
+    after = _phase(out, "heldout_after", lambda: {"rows": teacher_samples(trained, student, tok, heldout, k,
+                                                                         10_000, cfg, style)})
+    change = paired_reward_change(before["rows"], after["rows"])
+    teacher_results = {"config": cfg, "heldout_reward": change,
+                       "grpo": {**grpo_res["summary"], "steps": grpo_res["steps"], "seconds": grpo_res["seconds"]}}
+    if stop_after == "teacher":
+        with open(os.path.join(out, "report.md"), "w") as f:
+            f.write(report_markdown(teacher_results))
+        return teacher_results
+
+    _phase(out, "base_student", lambda: evaluate_student(student, tok, items, cfg, style))
+
+    # ---- distillation data
+    expl_u = _phase(out, "explanations_untrained", lambda: {"rows": teacher_samples(
+        untrained, student, tok, distill_problems, 1, 20_000, cfg, style)})
+    expl_t = _phase(out, "explanations_trained", lambda: {"rows": teacher_samples(
+        trained, student, tok, distill_problems, cfg["best_of_k"], 20_000, cfg, style)})
+
+    def rows_of(samples: list[dict]) -> list[dict]:
+        return [{"question": distill_problems[r["problem"]]["question"],
+                 "solution": distill_problems[r["problem"]]["solution"],
+                 # an empty explanation (rare after the warm-up) cannot be a training row as-is: marked, counted
+                 "explanation": _explanation(r["text"], style).strip() or EMPTY} for r in samples]
+
+    by_problem: dict[int, list[dict]] = {}
+    for r in expl_t["rows"]:
+        by_problem.setdefault(r["problem"], []).append(r)
+    best = [max(v, key=lambda r: r["reward"]) for _, v in sorted(by_problem.items())]
+    from rlt_core.prompts import wrap_solution
+
+    datasets = {
+        "reference": [{"system": style.student_system_prompt, "question": p["question"],
+                       "assistant": wrap_solution(p["solution"], style)} for p in distill_problems],
+        "untrained": rows_of(expl_u["rows"]),
+        "trained": rows_of([v[0] for _, v in sorted(by_problem.items())]),
+        "trained_best_of_k": rows_of(best),
+    }
+    ranked = sorted(expl_t["rows"], key=lambda r: r["reward"])
+    q = len(ranked) // 4
+    quartiles = [ranked[i * q:(i + 1) * q] for i in range(4)]
+    for i, bin_rows in enumerate(quartiles):
+        datasets[f"quartile_{i + 1}"] = rows_of(bin_rows)
+    students = {}
+    for name, rows in datasets.items():
+        students[name] = _phase(out, f"student_{name}",
+                                lambda rows=rows, name=name: distill_and_eval(name, rows, tok, make, items, cfg,
+                                                                             style, out))
+    base = _phase(out, "base_student", lambda: {})
+    results = {**teacher_results, "base_student": {"accuracy": base["accuracy"]},
+               "students": {n: {"accuracy": s["accuracy"], "vs_reference": paired_difference(
+                   s["correct"], students["reference"]["correct"]), "vs_base": paired_difference(
+                   s["correct"], base["correct"]), "final_loss": s["final_loss"], "truncated": s["truncated"],
+                   "train_tokens_in": s["train_tokens_in"], "mean_completion_tokens": s["mean_completion_tokens"]}
+                   for n, s in students.items()},
+               "quartiles": _quartile_stats(quartiles, [students[f"quartile_{i + 1}"] for i in range(4)]),
+               "phase_seconds": {f[:-5]: json.load(open(os.path.join(out, f)))["seconds"]
+                                 for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in ("results.json", "config.json")}}
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    _plots(results, out)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(report_markdown(results))
+    return results
+
+
+def _quartile_stats(quartiles: list[list[dict]], students: list[dict]) -> dict:
+    from scipy import stats
+
+    rewards = [sum(r["reward"] for r in b) / len(b) for b in quartiles]
+    accs = [s["accuracy"]["mean"] for s in students]
+    pearson = stats.pearsonr(rewards, accs) if len(set(accs)) > 1 else None
+    spearman = stats.spearmanr(rewards, accs) if len(set(accs)) > 1 else None
+    return {"mean_reward": rewards, "reward_range": [[b[0]["reward"], b[-1]["reward"]] for b in quartiles],
+            "accuracy": accs, "accuracy_ci": [s["accuracy"]["ci95_bootstrap"] for s in students],
+            "pearson": None if pearson is None else [float(pearson[0]), float(pearson[1])],
+            "spearman": None if spearman is None else [float(spearman[0]), float(spearman[1])]}
+
+
+def _fmt_ci(m: dict, pct: bool = False) -> str:
+    f = 100.0 if pct else 1.0
+    lo, hi = m["ci95_bootstrap"]
+    return f"{m['mean'] * f:+.3f} [{lo * f:+.3f}, {hi * f:+.3f}]" if not pct else \
+        f"{m['mean'] * f:.1f}% [{lo * f:.1f}, {hi * f:.1f}]"
+
+
+def report_markdown(r: dict) -> str:
+    h = r["heldout_reward"]
+    lines = ["### Teacher: held-out RLT reward before and after GRPO (mean over problems, 95% bootstrap CI)", "",
+             "| term | before | after | after - before |", "|---|---|---|---|"]
+    for key, row in h.items():
+        if key == "diversity":
+            continue
+        lines.append(f"| {key} | {_fmt_ci(row['before'])} | {_fmt_ci(row['after'])} | {_fmt_ci(row['difference'])} |")
+    d = h["diversity"]
+    lines += ["", "Distinct completions per problem (of {:.0f}) before / after: {:.2f} / {:.2f}; within-problem reward "
+              "std: {:.3f} / {:.3f}".format(d["before"]["samples_per_problem"], d["before"]["distinct_per_problem"],
+                                           d["after"]["distinct_per_problem"], d["before"]["within_problem_reward_std"],
+                                           d["after"]["within_problem_reward_std"])]
+    g = r["grpo"]
+    lines += ["", f"GRPO: {g['steps']} steps in {g['seconds']:.0f} s (median {g.get('step_seconds_median') or 0:.1f}"
+              " s/step)."]
+    if "students" not in r:
+        return "\n".join(lines + [""])
+    lines += ["", "### Students: held-out accuracy (greedy, 95% bootstrap CI over items)", "",
+              "| student | accuracy | vs reference (paired) | final train loss |", "|---|---|---|---|",
+              f"| base (no distillation) | {_fmt_ci(r['base_student']['accuracy'], True)} | | |"]
+    for name, s in r["students"].items():
+        lines.append(f"| {name} | {_fmt_ci(s['accuracy'], True)} | {_fmt_ci(s['vs_reference'], True)} | "
+                     f"{s['final_loss'] if s['final_loss'] is None else round(s['final_loss'], 3)} |")
+    qs = r["quartiles"]
+    lines += ["", "### Reward quartiles of the trained teacher's explanations", "",
+              "| quartile | mean reward | student accuracy |", "|---|---|---|"]
+    for i in range(4):
+        lo, hi = qs["accuracy_ci"][i]
+        lines.append(f"| Q{i + 1} | {qs['mean_reward'][i]:.3f} | {100 * qs['accuracy'][i]:.1f}% "
+                     f"[{100 * lo:.1f}, {100 * hi:.1f}] |")
+    lines += ["", f"Pearson (reward, accuracy) over the 4 bins: {qs['pearson']}; Spearman: {qs['spearman']} "
+              "([statistic, p-value])", ""]
+    return "\n".join(lines)
+
+
+def _plots(r: dict, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    names = ["base", *r["students"]]
+    accs = [r["base_student"]["accuracy"], *[s["accuracy"] for s in r["students"].values()]]
+    ax1.bar(range(len(names)), [100 * a["mean"] for a in accs],
+            yerr=[[100 * (a["mean"] - a["ci95_bootstrap"][0]) for a in accs],
+                  [100 * (a["ci95_bootstrap"][1] - a["mean"]) for a in accs]], capsize=3)
+    ax1.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax1.set_ylabel("held-out accuracy, % (95% CI)")
+    ax1.grid(alpha=0.3, axis="y")
+    qs = r["quartiles"]
+    ax2.errorbar(qs["mean_reward"], [100 * a for a in qs["accuracy"]],
+                 yerr=[[100 * (a - c[0]) for a, c in zip(qs["accuracy"], qs["accuracy_ci"])],
+                       [100 * (c[1] - a) for a, c in zip(qs["accuracy"], qs["accuracy_ci"])]], marker="o", capsize=3)
+    ax2.set_xlabel("mean RLT reward of the quartile's explanations")
+    ax2.set_ylabel("student accuracy, %")
+    ax2.set_title(f"Spearman {qs['spearman']}", fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "students.png"), dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=".scratch/evidence")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a profile value (JSON value), e.g. --set grpo_steps=120 --set lr=1e-4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after", choices=["teacher"], default=None,
+                   help="stop after the teacher side (claim 1); rerun without it to continue with the students")
+    args = p.parse_args(argv)
+    cfg = dict(PROFILES[args.profile], out=args.out, seed=args.seed, profile=args.profile)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in PROFILES["full"]:
+            p.error(f"--set {key}: unknown key; expected one of {sorted(PROFILES['full'])}")
+        cfg[key] = json.loads(value)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "transformers", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    random.seed(args.seed)
+    saved = os.path.join(args.out, "config.json")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            if json.load(f) != cfg:
+                p.error(f"{args.out} holds a run with another configuration ({saved}); use a new --out")
+    os.makedirs(args.out, exist_ok=True)
+    with open(saved, "w") as f:
+        json.dump(cfg, f, indent=1)
+    results = run(cfg, args.stop_after)
+    print(report_markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
