@@ -195,16 +195,18 @@ def eval_items(cfg: dict) -> list:
     return bm.benchmark_items(spec, bm.load_benchmark_rows(spec))
 
 
+def student_prompt(tok, text: str, style) -> str:
+    """The student's evaluation prompt: its system prompt + the item (which carries the boxed instruction)."""
+    return tok.apply_chat_template([{"role": "system", "content": style.student_system_prompt},
+                                    {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+
 def evaluate_student(model, tok, items: list, cfg: dict, style) -> dict:
     """Greedy answers to the held-out items (student system prompt + the boxed instruction), graded."""
     from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
     from rlt_core.grading import get_grader
 
-    def prompt(text: str) -> str:
-        return tok.apply_chat_template([{"role": "system", "content": style.student_system_prompt},
-                                        {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-
-    reqs = [GenRequest(it.item_id, prompt(it.prompt), 0) for it in items]
+    reqs = [GenRequest(it.item_id, student_prompt(tok, it.prompt, style), 0) for it in items]
     results = HFGenerator(model, tok, cfg["eval_batch"]).generate(
         reqs, SamplingConfig(temperature=0.0, max_new_tokens=cfg["eval_max_new_tokens"]))
     grader = get_grader(items[0].grader)

@@ -68,3 +68,11 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path):
     assert json.dumps(again["students"], sort_keys=True) == json.dumps(results["students"], sort_keys=True)
     with pytest.raises(SystemExit):  # another configuration never mixes into a finished run's folder
         evidence.main(["--profile", "smoke", "--out", out, "--set", "grpo_steps=3"])
+    from experiments import thought_probe   # the empty-thought probe reads the same run folder
+    thought_probe.main(["--out", out])
+    with open(os.path.join(out, "thought_probe.json")) as f:
+        probe = json.load(f)
+    assert set(probe) == set(results["students"])
+    for p in probe.values():
+        assert p["n"] == 8 and 0.0 <= p["p_empty_thought"] <= 1.0 and p["greedy_empty_thought"] in {
+            k / 8 for k in range(9)}

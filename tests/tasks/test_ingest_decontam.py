@@ -113,7 +113,7 @@ def test_unloadable_benchmark_fails_ingest_with_one_clear_line(tmp_path):
 
 def test_recipe_decontaminates_against_what_it_evaluates_and_tiny_still_ingests():
     tiny = load_recipe(os.path.join(REPO, "flows/recipes/tiny.yaml"))
-    assert tiny.ingest.decontaminate.benchmarks == tiny.evaluate.benchmarks == ["countdown-heldout"]
+    assert tiny.ingest.decontaminate.benchmarks == tiny.evaluate.benchmarks == ["arithmetic-easy-heldout"]
     own = load_recipe(os.path.join(REPO, "flows/recipes/tiny.yaml"),
                       ["ingest.decontaminate.benchmarks=[arithmetic-heldout]"])
     assert own.ingest.decontaminate.benchmarks == ["arithmetic-heldout"]
