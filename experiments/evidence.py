@@ -1,6 +1,6 @@
 """Experiment: does the RLT method work at the scale of a 2-core CPU? One command, resumable, every phase on disk.
 
-    python experiments/evidence.py --out .scratch/evidence                 # the measurement (about 90-120 min)
+    python experiments/evidence.py --out .scratch/evidence                 # the measurement (~3 h on 2 cores)
     python experiments/evidence.py --profile smoke --out /tmp/evidence     # tiny random models, minutes (CI)
 
 It measures the three claims of the RLT paper with the builtin SmolLM2-135M-Instruct as teacher and student, on
@@ -42,7 +42,8 @@ log = logging.getLogger("experiments.evidence")
 
 BOXED = "Return your final response within \\boxed{}. "
 PROFILES: dict[str, dict[str, Any]] = {
-    # the measurement: about 90-120 min on the quiet 2-core machine (see docs/results.md for the wall times)
+    # the measurement on 2 cores: ~78 min for the teacher side (--stop-after teacher), ~96 more for the students
+    # (docs/results.md has the wall times)
     # sft 8 x 4 at 2e-5, not 16 x 4 at 5e-5: the heavier warm-up made the teacher copy the solution deterministically
     # (4 identical samples per prompt, zero reward variance in every group, zero gradient: docs/results.md)
     "full": dict(tiny=False, task="arithmetic-easy", train_problems=400, sft_steps=8, sft_lr=2e-5, grpo_steps=100,
@@ -58,6 +59,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 SHORT_TEACHER = ("You are given a question and its solution. Explain step by step how to reach the solution, "
                  "inside the explanation tags.")
 EMPTY = "(no explanation)"
+NOT_PHASES = ("results.json", "config.json", "thought_probe.json")   # the run folder's other JSON files
 SHORT_STUDENT = "Think step by step inside the thought tags, then give the solution."
 
 
@@ -370,7 +372,7 @@ def run(cfg: dict, stop_after: Optional[str] = None) -> dict:
                    for n, s in students.items()},
                "quartiles": _quartile_stats(quartiles, [students[f"quartile_{i + 1}"] for i in range(4)]),
                "phase_seconds": {f[:-5]: json.load(open(os.path.join(out, f)))["seconds"]
-                                 for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in ("results.json", "config.json")}}
+                                 for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in NOT_PHASES}}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     _plots(results, out)
@@ -430,9 +432,16 @@ def report_markdown(r: dict) -> str:
         lo, hi = qs["accuracy_ci"][i]
         lines.append(f"| Q{i + 1} | {qs['mean_reward'][i]:.3f} | {100 * qs['accuracy'][i]:.1f}% "
                      f"[{100 * lo:.1f}, {100 * hi:.1f}] |")
-    lines += ["", f"Pearson (reward, accuracy) over the 4 bins: {qs['pearson']}; Spearman: {qs['spearman']} "
-              "([statistic, p-value])", ""]
+    lines += ["", f"Correlation of the bins' mean reward with their student's accuracy (4 bins): {_corr(qs)}", ""]
     return "\n".join(lines)
+
+
+def _corr(qs: dict) -> str:
+    """'Pearson r = 0.97 (p = 0.027), Spearman rho = 0.80 (p = 0.20)', or why there is none."""
+    if qs["pearson"] is None:
+        return "undefined (every bin's student has the same accuracy)"
+    (r, pr), (rho, ps) = qs["pearson"], qs["spearman"]
+    return f"Pearson r = {r:.2f} (p = {pr:.3g}), Spearman rho = {rho:.2f} (p = {ps:.3g})"
 
 
 def _plots(r: dict, out: str) -> None:
@@ -456,7 +465,7 @@ def _plots(r: dict, out: str) -> None:
                        [100 * (c[1] - a) for a, c in zip(qs["accuracy"], qs["accuracy_ci"])]], marker="o", capsize=3)
     ax2.set_xlabel("mean RLT reward of the quartile's explanations")
     ax2.set_ylabel("student accuracy, %")
-    ax2.set_title(f"Spearman {qs['spearman']}", fontsize=8)
+    ax2.set_title(_corr(qs), fontsize=8)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "students.png"), dpi=110)
