@@ -332,7 +332,9 @@ def test_stop_leaves_no_ray_process(cluster):
     procs = [psutil.Process(pid) for n in ray_cluster.services_on_disk(root) for pid in ray_cluster.node_pids(root, n)]
     assert len(procs) >= 5
     t0 = time.monotonic()
-    outcome = ray_cluster.stop(root, grace_s=10.0)
+    # graceful stop (SIGINT) is what is asserted; on a busy 2-core machine `ray start --block` has taken over 10 s
+    # to tear its node down after SIGINT (CI, 2026-11-30), so the grace here is generous
+    outcome = ray_cluster.stop(root, grace_s=45.0)
     print(f"\nray cluster stopped in {time.monotonic() - t0:.1f} s: {outcome}")
     assert outcome == {"ray-node-a": "SIGINT", "ray-node-b": "not-running", "ray-node-z": "not-running",
                        HEAD: "SIGINT"}
