@@ -11,7 +11,8 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: setup demo test test-slow test-faults test-all test-vllm bench evidence stack-up stack-down clean setup-vllm
+.PHONY: setup demo test test-slow test-faults test-all test-vllm bench evidence stack-up stack-down clean setup-vllm \
+	check-docs
 
 setup: $(STAMP)
 
@@ -36,11 +37,20 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m "slow and not vllm and not faults"
 
-# fault injection: SIGKILL trials, service outages, hostile input; writes .faults-report.jsonl, then the table
+# fault injection: SIGKILL trials, service outages, hostile input; writes .faults-report.jsonl, then keeps it as the
+# committed record docs/results/reliability.json (commit, load, rows) and renders docs/reliability.md's table from it
 test-faults: setup
 	rm -f .faults-report.jsonl
+	$(PY) scripts/reliability_table.py --begin .faults-run.json
 	$(PY) -m pytest -q -m faults
-	$(PY) scripts/reliability_table.py .faults-report.jsonl
+	$(PY) scripts/reliability_table.py .faults-report.jsonl --stamp .faults-run.json --record docs/results/reliability.json
+	$(PY) scripts/render_docs.py --write docs/reliability.md
+
+# every measured figure in the documents is rendered from a committed record (bench/results/, docs/results/):
+# fails when a document and its records disagree (scripts/render_docs.py --write re-renders); stdlib only
+CHECK_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+check-docs:
+	$(CHECK_PY) scripts/render_docs.py --check
 
 test-all: setup
 	$(PY) -m pytest -q
@@ -55,10 +65,14 @@ test-vllm: setup setup-vllm
 bench: setup
 	$(PY) bench/reward.py
 	$(PY) bench/generate.py
+	$(PY) scripts/render_docs.py --write bench/README.md
 
-# the method evidence of docs/results.md (~100 min on a quiet 2-core machine; resumable: rerun to continue)
+# the method evidence of docs/results.md (~3 h on a quiet 2-core machine; resumable: rerun to continue); every phase
+# writes its record to docs/results/evidence/, from which scripts/render_docs.py renders the page
 evidence: setup
 	$(PY) experiments/evidence.py --out .scratch/evidence
+	$(PY) experiments/thought_probe.py --out .scratch/evidence
+	$(PY) scripts/render_docs.py --write docs/results.md
 
 stack-up: setup
 	$(VENV)/bin/rlt stack up

@@ -13,7 +13,8 @@ embedded in a longer text, truncated to its first 70%, or one word in eight edit
 Prints the index build time, the check throughput, the total, recall on the planted copies and the false
 positives; last, the ratio against the baseline measured in the same run: the same decision made by a nested
 loop over every item (each item's n-grams and shingles precomputed once), timed on a ``--naive`` subsample and
-extrapolated to all problems.
+extrapolated to all problems. Writes its record (bench/record.py) to ``bench/results/decontam.json``; fewer than
+100k problems is a smoke run (a temp folder unless ``--results``).
 """
 from __future__ import annotations
 
@@ -158,8 +159,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--planted", type=int, default=300)
     ap.add_argument("--naive", type=int, default=500, help="problems timed with the nested-loop baseline")
     ap.add_argument("--seed", type=int, default=0)
+    from bench import record
+
+    record.add_arguments(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    session = record.start_from_args("decontam", ap, args, smoke=args.problems < 100_000, argv=argv)
     rng = random.Random(args.seed)
     vocab = _vocabulary(rng)
     items = benchmark_items(rng, vocab)
@@ -202,8 +207,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     log.info("naive nested loop: %.2fs for %d problems (%.2f ms each); same decisions as the index on %d/%d",
              naive_s, len(sample), 1000 * per_problem, agree, len(sample))
     log.info("naive extrapolated to %d problems: %.0fs", len(data), per_problem * len(data))
-    log.info("naive / indexed (checks only): %.1fx; naive / indexed (with build): %.1fx",
-             per_problem * len(data) / checks, per_problem * len(data) / (checks + build))
+    ratio, with_build = per_problem * len(data) / checks, per_problem * len(data) / (checks + build)
+    numbers = {"problems": len(data), "items": len(items), "planted": args.planted, "build_s": build,
+               "checks_s": checks, "problems_per_s": len(data) / checks, "recall": {"caught": caught, "kinds": kinds},
+               "flagged_unplanted": len(false_pos), "countdown_sub_problems": sub,
+               "naive": {"problems": len(sample), "seconds": naive_s, "agree": agree,
+                         "extrapolated_s": per_problem * len(data)},
+               "naive_over_indexed": {"checks": ratio, "with_build": with_build}}
+    record.finish(session, numbers, record.Ratio(
+        "naive / indexed (checks only)", ratio, None,
+        line=f"naive / indexed (checks only): {ratio:.1f}x; naive / indexed (with build): {with_build:.1f}x"))
 
 
 if __name__ == "__main__":

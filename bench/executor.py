@@ -13,8 +13,10 @@ each in a fresh interpreter and a fresh data root (a local folder: every node is
   3. ray, 2 nodes         shards spread over node_a and node_b;
   4. local, 2 threads     today's default on this 2-core machine, for the record.
 
-Prints "executor overhead: ray 1 node / local 1 thread = R (target <= 1.1 for shards of a minute or more)",
-"throughput: 2 nodes / 1 node = S", and checks that every trial committed the same artifact keys and ids.
+Prints "throughput: 2 nodes / 1 node = S", then last "executor overhead: ray 1 node / local 1 thread = R (target
+<= 1.1 for shards of a minute or more)", and checks that every trial committed the same artifact keys and ids.
+Writes its record (bench/record.py) to ``bench/results/executor.json`` (``--tiny``: a temp folder unless
+``--results``).
 """
 from __future__ import annotations
 
@@ -97,12 +99,16 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=4, help="problems per shard")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    from bench import record
+
+    record.add_arguments(ap)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.trial:
         logging.getLogger().setLevel(logging.WARNING)
         print(json.dumps(trial(**json.loads(args.trial)), default=str))
         return 0
+    session = record.start_from_args("executor", ap, args, smoke=args.tiny)
     if args.tiny:
         args.model = _tiny_model(tempfile.mkdtemp(prefix="bench-executor-tiny-"))
         args.problems, args.shard_size, args.max_new_tokens = 16, 2, 32
@@ -136,11 +142,22 @@ def main() -> int:
           f"problems, {args.max_new_tokens} new tokens, model {args.model}; local generate shard ~{per_shard:.0f} s "
           "on one thread")
     print(f"same artifact keys and explanation ids in all {len(runs)} trials")
-    print(f"executor overhead: ray 1 node / local 1 thread = {runs['ray, 1 node']['total_s'] / base['total_s']:.3f} "
-          "(target <= 1.1 for shards of a minute or more)")
-    print(f"throughput: ray 2 nodes / ray 1 node = "
-          f"{runs['ray, 1 node']['total_s'] / runs['ray, 2 nodes']['total_s']:.2f}x")
-    print(f"ray 2 nodes / local 2 threads = {runs['ray, 2 nodes']['total_s'] / runs['local, 2 threads']['total_s']:.3f}")
+    overhead = runs["ray, 1 node"]["total_s"] / base["total_s"]
+    throughput = runs["ray, 1 node"]["total_s"] / runs["ray, 2 nodes"]["total_s"]
+    vs_local2 = runs["ray, 2 nodes"]["total_s"] / runs["local, 2 threads"]["total_s"]
+    print(f"throughput: ray 2 nodes / ray 1 node = {throughput:.2f}x")
+    print(f"ray 2 nodes / local 2 threads = {vs_local2:.3f}")
+    numbers = {"problems": args.problems, "k": args.k, "shard_size": args.shard_size, "shards": base["shards"],
+               "max_new_tokens": args.max_new_tokens, "model": "tiny" if args.tiny else args.model,
+               "local_generate_shard_s": per_shard,
+               "trials": {name: {k: r[k] for k in ("generate_s", "score_s", "total_s", "wall_s", "nodes")}
+                          for name, r in runs.items()},
+               "same_keys_and_ids": True, "overhead": overhead, "throughput_2_over_1": throughput,
+               "ray2_over_local2": vs_local2}
+    record.finish(session, numbers, record.Ratio(
+        "executor overhead: ray 1 node / local 1 thread", overhead, "<= 1.1",
+        line=f"executor overhead: ray 1 node / local 1 thread = {overhead:.3f} "
+             "(target <= 1.1 for shards of a minute or more)"))
     return 0
 
 

@@ -14,6 +14,9 @@ bare (VLLMServerGenerator.generate over all requests), the stage (generate.run w
 bare again; the baseline is the mean of the two bare runs. Every run is traced (each request's time in the client
 window, the stage's pieces), so a low ratio comes with where the time went. Prints, last,
 "throughput ratio stage/bare-server at concurrency C: X (target >= 0.9)".
+
+Both write their record (bench/record.py): ``bench/results/generate.json`` (hf) and
+``bench/results/generate-backend-vllm-server.json``; ``--tiny`` runs go to a temp folder unless ``--results``.
 """
 from __future__ import annotations
 
@@ -135,17 +138,26 @@ def _child(model_dir: str, n: int, k: int, tokens: int) -> None:
     print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def main_hf(args) -> None:
+def main_hf(args, session) -> None:
+    from bench import record
+
     model_dir = _model_dir(args.tiny)
     res = run_pair(model_dir, args.problems, args.k, args.tokens, args.batch)
     print(json.dumps(res, indent=1))
+    numbers = {"problems": args.problems, "k": args.k, "tokens": args.tokens, "batch": args.batch, **res}
     if not args.skip_memory:
         tiny = _model_dir(True)
         m1 = peak_rss_child(tiny, args.mem_problems, 2, 16)
         m10 = peak_rss_child(tiny, args.mem_problems * 10, 2, 16)
         print(f"peak RSS: {m1:.0f} MiB at {args.mem_problems} problems, {m10:.0f} MiB at {args.mem_problems * 10}")
         print(f"memory ratio 10x/1x: {m10 / m1:.3f} (target ~1.0)")
-    print(f"throughput ratio stage/bare-engine: {res['stage_tok_s'] / res['bare_tok_s']:.3f} (target >= 0.9)")
+        numbers["memory"] = {"problems_1x": args.mem_problems, "peak_mib_1x": m1, "peak_mib_10x": m10,
+                             "ratio_10x_1x": m10 / m1}
+    ratio = res["stage_tok_s"] / res["bare_tok_s"]
+    numbers["stage_over_bare"] = ratio
+    record.finish(session, numbers, record.Ratio(
+        "throughput ratio stage/bare-engine", ratio, ">= 0.9",
+        line=f"throughput ratio stage/bare-engine: {ratio:.3f} (target >= 0.9)"))
 
 
 # ---------------------------------------------------------------------------------------------- vllm_server
@@ -342,7 +354,8 @@ def _shard_timeline(t0: float) -> list[dict]:
 _RID_PROBLEM: dict[str, str] = {}
 
 
-def main_vllm(args) -> None:
+def main_vllm(args, session) -> None:
+    from bench import record
     from infra.vllm_server import VLLMServer, vllm_available
     from rlt_core.generation import GenRequest, SamplingConfig, VLLMServerGenerator
     from tasks import generate
@@ -418,10 +431,19 @@ def main_vllm(args) -> None:
     print(f"completion tokens: bare-1 {b1['completion_tokens']}, stage {st['completion_tokens']}, bare-2 "
           f"{b2['completion_tokens']}; same total: {same}; "
           f"per-request mismatches stage vs bare-1: {mism}, bare-2 vs bare-1: {mism_bare}")
-    print(f"throughput ratio stage/bare-server at concurrency {conc}: {st['tok_s'] / baseline:.3f} (target >= 0.9)")
+    ratio = st["tok_s"] / baseline
+    numbers = {"problems": n, "k": k, "tokens": args.tokens, "concurrency": conc, "shard_size": args.shard_size,
+               "part_size": args.part_size, "parallel_shards": args.parallel_shards, "tiny": args.tiny,
+               "runs": results, "baseline_tok_s": baseline, "same_total_tokens": same,
+               "mismatches": {"stage_vs_bare1": mism, "bare2_vs_bare1": mism_bare}, "stage_over_bare": ratio}
+    record.finish(session, numbers, record.Ratio(
+        f"throughput ratio stage/bare-server at concurrency {conc}", ratio, ">= 0.9",
+        line=f"throughput ratio stage/bare-server at concurrency {conc}: {ratio:.3f} (target >= 0.9)"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from bench import record
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backend", choices=("hf", "vllm_server"), default="hf")
     ap.add_argument("--tiny", action="store_true", help="tiny random model instead of SmolLM2")
@@ -442,17 +464,20 @@ def main() -> None:
     ap.add_argument("--prefix-caching", action="store_true",
                     help="vllm_server: keep vLLM's prefix cache on (off by default: the repeated runs over the same "
                          "prompts would otherwise find later runs' prefills cached)")
-    args = ap.parse_args()
+    record.add_arguments(ap)
+    args = ap.parse_args(argv)
+    session = record.start_from_args("generate", ap, args, smoke=args.tiny, argv=argv)   # before the defaults below
     if args.problems is None:
         args.problems = 16 if args.backend == "hf" else 64
     if args.k is None:
         args.k = 2 if args.backend == "hf" else 4
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("bench.record").setLevel(logging.INFO)   # where the record went
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.backend == "hf":
-        main_hf(args)
+        main_hf(args, session)
     else:
-        main_vllm(args)
+        main_vllm(args, session)
 
 
 if __name__ == "__main__":

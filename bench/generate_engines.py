@@ -9,6 +9,10 @@ sends them with B concurrent connections (the server batches them). Throughput =
 the call, after one warm-up call per engine. Both engines stop at EOS, so the completion lengths differ a little;
 tokens/s already normalises for that. The vLLM column is skipped when ``.venv-vllm`` is missing
 (``scripts/setup_vllm.sh``). Numbers are only comparable within one run on one machine.
+
+Writes its record (bench/record.py) to ``bench/results/generate_engines[-<variant>].json`` (a model that is not a
+builtin, e.g. a tiny test model: a temp folder unless ``--results``). The last line is the ratio
+vLLM/HF tokens/s at the largest batch size (n/a when the vLLM column was skipped).
 """
 from __future__ import annotations
 
@@ -95,6 +99,16 @@ def bench_vllm(model_path: str, batch_sizes: Sequence[int], sampling: SamplingCo
     return runs, startup
 
 
+def engine_ratios(runs: Sequence[EngineRun], batch_sizes: Sequence[int]) -> dict[int, float]:
+    """vllm tok/s / hf tok/s per batch size measured by both."""
+    by = {(r.engine, r.batch_size): r for r in runs}
+    engines = list(dict.fromkeys(r.engine for r in runs))
+    if len(engines) != 2:
+        return {}
+    return {b: by[engines[1], b].tokens_per_s / by[engines[0], b].tokens_per_s
+            for b in batch_sizes if (engines[0], b) in by and (engines[1], b) in by}
+
+
 def format_table(runs: Sequence[EngineRun], batch_sizes: Sequence[int]) -> str:
     engines = list(dict.fromkeys(r.engine for r in runs))
     by = {(r.engine, r.batch_size): r for r in runs}
@@ -103,15 +117,16 @@ def format_table(runs: Sequence[EngineRun], batch_sizes: Sequence[int]) -> str:
     for b in batch_sizes:
         cells = [f"{by[e, b].tokens_per_s:.1f}" if (e, b) in by else "-" for e in engines]
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    if len(engines) == 2:  # the ratio is the number that transfers between machines
+    ratios = engine_ratios(runs, batch_sizes)
+    if ratios:  # the ratio is the number that transfers between machines
         lines.append("")
-        lines.append("ratio " + f"{engines[1]}/{engines[0]}: " + ", ".join(
-            f"b{b}={by[engines[1], b].tokens_per_s / by[engines[0], b].tokens_per_s:.2f}x"
-            for b in batch_sizes if (engines[0], b) in by and (engines[1], b) in by))
+        lines.append(f"ratio {engines[1]}/{engines[0]}: " + ", ".join(f"b{b}={r:.2f}x" for b, r in ratios.items()))
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bench import record
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="builtin:smollm2-135m-instruct", help="model reference (infra.models)")
     ap.add_argument("--batch-sizes", default="1,8,64", help="comma-separated, e.g. 1,8,64")
@@ -124,8 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--vllm-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for the vLLM server (repeatable)")
     ap.add_argument("--json", help="also write the runs as JSON here")
+    record.add_arguments(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    session = record.start_from_args("generate_engines", ap, args, smoke=not args.model.startswith("builtin:"),
+                                     argv=argv, ignore=("json",))
 
     from infra.models import resolve_model
     from infra.vllm_server import vllm_available
@@ -152,12 +170,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(runs, batch_sizes))  # the bench's report is its stdout
     if extra:
         print(", ".join(f"{k}={v:.1f}" for k, v in extra.items()))
+    ratios = engine_ratios(runs, batch_sizes)
+    numbers = {"runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs], **extra,
+               "sampling": sampling.model_dump(), "hf_dtype": args.hf_dtype, "hf_threads": args.hf_threads,
+               "vllm_env": args.vllm_env, "ratios": {str(b): r for b, r in ratios.items()}}
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"runs": [asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs], **extra,
-                       "sampling": sampling.model_dump(), "hf_dtype": args.hf_dtype, "hf_threads": args.hf_threads,
-                       "load_avg_1m": os.getloadavg()[0], "vllm_env": args.vllm_env},
-                      fh, indent=2)
+            json.dump({**numbers, "load_avg_1m": os.getloadavg()[0]}, fh, indent=2)
+    top = max(ratios) if ratios else max(batch_sizes)
+    value = ratios.get(top)
+    record.finish(session, numbers, record.Ratio(
+        f"ratio vllm/hf tok/s at batch {top}", value, None,
+        line=f"ratio vllm/hf tok/s at batch {top}: " + (f"{value:.2f}x" if value is not None else
+                                                         "n/a (the vLLM column was skipped)")))
     return 0
 
 

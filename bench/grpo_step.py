@@ -19,7 +19,9 @@ Each step is split, by timing the trainer's own methods, into: ``generate`` (``G
 ``reward_student``, ``reward_other`` (tokenising, spans), ``scoring_other`` (the rest of
 ``_generate_and_score_completions``: advantages, padding), ``policy_forward`` (the loss forward with grad),
 ``loss`` (the rest of ``compute_loss``), ``backward`` and ``optimizer`` (the rest of the step). Prints the table
-and ``ratio = rlt / baseline`` (median seconds per measured step); writes ``grpo_step.json`` to ``--out``.
+and, last, ``ratio = rlt / baseline`` (median seconds per measured step); writes ``grpo_step.json`` to ``--out`` and
+its record (bench/record.py) to ``bench/results/grpo_step[-<variant>].json`` (``--tiny``: a temp folder unless
+``--results``).
 """
 from __future__ import annotations
 
@@ -191,8 +193,12 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--seed", type=int, default=0)
+    from bench import record
+
+    record.add_arguments(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    session = record.start_from_args("grpo_step", p, args, smoke=args.tiny)
     for noisy in ("httpx", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.makedirs(args.out, exist_ok=True)
@@ -211,9 +217,14 @@ def main() -> None:
     result["same_completions"] = [s["completion_tokens"] for s in base] == [s["completion_tokens"] for s in ours]
     if not result["same_completions"]:
         log.warning("the variants generated different token counts: the ratio mixes in a length difference")
-    print(f"ratio rlt/baseline (median step): {ratio:.3f}   target <= 1.3")
     with open(os.path.join(args.out, "grpo_step.json"), "w") as f:
         json.dump(result, f, indent=1)
+    numbers = {"config": {k: v for k, v in vars(args).items() if k not in ("out", "results", "no_record")},
+               "median_s_per_step": {name: {key: _median(steps, key) for key in (*PARTS, "total", "completion_tokens")}
+                                     for name, steps in (("baseline", base), ("rlt", ours))},
+               "steps": result["variants"], "same_completions": result["same_completions"], "ratio": ratio}
+    record.finish(session, numbers, record.Ratio("rlt/baseline (median step)", ratio, "<= 1.3",
+                                                 line=f"ratio rlt/baseline (median step): {ratio:.3f}  target <= 1.3"))
 
 
 if __name__ == "__main__":

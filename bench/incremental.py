@@ -11,6 +11,8 @@ Three measured nights, each in its own fresh interpreter (model loading counts, 
 Each night is ingest -> teacher registration (no training phase: the base model is the teacher) -> generate ->
 score, the timed part being generate + score. Prints, last, "incremental / full generate+score: R (target <=
 0.15 for 10% growth)" and checks that night 2 and night 3 committed the same artifact keys and explanation ids.
+Writes its record (bench/record.py) to ``bench/results/incremental.json`` (``--tiny``: a temp folder unless
+``--results``).
 """
 from __future__ import annotations
 
@@ -79,6 +81,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--tiny", action="store_true", help="tiny random model instead of SmolLM2")
     ap.add_argument("--night", nargs=5, help=argparse.SUPPRESS)
+    from bench import record
+
+    record.add_arguments(ap)
     args = ap.parse_args()
     if args.night:
         logging.disable(logging.INFO)
@@ -86,6 +91,7 @@ def main() -> None:
         print(json.dumps(night(root, source, model, int(k), int(mnt))))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    session = record.start_from_args("incremental", ap, args, smoke=args.tiny)
     from bench.generate import _load, _model_dir
 
     model = _model_dir(args.tiny)
@@ -106,8 +112,18 @@ def main() -> None:
         same = inc["keys"] == full["keys"] and inc["ids_digest"] == full["ids_digest"] and inc["rows"] == full["rows"]
         log.info("same artifact keys and explanation ids as from scratch: %s; %s", same, _load())
         ratio = inc["total_s"] / full["total_s"]
-        print(f"incremental / full generate+score: {ratio:.3f} (target <= 0.15 for {args.growth:.0%} growth; "
-              f"generate {inc['generate_s'] / full['generate_s']:.3f}, score {inc['score_s'] / full['score_s']:.3f})")
+        numbers = {"base": args.base, "grown": grown, "growth": args.growth, "k": args.k,
+                   "max_new_tokens": args.max_new_tokens, "tiny": args.tiny,
+                   "nights": {name: {k: night_[k] for k in ("generate_s", "score_s", "total_s", "rows", "reused")}
+                              for name, night_ in (("first", first), ("incremental", inc), ("full", full))},
+                   "same_keys_and_ids": same, "incremental_over_full": {
+                       "total": ratio, "generate": inc["generate_s"] / full["generate_s"],
+                       "score": inc["score_s"] / full["score_s"]}}
+        parts = numbers["incremental_over_full"]
+        record.finish(session, numbers, record.Ratio(
+            "incremental / full generate+score", ratio, "<= 0.15",
+            line=f"incremental / full generate+score: {ratio:.3f} (target <= 0.15 for {args.growth:.0%} growth; "
+                 f"generate {parts['generate']:.3f}, score {parts['score']:.3f})"))
         if not same:
             raise SystemExit("the incremental night differs from the from-scratch night")
 

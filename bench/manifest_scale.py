@@ -24,7 +24,9 @@ Measured at each night of --nights (mid-night: upstream committed, score half do
 Each is timed on the open handle (median of --reps) and once on a fresh ``Catalog(Store(root))`` (attach
 included), in wall and in process CPU seconds (CPU time is robust when the machine is shared; it does not count
 PostgreSQL's or S3's side). The last lines are the ratios last / first measured night on the open handle, wall and
-CPU; PASS needs both <= 2.0.
+CPU; PASS needs both <= 2.0; the very last line is the worst of the four. Writes its record (bench/record.py) to
+``bench/results/manifest_scale[-s3].json``; fewer than 100 nights or 50 shards is a smoke run (a temp folder unless
+``--results``).
 """
 from __future__ import annotations
 
@@ -226,13 +228,12 @@ def s3_and_postgres(tmp: str):
         cluster = stack.prepare_postgres(pgdir)
         if not os.path.realpath(cluster.cluster_dir).startswith(os.path.realpath(pgdir)):
             es.callback(shutil.rmtree, cluster.cluster_dir, ignore_errors=True)   # the root-user fallback folder
-        password = stack.postgres_password(pgdir)
         pg = stack.postgres_spec(cluster, services.free_port())
         services.start_and_wait(pgdir, pg, timeout_s=120.0)
         es.callback(services.stop, pgdir, pg.name, grace_s=10.0)
-        stack.ensure_catalog_database(pg.health.port, password, timeout_s=60.0)
+        catalog = stack.ensure_catalog(pgdir, pg.health.port, timeout_s=60.0)   # the stack's roles: writer URL
         log.info("S3 at %s, PostgreSQL on port %d", endpoint, pg.health.port)
-        yield f"s3://{bucket}/bench-{time.strftime('%Y%m%d-%H%M%S')}", stack.catalog_url(pg.health.port, password)
+        yield f"s3://{bucket}/bench-{time.strftime('%Y%m%d-%H%M%S')}", catalog["RLT_CATALOG_URL"]
 
 
 def table(night: int, m: dict, wrote_s: float, maintain_s: float) -> str:
@@ -250,7 +251,9 @@ def table(night: int, m: dict, wrote_s: float, maintain_s: float) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from bench import record
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nights", default="1,100", help="nights to measure at (all nights up to the max are run)")
     ap.add_argument("--shards", type=int, default=50, help="shards per sharded stage")
@@ -261,11 +264,14 @@ def main() -> None:
                     help="no per-shard parquet parts: one small part per output (less realistic, faster)")
     ap.add_argument("--root", help="data root (default: a temporary folder, deleted at the end unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the data root (and the services folder)")
-    args = ap.parse_args()
+    record.add_arguments(ap)
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("infra.catalog").setLevel(logging.WARNING)   # one maintenance line per night otherwise
     nights = sorted({int(n) for n in args.nights.split(",")})
     assert args.shards >= 2 and nights[0] >= 1
+    session = record.start_from_args("manifest_scale", ap, args, smoke=nights[-1] < 100 or args.shards < 50,
+                                     argv=argv)
     tmp = tempfile.mkdtemp(prefix="manifest-scale-")
     with contextlib.ExitStack() as es:
         if not args.keep:
@@ -293,11 +299,24 @@ def main() -> None:
             log.info("kept the data root %s (services folder %s)", root, tmp)
     first, last = nights[0], nights[-1]
     print()
+    ratios = {}
     for k in ("plan lookups", "shard resume"):
         wall, cpu = (results[last]["open"][k][i] / results[first]["open"][k][i] for i in (0, 1))
         fresh = results[last]["fresh"][k][0] / results[first]["fresh"][k][0]
+        ratios[k] = {"wall": wall, "cpu": cpu, "fresh_wall": fresh}
         print(f"{k}: night {last} / night {first} = {wall:.2f} wall, {cpu:.2f} cpu (fresh handle {fresh:.2f} wall), "
               f"target <= {TARGET}: {'PASS' if max(wall, cpu) <= TARGET else 'FAIL'}")
+    worst = max(max(r["wall"], r["cpu"]) for r in ratios.values())
+    numbers = {"nights": nights, "shards": args.shards, "reps": args.reps, "s3": args.s3,
+               "maintain": not args.no_maintain, "single_part": args.single_part,
+               "measured": {str(n): {"open": {k: {"wall": v[0], "cpu": v[1]} for k, v in m["open"].items()},
+                                     "fresh": {k: {"wall": v[0], "cpu": v[1]} for k, v in m["fresh"].items()},
+                                     "counts": m["counts"]} for n, m in results.items()},
+               "ratios": ratios}
+    record.finish(session, numbers, record.Ratio(
+        f"worst ratio night {last} / night {first} (plan and resume, wall and cpu)", worst, f"<= {TARGET}",
+        line=f"worst ratio night {last} / night {first} (plan and resume, wall and cpu): {worst:.2f}, "
+             f"target <= {TARGET}: {'PASS' if worst <= TARGET else 'FAIL'}"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Three timings over the same examples, in this process:
 * ``loop``: how the reference (SakanaAI/RLT) scores: one sequence at a time, full logits, log_softmax over the
   whole vocabulary at every position, then the spans are picked (target: score is >= 3x faster).
 
-The last lines printed are the two ratios, by process CPU time (robust on a shared machine) and by wall time.
+Writes its record (bench/record.py: ``bench/results/reward[-<variant>].json``; ``--tiny``: a temp folder unless
+``--results`` names one). The last lines printed are the loop speed-up and, last, the score/bare ratio, by process
+CPU time (robust on a shared machine) and by wall time.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import os
 import random
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 log = logging.getLogger("bench.reward")
@@ -107,7 +110,10 @@ def _args(argv):
     ap.add_argument("--repeats", type=int, default=1, help="timed repeats; the best is kept")
     ap.add_argument("--no-loop", action="store_true", help="skip the one-at-a-time baseline")
     ap.add_argument("--seed", type=int, default=0)
-    return ap.parse_args(argv)
+    from bench import record
+
+    record.add_arguments(ap)
+    return ap, ap.parse_args(argv)
 
 
 def _models(args):
@@ -127,10 +133,12 @@ def _models(args):
     return teacher.to(dtype), student.to(dtype), tok
 
 
-def _measure(args, reward, qs, ss, cs, examples) -> dict[str, tuple[float, float]]:
-    """Best (wall, cpu) seconds per method over interleaved repeats (the machine may be shared)."""
+def _measure(args, reward, qs, ss, cs, examples) -> tuple[dict[str, tuple[float, float]], Optional[float]]:
+    """Best (wall, cpu) seconds per method over interleaved repeats (the machine may be shared), and the largest
+    |reward(score) - reward(loop)| seen (None without the loop)."""
     pad = reward.tokenizer.pad_token_id or 0
     timings: dict[str, list[tuple[float, float]]] = {"score": [], "bare": [], "loop": []}
+    worst: Optional[float] = None
     for _ in range(args.repeats):
         _, *t = _timed(lambda: (bare_forward(reward.teacher, [e.teacher_ids for e in examples], args.batch_size, pad),
                                 bare_forward(reward.student, [e.student_ids for e in examples], args.batch_size, pad)))
@@ -140,14 +148,18 @@ def _measure(args, reward, qs, ss, cs, examples) -> dict[str, tuple[float, float
         if not args.no_loop:
             looped, *t = _timed(lambda: reference_style_loop(reward, qs, ss, cs))
             timings["loop"].append(tuple(t))
-            worst = max(abs(a.reward - b) for a, b in zip(scored, looped))
-            log.info("max |reward(score) - reward(loop)| = %.2e", worst)
-    return {k: (min(w for w, _ in v), min(c for _, c in v)) for k, v in timings.items() if v}
+            diff = max(abs(a.reward - b) for a, b in zip(scored, looped))
+            worst = diff if worst is None else max(worst, diff)
+            log.info("max |reward(score) - reward(loop)| = %.2e", diff)
+    return {k: (min(w for w, _ in v), min(c for _, c in v)) for k, v in timings.items() if v}, worst
 
 
 def main(argv=None) -> None:
-    args = _args(argv)
+    from bench import record
+
+    parser, args = _args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    session = record.start_from_args("reward", parser, args, smoke=args.tiny, argv=argv)
     # On a shared 2-core machine, spinning OpenMP workers slow torch down many-fold when other processes run;
     # sleeping waiters keep the timings meaningful. Must be set before torch starts its thread pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -167,15 +179,25 @@ def main(argv=None) -> None:
              sum(e.teacher_span[1] - e.teacher_span[0] for e in examples) / args.n, args.batch_size, args.threads,
              args.dtype)
     reward.score(qs[:2], ss[:2], cs[:2])  # warm-up (and the one-off probes)
-    best = _measure(args, reward, qs, ss, cs, examples)
+    best, worst = _measure(args, reward, qs, ss, cs, examples)
     for name, (wall, cpu) in best.items():
         log.info("%-5s wall %7.2f s  cpu %7.2f s  %6.2f explanations/s  %7.0f tokens/s (wall)", name, wall, cpu,
                  args.n / wall, n_tokens / wall)
     ratio = [best["bare"][j] / best["score"][j] for j in (1, 0)]
-    log.info("score/bare throughput ratio: %.2f by CPU time, %.2f by wall time (target >= 0.8)", *ratio)
+    numbers = {"n": args.n, "k": args.k, "batch_size": args.batch_size, "threads": args.threads, "dtype": args.dtype,
+               "tiny": args.tiny, "tokens": n_tokens,
+               "mean_explanation_tokens": sum(e.teacher_span[1] - e.teacher_span[0] for e in examples) / args.n,
+               "seconds": {k: {"wall": w, "cpu": c} for k, (w, c) in best.items()},
+               "score_explanations_per_s": args.n / best["score"][0],
+               "score_over_bare": {"cpu": ratio[0], "wall": ratio[1]}, "max_abs_reward_diff_vs_loop": worst}
     if "loop" in best:
         speedup = [best["loop"][j] / best["score"][j] for j in (1, 0)]
+        numbers["loop_speedup"] = {"cpu": speedup[0], "wall": speedup[1]}
         log.info("score vs one-at-a-time loop speedup: %.2fx by CPU time, %.2fx by wall time (target >= 3x)", *speedup)
+    record.finish(session, numbers, record.Ratio(
+        "score/bare throughput (wall)", ratio[1], ">= 0.8",
+        line="score/bare throughput ratio: %.2f by CPU time, %.2f by wall time (target >= 0.8)" % tuple(ratio)))
+
 
 if __name__ == "__main__":
     main()

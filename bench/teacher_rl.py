@@ -11,7 +11,9 @@ fallback), then GRPO with the RLT reward until ``--steps`` or the ``--minutes`` 
 Writes to ``--out``: ``history.json`` (per-step mean/min/max of every reward term), ``samples.txt``
 (completions with their terms), ``reward_terms.png`` (mean reward and each term per step) and prints a summary:
 mean reward over the first and last quarter of the steps and the least-squares slope with its standard error,
-so "the reward rises" is a statement with an error bar, not a reading of a noisy curve.
+so "the reward rises" is a statement with an error bar, not a reading of a noisy curve. Its ratio, printed last, is
+that slope over its standard error (a t statistic against "flat"; >= 2: the reward rose). Writes its record
+(bench/record.py) to ``bench/results/teacher_rl[-<variant>].json`` (``--tiny``: a temp folder unless ``--results``).
 """
 from __future__ import annotations
 
@@ -212,7 +214,9 @@ def _plot(history: dict, path: str, summary: dict) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from bench import record
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=".scratch/bench/teacher_rl")
     p.add_argument("--tiny", action="store_true", help="tiny random models (plumbing check)")
@@ -232,15 +236,25 @@ def main() -> None:
                    help="short system prompts (same tags/layout) to fit CPU time")
     p.add_argument("--save-steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    record.add_arguments(p)
+    args = p.parse_args(argv)
     if not args.steps and not args.minutes:
         p.error("give --steps or --minutes")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    session = record.start_from_args("teacher_rl", p, args, smoke=args.tiny, argv=argv)
     summary = run(args)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1))
+    numbers = {k: v for k, v in summary.items() if k != "config"}
+    print(json.dumps(numbers, indent=1))
     print(f"plot: {os.path.join(args.out, 'reward_terms.png')}")
+    reward = summary.get("reward", {})
+    slope, se = reward.get("slope_per_step", math.nan), reward.get("slope_se", math.nan)
+    t = slope / se if se and math.isfinite(slope) and math.isfinite(se) else None
+    record.finish(session, numbers, record.Ratio(
+        "reward slope per step / its standard error", t, ">= 2",
+        line=f"reward slope per step / its standard error: {'n/a' if t is None else f'{t:.2f}'} "
+             f"(slope {slope:+.4f} +- {se:.4f} per step over {summary['steps']} steps; target >= 2: the reward rose)"))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,14 @@ held-out accuracy sits inside 5-60%: 9% on 64 items when the task was chosen):
    reward.
 
 Every phase writes its result to ``--out`` and is skipped when the file is there, so a killed run resumes at the
-phase it was in. ``results.json`` gathers everything; ``report.md`` is the table docs/results.md quotes.
+phase it was in. ``results.json`` gathers everything; ``report.md`` holds the tables.
+
+Records (bench/record.py): each phase also writes a record (command, commit, machine load, the profile and seed,
+the phase's per-item outcomes and wall time) to ``<out>/records/<phase>.json`` and publishes a copy to
+``--records`` (default for the ``full`` profile: ``docs/results/evidence/``, committed; other profiles:
+``<out>/records`` only); ``summary.json`` there holds the statistics. ``scripts/render_docs.py`` renders the tables of
+docs/results.md from that folder. A new run (a new ``--out``) first removes the published records of another run,
+so the folder never mixes two runs; a resumed run republishes its kept records.
 """
 from __future__ import annotations
 
@@ -59,25 +66,88 @@ PROFILES: dict[str, dict[str, Any]] = {
 SHORT_TEACHER = ("You are given a question and its solution. Explain step by step how to reach the solution, "
                  "inside the explanation tags.")
 EMPTY = "(no explanation)"
-NOT_PHASES = ("results.json", "config.json", "thought_probe.json")   # the run folder's other JSON files
+NOT_PHASES = ("results.json", "config.json", "run.json", "thought_probe.json")   # the run folder's other JSON files
+RECORDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results", "evidence")
 SHORT_STUDENT = "Think step by step inside the thought tags, then give the solution."
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-def _phase(out: str, name: str, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` once: its JSON result is kept in ``out/<name>.json`` (written atomically) and reused after."""
+class Records:
+    """Where a run's records go: ``<out>/records`` (kept with the run, for resuming) and ``folder`` (published)."""
+
+    def __init__(self, out: str, folder: str, cfg: dict, argv: Optional[list[str]]):
+        self.kept, self.folder, self.cfg, self.argv = os.path.join(out, "records"), folder, cfg, argv
+        self.run_id = _run_id(out)
+
+    def start(self, name: str):
+        from bench import record
+
+        return record.start("evidence", variant=name, folder=self.kept, name=name, argv=self.argv)
+
+    def write(self, session, numbers: dict) -> None:
+        from bench import record
+
+        path = record.write(session, numbers, config=self.cfg, seed=self.cfg["seed"], run_id=self.run_id)
+        self.publish(os.path.basename(path)[:-5], force=True)
+
+    def publish(self, name: str, force: bool = False) -> None:
+        """Copy the kept record of ``name`` to the published folder (atomically) unless it is there already."""
+        src, dst = os.path.join(self.kept, f"{name}.json"), os.path.join(self.folder, f"{name}.json")
+        if os.path.abspath(src) == os.path.abspath(dst) or (os.path.exists(dst) and not force):
+            return
+        if not os.path.exists(src):
+            log.warning("phase %s has no record (it finished before records were kept): rerun it in a new --out "
+                        "to have one", name)
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        with open(src) as f, open(dst + ".tmp", "w") as g:
+            g.write(f.read())
+        os.replace(dst + ".tmp", dst)
+
+    def drop_other_runs(self) -> None:
+        """The published folder holds one run: records of another run are removed (git keeps them)."""
+        if not os.path.isdir(self.folder) or os.path.abspath(self.folder) == os.path.abspath(self.kept):
+            return
+        for f in sorted(os.listdir(self.folder)):
+            path = os.path.join(self.folder, f)
+            if not f.endswith(".json"):
+                continue
+            with open(path) as fh:
+                rec = json.load(fh)
+            if rec.get("bench") == "evidence" and rec.get("run_id") != self.run_id:
+                log.warning("removing %s: a record of another run (%s)", path, rec.get("run_id"))
+                os.remove(path)
+
+
+def _run_id(out: str) -> str:
+    """The run's id, made once and kept in ``<out>/run.json``."""
+    path = os.path.join(out, "run.json")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            json.dump({"run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()}, f)
+    with open(path) as f:
+        return json.load(f)["run_id"]
+
+
+def _phase(records: Records, name: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` once: its JSON result is kept in ``out/<name>.json`` (written atomically) and reused after; its
+    record goes to ``out/records/<name>.json`` and is published (:class:`Records`)."""
+    out = os.path.dirname(records.kept)
     path = os.path.join(out, f"{name}.json")
     if os.path.exists(path):
         log.info("phase %s: done earlier (%s)", name, path)
+        records.publish(name)
         with open(path) as f:
             return json.load(f)
     log.info("phase %s: start", name)
+    session = records.start(name)
     t0 = time.perf_counter()
     result = fn()
     result = {"seconds": round(time.perf_counter() - t0, 1), **result}
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(path + ".tmp", path)
+    records.write(session, result)
     log.info("phase %s: %.0f s", name, result["seconds"])
     return result
 
@@ -240,8 +310,9 @@ def paired_difference(a: list[bool], b: list[bool]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------- flow
-def run(cfg: dict, stop_after: Optional[str] = None) -> dict:
-    """All phases (``stop_after="teacher"``: only the teacher side, claim 1; a later run continues from there)."""
+def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] = None) -> dict:
+    """All phases (``stop_after="teacher"``: only the teacher side, claim 1; a later run continues from there).
+    ``records``: where the phase records go (default: ``<out>/records`` only)."""
     import torch
 
     from rlt_core.builtin_problems import generate
@@ -252,6 +323,8 @@ def run(cfg: dict, stop_after: Optional[str] = None) -> dict:
 
     out, seed = cfg["out"], cfg["seed"]
     os.makedirs(out, exist_ok=True)
+    records = records or Records(out, os.path.join(out, "records"), cfg, None)
+    summary = records.start("summary")
     torch.manual_seed(seed)
     style = _style()
     tok, make = _tokenizer_and_builder(cfg)
@@ -273,10 +346,10 @@ def run(cfg: dict, stop_after: Optional[str] = None) -> dict:
             warmup_ratio=0.0, max_length=768, style=style, runtime=_runtime(seed)), sft_dir, resume=False)
         return {"steps": res.steps, "final_loss": res.final_loss, "model_dir": res.model_dir}
 
-    sft_res = _phase(out, "teacher_sft", sft)
+    sft_res = _phase(records, "teacher_sft", sft)
     untrained = make(sft_res["model_dir"]).eval()
     k = cfg["heldout_samples"]
-    before = _phase(out, "heldout_before", lambda: {"rows": teacher_samples(untrained, student, tok, heldout, k,
+    before = _phase(records, "heldout_before", lambda: {"rows": teacher_samples(untrained, student, tok, heldout, k,
                                                                            10_000, cfg, style)})
 
     def grpo() -> dict:
@@ -314,9 +387,9 @@ def run(cfg: dict, stop_after: Optional[str] = None) -> dict:
         return {"steps": res.steps, "model_dir": res.model_dir, "summary": summary,
                 "history": {str(s): h for s, h in sorted(history.items())}}
 
-    grpo_res = _phase(out, "grpo", grpo)
+    grpo_res = _phase(records, "grpo", grpo)
     trained = make(grpo_res["model_dir"]).eval()
-    after = _phase(out, "heldout_after", lambda: {"rows": teacher_samples(trained, student, tok, heldout, k,
+    after = _phase(records, "heldout_after", lambda: {"rows": teacher_samples(trained, student, tok, heldout, k,
                                                                          10_000, cfg, style)})
     change = paired_reward_change(before["rows"], after["rows"])
     teacher_results = {"config": cfg, "heldout_reward": change,
@@ -324,14 +397,15 @@ def run(cfg: dict, stop_after: Optional[str] = None) -> dict:
     if stop_after == "teacher":
         with open(os.path.join(out, "report.md"), "w") as f:
             f.write(report_markdown(teacher_results))
+        records.write(summary, _summary_numbers(teacher_results, out))
         return teacher_results
 
-    _phase(out, "base_student", lambda: evaluate_student(student, tok, items, cfg, style))
+    _phase(records, "base_student", lambda: evaluate_student(student, tok, items, cfg, style))
 
     # ---- distillation data
-    expl_u = _phase(out, "explanations_untrained", lambda: {"rows": teacher_samples(
+    expl_u = _phase(records, "explanations_untrained", lambda: {"rows": teacher_samples(
         untrained, student, tok, distill_problems, 1, 20_000, cfg, style)})
-    expl_t = _phase(out, "explanations_trained", lambda: {"rows": teacher_samples(
+    expl_t = _phase(records, "explanations_trained", lambda: {"rows": teacher_samples(
         trained, student, tok, distill_problems, cfg["best_of_k"], 20_000, cfg, style)})
 
     def rows_of(samples: list[dict]) -> list[dict]:
@@ -360,10 +434,10 @@ def run(cfg: dict, stop_after: Optional[str] = None) -> dict:
         datasets[f"quartile_{i + 1}"] = rows_of(bin_rows)
     students = {}
     for name, rows in datasets.items():
-        students[name] = _phase(out, f"student_{name}",
+        students[name] = _phase(records, f"student_{name}",
                                 lambda rows=rows, name=name: distill_and_eval(name, rows, tok, make, items, cfg,
                                                                              style, out))
-    base = _phase(out, "base_student", lambda: {})
+    base = _phase(records, "base_student", lambda: {})
     results = {**teacher_results, "base_student": {"accuracy": base["accuracy"]},
                "students": {n: {"accuracy": s["accuracy"], "vs_reference": paired_difference(
                    s["correct"], students["reference"]["correct"]), "vs_base": paired_difference(
@@ -375,10 +449,19 @@ def run(cfg: dict, stop_after: Optional[str] = None) -> dict:
                                  for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in NOT_PHASES}}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
+    records.write(summary, _summary_numbers(results, out))
     _plots(results, out)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(report_markdown(results))
     return results
+
+
+def _summary_numbers(results: dict, out: str) -> dict:
+    """The statistics the documents quote (results.json less the config, which every record carries), plus every
+    finished phase's wall time."""
+    phases = {f[:-5]: json.load(open(os.path.join(out, f)))["seconds"]
+              for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in NOT_PHASES}
+    return {**{k: v for k, v in results.items() if k != "config"}, "phase_seconds": phases}
 
 
 def _quartile_stats(quartiles: list[list[dict]], students: list[dict]) -> dict:
@@ -479,6 +562,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile value (JSON value), e.g. --set grpo_steps=120 --set lr=1e-4")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--records", default=None, metavar="DIR",
+                   help="publish the phase records here (default: docs/results/evidence for the full profile, "
+                        "else <out>/records only)")
     p.add_argument("--stop-after", choices=["teacher"], default=None,
                    help="stop after the teacher side (claim 1); rerun without it to continue with the students")
     args = p.parse_args(argv)
@@ -500,7 +586,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     with open(saved, "w") as f:
         json.dump(cfg, f, indent=1)
-    results = run(cfg, args.stop_after)
+    folder = args.records or (RECORDS if args.profile == "full" else os.path.join(args.out, "records"))
+    records = Records(args.out, folder, cfg, argv)
+    records.drop_other_runs()
+    results = run(cfg, args.stop_after, records)
     print(report_markdown(results))
     return results
 

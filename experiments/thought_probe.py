@@ -8,6 +8,10 @@ and closes it at once (an empty thought); one forward pass over the prompt, the 
 ``\n\n`` padding gives the probability of that empty thought (the first token of ``<|end_of_thought|>``). The
 students are evaluated greedily (the paper's protocol); this says how much of an arm's accuracy is decided by that
 single token rather than by what the explanations taught.
+
+Writes ``<out>/thought_probe.json`` and a record (bench/record.py: command, commit, machine load, per-item outcomes,
+wall time) to ``<out>/records/thought_probe.json``, published like the run's phase records (``--records``; default
+``docs/results/evidence/`` for a ``full``-profile run).
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ def probe_student(model, tok, prompts: list[str], style, batch: int = 32) -> dic
     opening = tok(start, add_special_tokens=False).input_ids + newline * style.padding.count("\n")
     end_first = tok(end, add_special_tokens=False).input_ids[0]
     n_new = len(opening) + len(tok(end, add_special_tokens=False).input_ids) + 2
-    probs, empty = [], []
+    probs: list[float] = []
+    empty: list[bool] = []
     for i in range(0, len(prompts), batch):
         enc = [tok(p, add_special_tokens=False).input_ids for p in prompts[i:i + batch]]
         for suffix in ([], opening):
@@ -49,12 +54,15 @@ def probe_student(model, tok, prompts: list[str], style, batch: int = 32) -> dic
                     for text in tok.batch_decode(out[:, width:], skip_special_tokens=True):
                         empty.append(text.startswith(start) and text[len(start):].lstrip().startswith(end))
     return {"p_empty_thought": sum(probs) / len(probs), "greedy_empty_thought": sum(empty) / len(empty),
-            "n": len(probs)}
+            "n": len(probs), "items": {"p_empty_thought": [round(p, 6) for p in probs], "greedy_empty_thought": empty}}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="the experiments/evidence.py run folder")
+    p.add_argument("--records", default=None, metavar="DIR",
+                   help="publish the record here (default: docs/results/evidence for a full-profile run, "
+                        "else <out>/records only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from experiments import evidence as ev
@@ -62,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
 
     with open(os.path.join(args.out, "config.json")) as f:
         cfg = json.load(f)
+    folder = args.records or (ev.RECORDS if cfg.get("profile") == "full" else os.path.join(args.out, "records"))
+    records = ev.Records(args.out, folder, cfg, argv)
+    session = records.start("thought_probe")
     style, (tok, _) = ev._style(), ev._tokenizer_and_builder(cfg)
     prompts = [ev.student_prompt(tok, it.prompt, style) for it in ev.eval_items(cfg)]
     results = {}
@@ -74,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
                  results[arm]["p_empty_thought"], 100 * results[arm]["greedy_empty_thought"], results[arm]["n"])
     with open(os.path.join(args.out, "thought_probe.json"), "w") as f:
         json.dump(results, f, indent=1)
+    records.write(session, {"students": results})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 For each warm-up (``STEPS@LR``, batch 4, on the experiment's GRPO problems), samples G=4 explanations for 12 other
 problems at T=0.7 with :func:`experiments.evidence.teacher_samples` and prints the distinct completions per
 prompt, the within-prompt reward std (GRPO's advantage signal: 0 means no gradient), the format-penalty rate and
-the mean reward terms.
+the mean reward terms. Writes its record (bench/record.py) to ``docs/results/warmup_probe[-<variant>].json``
+(``--results DIR`` elsewhere, ``--no-record`` none).
 """
 from __future__ import annotations
 
@@ -27,7 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmups", nargs="+", default=["0@0", "4@2e-5", "8@2e-5"], help="STEPS@LR (0@0: no warm-up)")
     p.add_argument("--prompts", type=int, default=12)
     p.add_argument("--group", type=int, default=4)
+    from bench import record
+
+    record.add_arguments(p)
     args = p.parse_args(argv)
+    session = record.start_from_args("warmup_probe", p, args, smoke=False, argv=argv,
+                                     default_folder=record.ROOT / "docs" / "results")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("httpx", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -41,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     train, probe = pool[:cfg["train_problems"]], pool[cfg["train_problems"]:]
     student = make(None).eval()
     print(f"{'warm-up':>10s} {'distinct':>9s} {'rwd std':>8s} {'penalty':>8s} {'reward':>8s} {'r_ss':>7s} {'r_kl':>7s}")
+    rows_out = []
     for spec in args.warmups:
         steps, lr = int(spec.split("@")[0]), float(spec.split("@")[1])
         teacher = make(None)
@@ -56,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{spec:>10s} {d['distinct_per_problem']:9.2f} {d['within_problem_reward_std']:8.2f} "
               f"{mean['has_format_penalty']:8.0%} {mean['reward']:8.2f} {mean['r_ss']:7.2f} {mean['r_kl']:7.2f}"
               f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+        rows_out.append({"warmup": spec, "steps": steps, "lr": lr, **d, **mean, "seconds": time.perf_counter() - t0,
+                         "samples": [{k: r[k] for k in ("problem", "sample", "seed", "reward", "r_ss", "r_kl",
+                                                        "has_format_penalty")} for r in rows]})
+    record.write(session, {"prompts": args.prompts, "group": args.group, "warmups": rows_out})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ STAGE_NAMES = ("ingest", "train_teacher", "generate", "score", "filter", "distil
 # with --debug); anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = ("RecipeError", "SourceError", "StageFailed", "ContractError", "CatalogError", "QueryError",
                    "LockTimeout", "CheckpointCorrupt", "ExtensionError", "ExportError", "AuditFailed",
-                   "ReleaseError", "AliasConflict", "BackfillError")
+                   "ReleaseError", "AliasConflict", "BackfillError", "ModelUnavailable")
 
 
 class _QuietExpected(logging.Filter):
@@ -55,7 +55,8 @@ def _setup_env(root_arg: str | None = None, debug: bool = False) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=os.environ.get("RLT_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "botocore", "alembic", "mlflow", "filelock", "prefect.server"):
+    # (aiobotocore logs "Found credentials in environment variables." at INFO on every S3 client it makes)
+    for noisy in ("httpx", "urllib3", "botocore", "aiobotocore", "alembic", "mlflow", "filelock", "prefect.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not debug:
         for name in ("prefect.task_runs", "prefect.flow_runs"):

@@ -30,6 +30,8 @@ LAYERS = {
     "filter_decisions": "07_model_output", "distill_set": "05_model_input", "student_checkpoint": "06_models",
     "eval_results": "08_reporting", "report": "08_reporting",
 }
+OTHER_LAYER = "09_other"   # artifacts of a name LAYERS does not list
+
 
 
 def canonical_json(obj: Any) -> str:
@@ -75,7 +77,7 @@ class ArtifactWriter:
                  contract: Contract | None = None, label: str = ""):
         self.store, self.name, self.key, self.parts = store, name, key, parts
         self.run_id, self.contract, self.label = run_id, contract, label
-        self.uri = store.path(LAYERS.get(name, "09_other"), name, key)
+        self.uri = store.path(LAYERS.get(name, OTHER_LAYER), name, key)
         self.run_prefix = f"{self.uri}/runs/{run_id}"
         self.files: list[str] = []          # relative to the store root
         self.file_digests: dict[str, str] = {}   # relative path -> sha256 of its bytes

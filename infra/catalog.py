@@ -34,13 +34,16 @@ from urllib.parse import unquote, urlparse
 import duckdb
 import pyarrow as pa
 
-from infra import duck, faults
+from infra import duck, faults, sql_guard
 from infra.locks import file_mutex
+from infra.sql_guard import QueryError  # noqa: F401 (re-exported: the CLI's expected error)
 from infra.storage import Store
 
 log = logging.getLogger(__name__)
 
 ENV_URL = "RLT_CATALOG_URL"
+# PostgreSQL: readers (rlt manifest sql / lineage / export, read-only handles) connect as a role that can only SELECT
+ENV_READER_URL = "RLT_CATALOG_READER_URL"
 ARTIFACT_COL = "artifact_key"
 RELATIONS: dict[str, str] = {
     "runs": "run_id VARCHAR, flow VARCHAR, status VARCHAR, recipe VARCHAR, recipe_hash VARCHAR, "
@@ -143,9 +146,11 @@ class Location:
         return f"postgresql://{u.hostname}:{u.port or 5432}{u.path}"
 
 
-def locate(store: Store, url: str | None = None) -> Location:
-    """The catalog for a store: ``url`` or ``$RLT_CATALOG_URL``, else a SQLite file in a local data root."""
-    url = url or os.environ.get(ENV_URL) or ""
+def locate(store: Store, url: str | None = None, *, reader: bool = False) -> Location:
+    """The catalog for a store: ``url`` or ``$RLT_CATALOG_URL``, else a SQLite file in a local data root. A
+    ``reader`` takes ``$RLT_CATALOG_READER_URL`` first (a PostgreSQL role with SELECT only; without it, the writer's
+    URL, with a warning)."""
+    url = url or (_reader_url() if reader else "") or os.environ.get(ENV_URL) or ""
     data_path = store.path("_lake") + "/"
     if url.startswith(("postgresql://", "postgres://")):
         u = urlparse(url)
@@ -170,6 +175,24 @@ def locate(store: Store, url: str | None = None) -> Location:
                     lock_dir=os.path.join(folder, "locks"))
 
 
+_warned_no_reader = False
+
+
+def _reader_url() -> str:
+    """$RLT_CATALOG_READER_URL, for a writer URL that is set (without one the data root's own catalog is meant)."""
+    global _warned_no_reader
+    writer = os.environ.get(ENV_URL, "")
+    if not writer:
+        return ""
+    if url := os.environ.get(ENV_READER_URL):
+        return url
+    if writer.startswith(("postgresql://", "postgres://")) and not _warned_no_reader:
+        _warned_no_reader = True
+        log.warning("%s is not set: this read-only handle connects with the writer's role (%s); give readers a "
+                    "role with SELECT only (docs/catalog-roles.md)", ENV_READER_URL, ENV_URL)
+    return ""
+
+
 def _pg_libpq(dsn: str) -> dict[str, str]:
     u = urlparse(dsn)
     out = {"HOST": u.hostname or "localhost", "PORT": str(u.port or 5432), "DATABASE": u.path.strip("/")}
@@ -192,8 +215,8 @@ class Catalog:
                  snapshot: int | None = None, memory_limit: str | None = None, allow_legacy: bool = False):
         self.store = store
         self.allow_legacy = allow_legacy
-        self.location = locate(store, url)
         self.read_only = read_only or snapshot is not None
+        self.location = locate(store, url, reader=self.read_only)
         self.snapshot = snapshot
         self.memory_limit = memory_limit
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -251,6 +274,9 @@ class Catalog:
                     self._ensure_schema(con)
         except duckdb.Error as exc:
             con.close()
+            if self.read_only and "creating a new DuckLake is explicitly disabled" in str(exc):
+                raise CatalogError(f"no catalog yet at {loc.describe()}: nothing has been committed to "
+                                   f"{self.store.root}") from None
             raise CatalogError(f"cannot open the catalog at {loc.describe()}: {_scrub(str(exc), loc)}") from exc
         self._create_views(con)
         return con
@@ -630,23 +656,23 @@ def _scrub(text: str, loc: Location) -> str:
     return text
 
 
-class QueryError(ValueError):
-    """A query `rlt manifest sql` will not run (not exactly one read-only statement) or that failed."""
-
-
-_READ_TYPES = ("SELECT", "EXPLAIN")
-
-
 def open_reader(store: Store, url: str | None = None, snapshot: int | None = None,
                 memory_limit: str = "1GB") -> Catalog:
-    """A read-only handle for user queries: views over the lake (nothing loaded into memory; DuckDB streams from
-    the catalog and the parquet files), then the connection is locked down: no file access outside the data root,
-    no extension installs, no configuration changes."""
+    """A read-only handle for user queries (``rlt manifest sql``, ``rlt lineage``): views over the lake (nothing
+    loaded into memory; DuckDB streams from the catalog and the parquet files), then the connection is locked down:
+    the lake attached read-only (on PostgreSQL as the reader role, ``RLT_CATALOG_READER_URL``), files readable only
+    in the catalog and artifact folders (not ``_services/``, where the stack keeps its passwords), credentials only
+    in redacted DuckDB secrets (not in settings), no extension installs, no configuration changes. What a query may
+    call is checked by ``read_query`` (infra/sql_guard.py)."""
+    from infra.artifacts import LAYERS, OTHER_LAYER   # infra.artifacts imports this module
+
     cat = Catalog(store, url, read_only=True, snapshot=snapshot, memory_limit=memory_limit)
     con = cat.con
-    allowed = [store.root.rstrip("/") + "/"]
+    root = store.root.rstrip("/")
+    allowed = [f"{root}/{folder}/" for folder in ("_lake", *sorted(set(LAYERS.values())), OTHER_LAYER)]
     if cat.location.kind == "sqlite":
         allowed.append(os.path.dirname(cat.location.sqlite_path) + "/")
+    duck.clear_credential_settings(con)
     con.execute("SET allowed_directories = ?", [allowed])
     con.execute("SET enable_external_access = false")
     con.execute("SET autoinstall_known_extensions = false")
@@ -656,17 +682,10 @@ def open_reader(store: Store, url: str | None = None, snapshot: int | None = Non
 
 
 def read_query(cat: Catalog, sql: str, batch: int = 1000) -> tuple[list[str], Iterator[tuple]]:
-    """Run exactly one SELECT/EXPLAIN statement on a reader; (column names, a row iterator fetched in batches)."""
+    """Run one read-only query on a reader (checked by infra/sql_guard.py); (column names, a row iterator fetched in
+    batches)."""
     con = cat.con
-    try:
-        stmts = con.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise QueryError(f"not valid SQL: {exc}") from None
-    if len(stmts) != 1:
-        raise QueryError(f"expected exactly one statement, got {len(stmts)}")
-    kind = stmts[0].type.name
-    if kind not in _READ_TYPES:
-        raise QueryError(f"only read-only queries (SELECT, EXPLAIN) are allowed here, got {kind}")
+    sql = sql_guard.check(con, sql)
     lock = cat._file_lock(shared=True)   # held while the result streams: no maintenance mid-query
     lock.__enter__()
     try:

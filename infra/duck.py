@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 from urllib.parse import urlparse
 
 import duckdb
@@ -102,3 +103,19 @@ def add_s3_secret(con: duckdb.DuckDBPyConnection, root: str, name: str = "rlt_s3
 
 def _q(s: str) -> str:
     return s.replace("'", "''")
+
+
+# settings that hold credentials: httpfs copies AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN from the
+# environment into s3_* settings at load, where current_setting() / duckdb_settings() hand them out in clear
+_CREDENTIAL_SETTING = re.compile(r"^(s3|gcs|r2|azure|http|hf)_\w*(secret|key_id|access_key|session_token|password|"
+                                 r"token|connection_string)")
+
+
+def clear_credential_settings(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Empty every credential-like setting of ``con`` (the connection keeps its redacted secrets, which is how it
+    reaches S3); returns the names cleared. For connections that run user queries."""
+    names = [r[0] for r in con.execute("SELECT name FROM duckdb_settings() WHERE input_type = 'VARCHAR' AND value "
+                                       "IS NOT NULL AND value <> ''").fetchall() if _CREDENTIAL_SETTING.search(r[0])]
+    for name in names:
+        con.execute(f"SET {name} = ''")
+    return names

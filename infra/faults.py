@@ -10,7 +10,9 @@ commit transaction, between a commit and the stage's bookkeeping. Two environmen
   handler, no ``finally``, no flush, exactly as the kernel's OOM killer or a lost machine would end it.
 - ``RLT_FAULT_PAUSE=<point>@<n>:<path>``: at the n-th pass the process creates ``<path>.reached`` and waits
   (up to 10 minutes) until ``<path>.go`` exists, so a test can break something outside at exactly that
-  moment (stop the object store mid-commit) and let the run go on into the outage.
+  moment (stop the object store mid-commit) and let the run go on into the outage. ``$VARS`` in ``<path>`` are
+  expanded in the passing process (``pause-$RLT_RAY_NODE``: one path per Ray node, so a test can let one node
+  run and park another).
 
 The suite picks kill points from a trace with a seeded random generator, so every failure is reproducible
 from its seed. Nothing here runs unless one of the variables is set.
@@ -48,7 +50,7 @@ def point(name: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         at, _, path = (pause or "").partition(":")
         if at == here and path:
-            _wait_for(path)
+            _wait_for(os.path.expandvars(path))
 
 
 def _wait_for(path: str, timeout_s: float = 600.0) -> None:

@@ -137,6 +137,16 @@ def folder_digest(path: str | os.PathLike) -> str:
     return files_digest(files + extra)
 
 
+class ModelUnavailable(RuntimeError):
+    """A model reference that cannot be resolved here (no such folder, hub unreachable): an expected error, one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first meaningful line of an exception chain's message (hub errors run to several paragraphs)."""
+    text = " ".join(str(exc).split("\n")[0].split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def resolve_model(ref: str) -> ModelSnapshot:
     """Resolve a model reference to a local folder (safetensors + tokenizer) and its digest."""
     if ref.startswith(BUILTIN_PREFIX):
@@ -150,7 +160,7 @@ def resolve_model(ref: str) -> ModelSnapshot:
 
             path = snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
         except Exception as exc:  # offline machines land here
-            raise RuntimeError(f"model '{ref}': not a local folder and the hub download failed ({exc}). "
-                               "Use builtin:smollm2-135m-instruct or a local folder here.") from exc
+            raise ModelUnavailable(f"model '{ref}': not a local folder and the hub download failed ({_one_line(exc)}); "
+                                   "use builtin:smollm2-135m-instruct or a local folder here") from exc
         return ModelSnapshot(ref, path, folder_digest(path))
-    raise FileNotFoundError(f"model reference '{ref}' is neither builtin:<name>, an existing folder nor a hub id")
+    raise ModelUnavailable(f"model reference '{ref}' is neither builtin:<name>, an existing folder nor a hub id")

@@ -30,10 +30,17 @@ a node is healthy when that table lists it alive with its custom resource (``que
 accept on the head's GCS port / the node's node-manager port is the quick readiness probe, then ``wait_nodes``
 confirms every node in the GCS table.
 
-Stop: SIGINT, Ray's fast shutdown (group gone in 1-2 s). SIGTERM makes ``ray start --block`` drain, and a head
-whose GCS got the same signal then hangs (measured: still up after 30 s). Ray's worker processes leave the
-service's process group (each is its own group leader); ``stop`` notes the service's process tree first and ends
-whatever of it outlives the group.
+Stop: SIGTERM to the ``ray start --block`` leader alone, which is Ray's own node shutdown: its handler (installed by
+Ray, so it works whatever signal dispositions the stack inherited) ends the node's processes in order, raylet
+first, then the GCS, then the agents (SIGTERM, SIGKILL after 1 s each), and exits. ``RAY_GRACEFUL_SHUTDOWN_DRAIN_
+TIMEOUT_S=0`` skips the drain wait meant for Serve replicas behind a load balancer (30 s by default). The whole group
+gets SIGKILL only if it outlives the grace period. Why not SIGINT to the group (the design until 2026-12): a process
+started with SIGINT ignored (a CI job run in the background by a non-interactive shell, ``nohup``) passes that
+disposition on, Python then installs no KeyboardInterrupt handler, and ``ray start --block`` with every Python agent
+ignores SIGINT (reproduced: 5 processes still up 20 s after it; CI saw 45 s and a SIGKILL). Nor SIGTERM to the
+group: the GCS dies while the leader drains against it. Ray's worker processes leave the service's process group
+(each is its own group leader); ``stop`` notes the service's process tree first and ends whatever of it outlives
+the group.
 
 Session files (logs, sockets) go to a ``--temp-dir`` per service (nodes starting together in one folder race for
 the same socket names): ``_services/<name>/tmp`` when Ray's unix socket paths under it fit the 107-byte limit, else
@@ -72,7 +79,9 @@ AUTH_MODE_ENV, AUTH_TOKEN_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"
 TOKEN_FILE = "auth-token"          # in _services/ray-head/
 MAX_NODES = len(string.ascii_lowercase)
 LABEL_RE = re.compile(r"^node_[a-z]$")
-STOP_SIGNAL = "SIGINT"
+STOP_SIGNAL = "SIGTERM"   # to the leader alone (stop_scope="leader"): see "Stop" above
+# the node shuts its processes down at once on SIGTERM, no drain wait (meant for Serve replicas behind a proxy)
+STOP_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 _SUN_PATH_MAX = 107   # bytes of a unix socket path (sun_path, less its NUL)
 # what Ray appends to --temp-dir for its longest socket: session_<date>_<time>_<usec>_<pid>/sockets/plasma_store.<n>
 _RAY_SOCKET_TAIL = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.99")
@@ -268,8 +277,8 @@ def head_spec(root: str | os.PathLike, cfg: RayClusterConfig, ports: RayPorts, t
     return ServiceSpec(name=HEAD, argv=tuple(argv), cwd=str(services.private_service_dir(root, HEAD)),
                        env={**(env or {}), NODE_ENV: "head", "RAY_USAGE_STATS_ENABLED": "0", **auth_env(token),
                             "DASHBOARD_METRIC_PORT": str(ports.dashboard_metrics),
-                            "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics)},
-                       health=HealthCheck(kind="tcp", port=ports.gcs), stop_signal=STOP_SIGNAL)
+                            "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics), **STOP_ENV},
+                       health=HealthCheck(kind="tcp", port=ports.gcs), stop_signal=STOP_SIGNAL, stop_scope="leader")
 
 
 def node_spec(root: str | os.PathLike, label: str, address: str, node_ports: RayNodePorts, token: str | SecretStr,
@@ -285,8 +294,9 @@ def node_spec(root: str | os.PathLike, label: str, address: str, node_ports: Ray
             "--num-cpus", str(cfg.cpus_per_node), "--resources", json.dumps({**(resources or {}), label: 1})]
     auth = auth_env(token) if with_token else {AUTH_MODE_ENV: "disabled", AUTH_TOKEN_ENV: ""}
     return ServiceSpec(name=name, argv=tuple(argv), cwd=str(services.private_service_dir(root, name)),
-                       env={**(env or {}), NODE_ENV: label, "RAY_USAGE_STATS_ENABLED": "0", **auth},
-                       health=HealthCheck(kind="tcp", port=node_ports.node_manager), stop_signal=STOP_SIGNAL)
+                       env={**(env or {}), NODE_ENV: label, "RAY_USAGE_STATS_ENABLED": "0", **auth, **STOP_ENV},
+                       health=HealthCheck(kind="tcp", port=node_ports.node_manager), stop_signal=STOP_SIGNAL,
+                       stop_scope="leader")
 
 
 def cluster_specs(root: str | os.PathLike, cfg: RayClusterConfig, ports: RayPorts, token: str | SecretStr,

@@ -106,6 +106,10 @@ class ServiceSpec(BaseModel):
     stop_signal: Literal["SIGTERM", "SIGINT"] = Field(
         "SIGTERM", description="first signal of a stop (SIGKILL follows after the grace period); "
                                "PostgreSQL: SIGINT = fast shutdown, which does not wait for clients")
+    stop_scope: Literal["group", "leader"] = Field(
+        "group", description="who gets the stop signal: the whole process group, or the leader alone (a "
+                             "supervisor that shuts its own children down in order: Ray's `ray start --block`); "
+                             "SIGKILL after the grace period always goes to the whole group")
 
 
 class ServiceStatus(BaseModel):
@@ -396,7 +400,7 @@ def start(root: str | os.PathLike, spec: ServiceSpec) -> int:
         "pid": proc.pid, "create_time": _create_time(proc.pid), "token": token, "argv": list(spec.argv),
         "started_at": time.time(), "health_url": spec.health.url, "ready_s": None,
         "user": lookup_user(spec.user).pw_name if spec.user is not None else None,
-        "stop_signal": spec.stop_signal,
+        "stop_signal": spec.stop_signal, "stop_scope": spec.stop_scope,
     })
     logger.info("started %s (pid %d), log %s", spec.name, proc.pid, log_path(root, spec.name))
     return proc.pid
@@ -477,7 +481,8 @@ def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
 
 def stop(root: str | os.PathLike, name: str, grace_s: float = 10.0) -> str:
     """Stop a service and its process group: its stop signal (SIGTERM unless the spec said
-    otherwise, see meta.json), then SIGKILL after ``grace_s`` seconds.
+    otherwise, see meta.json) to the group, or to the leader alone (``stop_scope``), then SIGKILL to the
+    whole group after ``grace_s`` seconds.
 
     Returns how it ended: ``"not-running"``, the stop signal's name (``"SIGTERM"``, ``"SIGINT"``)
     or ``"SIGKILL"``.
@@ -495,7 +500,10 @@ def stop(root: str | os.PathLike, name: str, grace_s: float = 10.0) -> str:
         if outcome not in ("SIGTERM", "SIGINT"):
             outcome = "SIGTERM"
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, getattr(signal, outcome))
+            if meta.get("stop_scope") == "leader" and pid in [p.pid for p in ours]:
+                os.kill(pid, getattr(signal, outcome))
+            else:
+                os.killpg(pid, getattr(signal, outcome))
         if not _wait_group_gone(pid, grace_s):
             logger.warning("%s ignored %s for %.0f s; sending SIGKILL", name, outcome, grace_s)
             outcome = "SIGKILL"

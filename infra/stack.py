@@ -85,7 +85,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from infra import ray_cluster, services
+from infra import pg_roles, ray_cluster, services
 from infra.services import LOOPBACK, HealthCheck, ServiceSpec, ServiceStatus
 
 logger = logging.getLogger(__name__)
@@ -366,9 +366,11 @@ def _specs(root: Path, cfg: StackConfig, ports: StackPorts, creds: S3Credentials
 
 PG_SERVICE = "postgres"
 PG_SYSTEM_USER = "rlt-postgres"  # runs initdb/postgres when we are root
-PG_SUPERUSER = "rlt"
+PG_SUPERUSER = "rlt"   # the cluster's bootstrap superuser: administers (`rlt stack up` only), never exported
 PG_DATABASE = "rlt_catalog"
-PG_PASSWORD_FILE = "password"
+PG_PASSWORD_FILE = "password"   # the superuser's
+# the roles clients get (infra/pg_roles.py): the catalog's owner for writers, SELECT only for readers
+PG_ROLE_PASSWORD_FILES = {pg_roles.WRITER: "writer-password", pg_roles.READER: "reader-password"}
 PG_FALLBACK_BASE = Path("/var/lib/rlt-postgres")  # clusters of data roots rlt-postgres cannot reach
 _SUN_PATH_MAX = 107  # bytes of a unix socket path (sun_path, less its NUL)
 
@@ -404,6 +406,37 @@ def postgres_password(data_root: str | os.PathLike, create: bool = False) -> Sec
     folder 0700) when there is none yet. None when there is none and ``create`` is False."""
     return services.secret_file(postgres_password_path(data_root), create, lambda: secrets.token_urlsafe(24),
                                 "PostgreSQL password")
+
+
+def catalog_role_password(data_root: str | os.PathLike, role: str, create: bool = False) -> SecretStr | None:
+    """The password of the catalog's writer or reader role (``pg_roles.WRITER`` / ``READER``), kept like the
+    superuser's (0600, folder 0700)."""
+    path = services.service_dir(_services_root(data_root), PG_SERVICE) / PG_ROLE_PASSWORD_FILES[role]
+    return services.secret_file(path, create, lambda: secrets.token_urlsafe(24), f"PostgreSQL {role} password")
+
+
+def catalog_env(data_root: str | os.PathLike, port: int) -> dict[str, str]:
+    """``RLT_CATALOG_URL`` (writer role) and ``RLT_CATALOG_READER_URL`` (reader role) of the stack's catalog; {}
+    before the roles have passwords (a stack from before them, not yet migrated by ``up``)."""
+    out = {}
+    for env, role in (("RLT_CATALOG_URL", pg_roles.WRITER), ("RLT_CATALOG_READER_URL", pg_roles.READER)):
+        if (password := catalog_role_password(data_root, role)) is None:
+            return {}
+        out[env] = catalog_url(port, password, user=role)
+    return out
+
+
+def ensure_catalog(data_root: str | os.PathLike, port: int, timeout_s: float = 60.0,
+                   alive: Callable[[], bool] = lambda: True) -> dict[str, str]:
+    """The catalog database and its two roles, made or corrected (``rlt stack up``; migrates a stack whose clients
+    used the superuser); returns ``catalog_env``."""
+    admin = postgres_password(data_root)
+    ensure_catalog_database(port, admin, timeout_s, alive)
+    passwords = {role: catalog_role_password(data_root, role, create=True).get_secret_value()
+                 for role in PG_ROLE_PASSWORD_FILES}
+    pg_roles.ensure({"host": LOOPBACK, "port": port, "user": PG_SUPERUSER, "password": admin.get_secret_value(),
+                     "connect_timeout": 10}, PG_DATABASE, passwords[pg_roles.WRITER], passwords[pg_roles.READER])
+    return catalog_env(data_root, port)
 
 
 def s3_credentials(data_root: str | os.PathLike, create: bool = False) -> S3Credentials:
@@ -579,11 +612,11 @@ def seaweedfs_security(data_root: str | os.PathLike) -> WeedSecurity:
     return WeedSecurity(config_dir=str(folder), env=env)
 
 
-def catalog_url(port: int, password: str | SecretStr, host: str = LOOPBACK) -> str:
-    """``postgresql://rlt:<password>@127.0.0.1:<port>/rlt_catalog`` (libpq / DuckLake form)."""
+def catalog_url(port: int, password: str | SecretStr, host: str = LOOPBACK, user: str = pg_roles.WRITER) -> str:
+    """``postgresql://rlt_writer:<password>@127.0.0.1:<port>/rlt_catalog`` (libpq / DuckLake form)."""
     if isinstance(password, SecretStr):
         password = password.get_secret_value()
-    return (f"postgresql://{PG_SUPERUSER}:{urllib.parse.quote(password, safe='')}@{host}:{port}/"
+    return (f"postgresql://{user}:{urllib.parse.quote(password, safe='')}@{host}:{port}/"
             f"{PG_DATABASE}")
 
 
@@ -953,15 +986,14 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials,
-              catalog_password: str | SecretStr | None = None, auth: ServiceAuth | None = None,
+              catalog: Mapping[str, str] | None = None, auth: ServiceAuth | None = None,
               ray_address: str | None = None, ray_token: SecretStr | None = None) -> dict[str, str]:
     """Environment variables that point the factory (s3fs, boto3, MLflow, Prefect, the DuckLake
-    catalog) at the stack. ``RLT_CATALOG_URL`` is there when ``catalog_password`` is given; MLflow's
+    catalog) at the stack. ``RLT_CATALOG_URL`` and ``RLT_CATALOG_READER_URL`` are ``catalog`` (``catalog_env``); MLflow's
     login and Prefect's auth string when ``auth`` is; ``RLT_RAY_ADDRESS``, ``RAY_AUTH_MODE=token`` and
     ``RAY_AUTH_TOKEN`` when ``ray_address`` and ``ray_token`` are (the stack has a Ray cluster)."""
     data_root = f"s3://{cfg.bucket}/{cfg.prefix}" if cfg.prefix else f"s3://{cfg.bucket}"
-    catalog = ({"RLT_CATALOG_URL": catalog_url(ports.postgres, catalog_password)}
-               if catalog_password is not None and ports.postgres else {})
+    catalog = dict(catalog or {}) if ports.postgres else {}
     return {
         "AWS_ENDPOINT_URL": s3_endpoint(ports),
         "AWS_ACCESS_KEY_ID": creds.key,
@@ -985,8 +1017,9 @@ def current_env(data_root: str | os.PathLike) -> dict[str, str]:
         raise StackError(f"no stack state under {data_root}: run `rlt stack up` first")
     cfg = StackConfig(**state["config"])
     ray_ports = _ray_ports(state) if cfg.ray_nodes else None
-    return stack_env(cfg, StackPorts(**state["ports"]), s3_credentials(data_root),
-                     postgres_password(data_root), service_auth(data_root),
+    ports = StackPorts(**state["ports"])
+    return stack_env(cfg, ports, s3_credentials(data_root),
+                     catalog_env(data_root, ports.postgres) if ports.postgres else None, service_auth(data_root),
                      ray_address=ray_ports.address if ray_ports else None,
                      ray_token=ray_cluster.cluster_token(_services_root(data_root)) if ray_ports else None)
 
@@ -1078,7 +1111,6 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
         previous = StackPorts(**state["ports"]) if state.get("ports") else None
         ports = allocate_ports(cfg, previous, keep=running)
         cluster = prepare_postgres(root, state.get(PG_SERVICE))
-        pg_password = postgres_password(root)
         specs = _specs(root, cfg, ports, creds, cluster, auth)
         for name in running:
             _check_reusable(root, specs[name])
@@ -1093,8 +1125,8 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
                 if not specs[name].health.probe(timeout_s=10.0):
                     raise StackError(f"{name} runs but does not answer at {specs[name].health.url}; "
                                      f"see {services.log_path(root, name)} or run `rlt stack down`")
-            ensure_catalog_database(ports.postgres, pg_password, cfg.start_timeout_s,
-                                    alive=lambda: services.running_pid(root, PG_SERVICE) is not None)
+            catalog = ensure_catalog(root, ports.postgres, cfg.start_timeout_s,
+                                     alive=lambda: services.running_pid(root, PG_SERVICE) is not None)
             ensure_bucket(s3_endpoint(ports), creds, cfg.bucket, cfg.region)
             if doors := open_doors(ports, auth):
                 raise StackError("the stack is up but not closed (a service started before it had credentials? "
@@ -1102,7 +1134,7 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
             ray_ready: dict[str, float] = {}
             if cfg.ray_nodes:
                 ray_ports, ray_ready = _up_ray(root, cfg, ports, state, lambda address, token: stack_env(
-                    cfg, ports, creds, pg_password, auth, ray_address=address, ray_token=token))
+                    cfg, ports, creds, catalog, auth, ray_address=address, ray_token=token))
             else:
                 ray_ports = _ray_ports(state)   # kept for a later --ray-nodes
         except BaseException:
@@ -1118,8 +1150,8 @@ def up(data_root: str | os.PathLike, cfg: StackConfig | None = None) -> dict[str
                            "ready_s": {**state.get("ready_s", {}), **ready, **ray_ready},
                            "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     if not cfg.ray_nodes:
-        return stack_env(cfg, ports, creds, pg_password, auth)
-    return stack_env(cfg, ports, creds, pg_password, auth, ray_address=ray_ports.address,
+        return stack_env(cfg, ports, creds, catalog, auth)
+    return stack_env(cfg, ports, creds, catalog, auth, ray_address=ray_ports.address,
                      ray_token=ray_cluster.cluster_token(root))
 
 

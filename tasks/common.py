@@ -55,6 +55,12 @@ class RunContext:
         return Catalog(self.store, self.catalog_url)
 
     @functools.cached_property
+    def reader(self) -> Catalog:
+        """A read-only handle on the same catalog (on PostgreSQL as the reader role, ``RLT_CATALOG_READER_URL``), for
+        work that only reads, such as the run's report."""
+        return Catalog(self.store, self.catalog_url, read_only=True)
+
+    @functools.cached_property
     def locks(self) -> Locks:
         return self.catalog.location.locks()
 
@@ -71,7 +77,8 @@ class RunContext:
         return owner_info(self.run_id)
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("store", "catalog", "tracker", "locks", "lineage")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("store", "catalog", "reader", "tracker", "locks",
+                                                                      "lineage")}
 
     def should_fail(self, stage: str, shard: str) -> bool:
         return f"{stage}:{shard}" in self.fail_shards or f"{stage}:*" in self.fail_shards

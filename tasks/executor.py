@@ -25,6 +25,7 @@ written twice. A shard that raises is not retried by Ray (it is recorded as fail
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import socket
@@ -145,14 +146,14 @@ def _address(cfg: ExecutorConfig) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _connect(address: str, runtime_env_items: tuple) -> dict:
+def _connect(address: str, runtime_env_json: str = "{}") -> dict:
     """``ray.init`` once per process and cluster; returns the cluster's resources. Clear errors for the usual
     ways this fails (unreachable address, missing or wrong token)."""
     import ray
 
     if ray.is_initialized():
         return dict(ray.cluster_resources())
-    runtime_env = dict(runtime_env_items)
+    runtime_env = json.loads(runtime_env_json)
     try:
         ray.init(address=address, namespace="rlt", runtime_env=runtime_env or None, log_to_driver=False,
                  configure_logging=False)
@@ -198,9 +199,10 @@ def _runtime_env(cfg: ExecutorConfig) -> dict:
     return env
 
 
-def _freeze(d: dict) -> tuple:
-    return tuple(sorted((k, _freeze(v) if isinstance(v, dict) else (tuple(v) if isinstance(v, list) else v))
-                        for k, v in d.items()))
+def _freeze(d: dict) -> str:
+    """A runtime_env as a cache key for ``_connect`` that turns back into the same nested dicts and lists (a
+    tuple-of-pairs key once reached Ray as ``env_vars=((k, v),)`` and was refused)."""
+    return json.dumps(d, sort_keys=True)
 
 
 class RayShards:

@@ -70,7 +70,7 @@ def _stats(recs: dict, keys: dict[str, str], name: str) -> dict:
 def night_figures(ctx: RunContext, run_id: str, keys: dict[str, str], costs: dict | None) -> dict:
     """Headline figures of one night: ``keys`` maps the night's output names (problems, distill_set, ...) to
     artifact keys; ``costs`` is its ``costs_by_run`` row (None on catalogs without cost records)."""
-    recs = ctx.catalog.artifacts(keys.values())
+    recs = ctx.reader.artifacts(keys.values())
     p, d = _stats(recs, keys, "problems"), _stats(recs, keys, "distill_set")
     s, g = _stats(recs, keys, "scored_explanations"), _stats(recs, keys, "explanations")
     ev = _stats(recs, keys, "eval_distilled").get("benchmarks") or {}
@@ -88,7 +88,7 @@ def night_figures(ctx: RunContext, run_id: str, keys: dict[str, str], costs: dic
 
 def _costs_by_run(ctx: RunContext) -> dict[str, dict]:
     try:
-        return {r["run_id"]: r for r in ctx.catalog.rows("SELECT * FROM costs_by_run")}
+        return {r["run_id"]: r for r in ctx.reader.rows("SELECT * FROM costs_by_run")}
     except Exception as exc:   # an older catalog: no cost records
         log.debug("costs_by_run unavailable: %s", exc)
         return {}
@@ -97,7 +97,7 @@ def _costs_by_run(ctx: RunContext) -> dict[str, dict]:
 def history(ctx: RunContext, recipe: str, current: dict, costs: dict[str, dict]) -> list[dict]:
     """Every earlier night of ``recipe`` (found through their report artifacts, whose inputs are the night's
     artifacts), oldest first, then this night."""
-    rows = ctx.catalog.rows(
+    rows = ctx.reader.rows(
         "SELECT a.run_id, a.inputs_json, r.status, r.ts FROM artifacts_committed a JOIN runs_latest r "
         "ON r.run_id = a.run_id WHERE a.name = 'report' AND r.recipe = ? AND a.run_id <> ? ORDER BY r.ts",
         [recipe, current["run_id"]])
@@ -161,7 +161,7 @@ def _trends_plot(nights: list[dict], path: str) -> None:
 def _reward_plot(ctx: RunContext, ref: ArtifactRef, path: str) -> dict:
     import pyarrow as pa
 
-    batches = list(ctx.catalog.scan(ref.name, ref.key, list(TERMS)))
+    batches = list(ctx.reader.scan(ref.name, ref.key, list(TERMS)))
     t = pa.Table.from_batches(batches).to_pydict() if batches else {}
     plt = _plt()
     fig, axes = plt.subplots(2, 3, figsize=(12, 6))
@@ -194,7 +194,7 @@ def _bar_plot(labels: list[str], values: list[float], title: str, ylabel: str, p
 def _accuracy_history(ctx: RunContext) -> dict[str, list[tuple[str, str, float]]]:
     """benchmark -> [(timestamp, label, pass@1)] over every evaluate artifact in the catalog."""
     hist: dict[str, list[tuple[str, str, float]]] = {}
-    for a in ctx.catalog.rows("SELECT ts, stats_json FROM lake.main.artifacts WHERE stage = 'evaluate' ORDER BY ts"):
+    for a in ctx.reader.rows("SELECT ts, stats_json FROM lake.main.artifacts WHERE stage = 'evaluate' ORDER BY ts"):
         st = json.loads(a["stats_json"] or "{}")
         for bench, s in (st.get("benchmarks") or {}).items():
             hist.setdefault(bench, []).append((str(a["ts"])[:16], st.get("label", ""), s["pass@1"]))
@@ -220,8 +220,8 @@ def _history_plot(hist: dict, path: str) -> None:
 def cost_rows(ctx: RunContext) -> tuple[list[dict], dict | None]:
     """This run's cost: one row per stage (``costs_by_stage``) and its totals with per-kept-example figures
     (``costs_by_run``; None if the catalog has no such view yet). Cached stages cost nothing and have no row."""
-    stages = ctx.catalog.rows("SELECT * FROM costs_by_stage WHERE run_id = ? ORDER BY ts", [ctx.run_id])
-    total = ctx.catalog.rows("SELECT * FROM costs_by_run WHERE run_id = ?", [ctx.run_id])
+    stages = ctx.reader.rows("SELECT * FROM costs_by_stage WHERE run_id = ? ORDER BY ts", [ctx.run_id])
+    total = ctx.reader.rows("SELECT * FROM costs_by_run WHERE run_id = ?", [ctx.run_id])
     return stages, (total[0] if total else None)
 
 
@@ -314,7 +314,7 @@ def _prefect_artifacts(recipe: str, run_id: str, night: list[tuple[str, str]], h
 def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name: str,
                  audits: dict | None = None) -> ArtifactRef:
     t0 = time.time()
-    runs = ctx.catalog.rows("SELECT * FROM lake.main.stage_runs WHERE run_id = ? ORDER BY ts", [ctx.run_id])
+    runs = ctx.reader.rows("SELECT * FROM lake.main.stage_runs WHERE run_id = ? ORDER BY ts", [ctx.run_id])
     tmp = tempfile.mkdtemp(prefix="rlt-report-")
     images: list[str] = []
     keys = {k: v.key for k, v in out.items() if isinstance(v, ArtifactRef)}
@@ -332,7 +332,7 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
         _bar_plot(list(secs), list(secs.values()), "seconds per stage (this run)", "s", os.path.join(tmp, "seconds.png"))
         images.append("seconds.png")
     generation = ""
-    gen = ctx.catalog.artifact(keys["explanations"]) if "explanations" in keys else None
+    gen = ctx.reader.artifact(keys["explanations"]) if "explanations" in keys else None
     if gen:
         g = json.loads(gen["stats_json"])
         generation = (f"{gen['num_rows']} explanations ({g.get('rows_reused', 0)} reused from earlier nights), "
@@ -343,7 +343,7 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
         reward_means = _reward_plot(ctx, out["scored_explanations"], os.path.join(tmp, "reward_terms.png"))
         images.append("reward_terms.png")
     if "distill_set" in keys:
-        st = json.loads(ctx.catalog.artifact(keys["distill_set"])["stats_json"])
+        st = json.loads(ctx.reader.artifact(keys["distill_set"])["stats_json"])
         reasons = {k.removeprefix("reason."): v for k, v in st.items() if k.startswith("reason.")}
         if reasons:
             _bar_plot(list(reasons), list(reasons.values()), f"filter decisions (yield {st.get('yield', 0):.0%})",
@@ -352,7 +352,7 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
     evaluation, ours = [], {}
     for key in ("eval_base", "eval_distilled"):
         if key in keys:
-            st = json.loads(ctx.catalog.artifact(keys[key])["stats_json"])
+            st = json.loads(ctx.reader.artifact(keys[key])["stats_json"])
             ours[st.get("label", key)] = {b: 100 * s["pass@1"] for b, s in st.get("benchmarks", {}).items()}
             evaluation += [dict(label=st.get("label"), benchmark=b, pass1=s["pass@1"], ci_low=s["ci_low"],
                                 ci_high=s["ci_high"], n_items=s["items"], k=s["k"])

@@ -1,19 +1,26 @@
 """train_teacher: problems -> teacher checkpoint (SFT warm-up in the teacher format, then GRPO with the RLT reward).
 
-Training state lives in a work folder keyed by the artifact key, so a crashed run resumes from its last
-checkpoint instead of starting over (rlt_core.training resumes from ``<work>/checkpoints``); the stage lock makes
-sure only one run trains a key at a time.
+Training state lives in a work folder keyed by the artifact key, so a crashed run resumes instead of starting
+over: a phase whose model is saved is not trained again, a phase cut short resumes from its last complete
+checkpoint (rlt_core.training resumes from ``<work>/<phase>/checkpoints``). The stage lock makes sure only one
+run trains a key at a time. The stage's stats count the optimizer steps in all (``steps``) and those this run
+computed (``steps_run``); crash points ``train.step`` (after an optimizer step) and ``train.checkpoint`` (after a
+checkpoint is on disk) let tests/faults kill a run mid-training (infra/faults.py).
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
+from transformers import TrainerCallback
 
 from data_contracts import teacher_checkpoint
+from infra import faults
 from infra.models import resolve_model
 from rlt_core.reward import RewardConfig
+from rlt_core.training.common import MODEL_SUBDIR, last_logged_loss
 from rlt_core.training.grpo import TeacherGRPOConfig
 from rlt_core.training.sft_teacher import TeacherSFTConfig
 from tasks.models import fresh_model, model_and_tokenizer
@@ -46,35 +53,83 @@ def train_teacher(run: StageRun) -> dict:
         return {"steps": 0}
     rows = list(run.rows("problems", ["question", "solution", "reasoning_trace"], where="split = 'train'"))
     rows = rows[: cfg.max_problems]
-    model_dir, steps, metrics = _train(run, cfg, rows, base.path, resolve_model(cfg.student_model).path)
+    progress = _Progress()
+    model_dir, steps, metrics = _train(run, cfg, rows, base.path, resolve_model(cfg.student_model).path, progress)
     run.save_checkpoint(model_dir, dict(row, phase="+".join(cfg.phases), steps=steps, metrics_json=metrics))
-    run.log.info("train_teacher: %d steps on %d problems", steps, len(rows))
-    return {"steps": steps, **metrics}
+    run.log.info("train_teacher: %d steps on %d problems (%d computed by this run, the rest resumed)", steps,
+                 len(rows), progress.steps)
+    return {"steps": steps, "steps_run": progress.steps, **metrics}
+
+
+class _Progress(TrainerCallback):
+    """Counts the optimizer steps this process computes and passes the crash points inside training. Once the
+    phase's last checkpoint is saved it writes the phase's totals to ``<phase>/trained.json``: before ``model/``
+    is saved and the checkpoints are dropped, so a rerun that finds ``model/`` finds the totals too."""
+
+    def __init__(self):
+        self.steps = 0
+        self.phase_dir = ""   # the phase being trained (set before its train())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+        faults.point("train.step")   # the step is done in memory, not yet in a checkpoint
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            _write_totals(self.phase_dir, int(state.global_step), last_logged_loss(state))
+        faults.point("train.checkpoint")   # checkpoint-<global_step> is complete on disk
+
+
+def _trained_path(phase_dir: str) -> str:
+    return os.path.join(phase_dir, "trained.json")
+
+
+def _write_totals(phase_dir: str, steps: int, final_loss: Optional[float]) -> None:
+    path = _trained_path(phase_dir)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"steps": steps, "final_loss": final_loss}, f)
+    os.replace(path + ".tmp", path)
+
+
+def _finished(phase_dir: str) -> Optional[dict]:
+    """A phase trained to the end by an earlier run of this key: its totals, else None."""
+    model_dir = os.path.join(phase_dir, MODEL_SUBDIR)   # save_final puts model/ in place atomically
+    if not (os.path.isdir(model_dir) and os.path.exists(_trained_path(phase_dir))):
+        return None
+    with open(_trained_path(phase_dir), encoding="utf-8") as f:
+        return dict(json.load(f), model_dir=model_dir)
 
 
 def _train(run: StageRun, cfg: TrainTeacherConfig, rows: list[dict], base_path: str,
-           student_path: str) -> tuple[str, int, dict]:
+           student_path: str, progress: _Progress) -> tuple[str, int, dict]:
     from rlt_core.training.grpo import train_teacher_grpo
     from rlt_core.training.sft_teacher import train_teacher_sft
 
     log_metric, work = run.metric_logger(), run.work_dir()
     model_path, steps, metrics = base_path, 0, {}
-    if "sft" in cfg.phases:
-        model = fresh_model(model_path, cfg.dtype)
-        _, tok = model_and_tokenizer(model_path, cfg.dtype, padding_side="right")
-        res = train_teacher_sft(model, tok, rows, cfg.sft, os.path.join(work, "sft"), log_metric=log_metric)
-        run.count_tokens(**res.tokens)   # None (unknown) counts add nothing
-        model_path, steps = res.model_dir, steps + res.steps
-        metrics["sft_final_loss"] = res.final_loss
-        del model
-    if "grpo" in cfg.phases:
-        policy = fresh_model(model_path, cfg.dtype)
-        student, tok = model_and_tokenizer(student_path, cfg.dtype)
-        res = train_teacher_grpo(policy, student, tok, rows, cfg.grpo, cfg.reward, os.path.join(work, "grpo"),
-                                 log_metric=log_metric, log_text=run.text_logger())
-        run.count_tokens(**res.tokens)
-        model_path, steps = res.model_dir, steps + res.steps
-        metrics["grpo_final_loss"] = res.final_loss
+    for phase in [p for p in ("sft", "grpo") if p in cfg.phases]:
+        out = progress.phase_dir = os.path.join(work, phase)
+        done = _finished(out)
+        if done is not None:
+            run.log.info("train_teacher: %s was trained to the end (%d steps) by an earlier run; not redone",
+                         phase, done["steps"])
+        elif phase == "sft":
+            model = fresh_model(model_path, cfg.dtype)
+            _, tok = model_and_tokenizer(model_path, cfg.dtype, padding_side="right")
+            res = train_teacher_sft(model, tok, rows, cfg.sft, out, log_metric=log_metric, callbacks=[progress])
+            run.count_tokens(**res.tokens)   # None (unknown) counts add nothing
+            del model
+        else:
+            policy = fresh_model(model_path, cfg.dtype)
+            student, tok = model_and_tokenizer(student_path, cfg.dtype)
+            res = train_teacher_grpo(policy, student, tok, rows, cfg.grpo, cfg.reward, out, log_metric=log_metric,
+                                     log_text=run.text_logger(), callbacks=[progress])
+            run.count_tokens(**res.tokens)
+        if done is None:   # (the totals the last checkpoint wrote already, when it was saved at the last step)
+            _write_totals(out, res.steps, res.final_loss)
+            done = {"steps": res.steps, "final_loss": res.final_loss, "model_dir": res.model_dir}
+        model_path, steps = done["model_dir"], steps + done["steps"]
+        metrics[f"{phase}_final_loss"] = done["final_loss"]
     return model_path, steps, metrics
 
 

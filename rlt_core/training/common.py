@@ -9,17 +9,18 @@ Layout of a training ``output_dir``::
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ TextLogger = Callable[[str, str, int], None]
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 MODEL_SUBDIR = "model"
+CHECKPOINT_RE = re.compile(r"checkpoint-[0-9]+")   # the Trainer's checkpoint folder names
+TRAINER_STATE = "trainer_state.json"   # the last file the Trainer writes into a checkpoint
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class TrainResult:
 
     Attributes:
         steps: optimizer steps done in total (``trainer.state.global_step``, counting steps before a resume).
-        final_loss: the last logged training loss (None if nothing was logged).
+        final_loss: the last logged training loss, counting steps before a resume (None if nothing was logged).
         output_dir: the run folder (checkpoints while training, ``model/`` at the end).
         model_dir: the folder with the final safetensors weights, config and tokenizer.
         resumed_from: the checkpoint training resumed from, if any.
@@ -98,16 +101,25 @@ class RuntimeSettings(BaseModel):
     keep_checkpoints: bool = Field(default=False, description="keep checkpoints/ after a successful run")
 
 
-def trainer_kwargs(rt: RuntimeSettings, output_dir: str, max_steps: int) -> dict[str, Any]:
-    """TrainingArguments keyword arguments every stage shares (saving, logging, device, precision)."""
+def trainer_kwargs(rt: RuntimeSettings, output_dir: str, max_steps: int,
+                   launch_args: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """TrainingArguments keyword arguments every stage shares (saving, logging, device, precision).
+
+    ``launch_args``: what a multi-rank launch adds (``ddp_backend``, ``ddp_timeout``, ``fsdp``/``fsdp_config``,
+    ``deepspeed``: :func:`rlt_core.training.distributed.trainer_args`); they may not override the recipe's own.
+    """
     save = {"save_strategy": "steps", "save_steps": rt.save_steps} if rt.save_steps else {"save_strategy": "epoch"}
     if rt.save_steps is None and max_steps > 0:
         # With max_steps, "epoch" may never trigger: save at the end at least.
         save = {"save_strategy": "steps", "save_steps": max_steps}
-    return dict(output_dir=os.path.join(output_dir, CHECKPOINTS_SUBDIR), use_cpu=rt.use_cpu, bf16=rt.bf16,
-                activation_checkpointing=rt.gradient_checkpointing, seed=rt.seed, logging_steps=rt.logging_steps,
-                save_total_limit=rt.save_total_limit, report_to="none", disable_tqdm=True,
-                save_only_model=False, max_steps=max_steps, **save)
+    kwargs = dict(output_dir=os.path.join(output_dir, CHECKPOINTS_SUBDIR), use_cpu=rt.use_cpu, bf16=rt.bf16,
+                  activation_checkpointing=rt.gradient_checkpointing, seed=rt.seed, logging_steps=rt.logging_steps,
+                  save_total_limit=rt.save_total_limit, report_to="none", disable_tqdm=True,
+                  save_only_model=False, max_steps=max_steps, **save)
+    clash = sorted(set(launch_args or {}) & set(kwargs))
+    if clash:
+        raise ValueError(f"launch arguments may not override the recipe's trainer arguments: {clash}")
+    return {**kwargs, **(launch_args or {})}
 
 
 def quiet_trainer(trainer):
@@ -120,12 +132,11 @@ def quiet_trainer(trainer):
 
 
 def gradient_accumulation(global_batch: int, per_device: int, what: str = "batch_size") -> int:
-    """Grad-accumulation steps for one process, so that ``per_device * steps == global_batch``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if global_batch % (per_device * world):
-        raise ValueError(f"{what}={global_batch} must be a multiple of per_device_batch_size*world_size "
-                         f"= {per_device}*{world}")
-    return global_batch // (per_device * world)
+    """Grad-accumulation steps for one process, so that ``per_device * steps * WORLD_SIZE == global_batch``
+    (:func:`rlt_core.training.distributed.derive_batch` with the launcher's ``WORLD_SIZE``)."""
+    from rlt_core.training.distributed import derive_batch
+
+    return derive_batch(global_batch, int(os.environ.get("WORLD_SIZE", "1")), per_device, what=what).grad_accum
 
 
 class MetricsCallback(TrainerCallback):
@@ -185,15 +196,63 @@ def sft_token_counts(trainer, metrics: MetricsCallback) -> dict[str, Optional[in
     return {"tokens_in": seen, "tokens_out": 0, "forward_tokens": seen}
 
 
-def resume_checkpoint(output_dir: str, resume: bool) -> Optional[str]:
-    """The newest ``checkpoint-N`` under ``output_dir/checkpoints`` when resuming, else None."""
+def resume_checkpoint(output_dir: str, resume: bool, needs: Sequence[str] = ()) -> Optional[str]:
+    """The newest complete ``checkpoint-N`` under ``output_dir/checkpoints`` when resuming, else None.
+
+    The Trainer writes a checkpoint in place, its ``trainer_state.json`` last: a process killed while saving leaves
+    a folder without it (or with it cut short), from which ``train()`` cannot resume. Such a folder is passed
+    over for the one before it (the Trainer saves the new checkpoint before it deletes older ones), and so is one
+    missing any of the files in ``needs`` (written into the checkpoint by a callback's ``on_save``).
+    """
     ckpt_dir = os.path.join(output_dir, CHECKPOINTS_SUBDIR)
     if not resume or not os.path.isdir(ckpt_dir):
         return None
-    last = get_last_checkpoint(ckpt_dir)
-    if last:
-        log.info("resuming from %s", last)
-    return last
+    found = [name for name in os.listdir(ckpt_dir) if CHECKPOINT_RE.fullmatch(name)]
+    for name in sorted(found, key=lambda n: int(n.rsplit("-", 1)[1]), reverse=True):
+        path = os.path.join(ckpt_dir, name)
+        if _complete(path, needs):
+            log.info("resuming from %s", path)
+            return path
+        log.warning("checkpoint %s is incomplete (the run was stopped while saving it); not resuming from it", path)
+    return None
+
+
+def _complete(path: str, needs: Sequence[str]) -> bool:
+    try:
+        with open(os.path.join(path, TRAINER_STATE), encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return all(os.path.exists(os.path.join(path, n)) for n in needs)
+
+
+def train_from(trainer, ckpt: Optional[str], metrics: MetricsCallback) -> None:
+    """``trainer.train(resume_from_checkpoint=ckpt)``, unless ``ckpt`` already holds the run's last step
+    (``global_step >= max_steps``): then the trainer loads its weights and state, as ``train()`` would, and trains
+    nothing. transformers checks ``max_steps`` only after a step, so from such a checkpoint it trains one step
+    too many whenever ``max_steps`` ends inside an epoch: a run killed between its last checkpoint and its final
+    save would otherwise come out one optimizer step past an uninterrupted run."""
+    if ckpt is not None and trainer.args.max_steps > 0:
+        from transformers import TrainerState
+
+        state = TrainerState.load_from_json(os.path.join(ckpt, TRAINER_STATE))
+        if state.global_step >= trainer.args.max_steps:
+            trainer._load_from_checkpoint(ckpt)   # what train() loads first (LoRA adapters included)
+            trainer.state = state
+            metrics.tokens_seen_at_start = int(state.num_input_tokens_seen or 0)   # this call sees no token
+            log.info("%s holds the last step (%d): nothing left to train", ckpt, state.global_step)
+            return
+    trainer.train(resume_from_checkpoint=ckpt)
+
+
+def last_logged_loss(state, default: Optional[float] = None) -> Optional[float]:
+    """The last training loss in ``TrainerState.log_history`` (which a resumed run loads from its checkpoint, so a
+    run resumed after its last logged step still knows it), else ``default``."""
+    for entry in reversed(state.log_history or []):
+        value = entry.get("loss")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return default
 
 
 def unwrap_trained(model: torch.nn.Module) -> torch.nn.Module:
@@ -207,12 +266,14 @@ def unwrap_trained(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def save_final(model: torch.nn.Module, tokenizer, output_dir: str) -> str:
-    """Save weights (safetensors), config and tokenizer into ``output_dir/model``; return that folder."""
+def save_final(model: torch.nn.Module, tokenizer, output_dir: str, state_dict: Optional[dict] = None) -> str:
+    """Save weights (safetensors), config and tokenizer into ``output_dir/model``; return that folder.
+
+    ``state_dict``: the full weights when the model's own parameters are shards (FSDP, ZeRO-3)."""
     model_dir = os.path.join(output_dir, MODEL_SUBDIR)
     tmp = model_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)  # transformers 5 writes safetensors only
+    model.save_pretrained(tmp, state_dict=state_dict)  # transformers 5 writes safetensors only
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)  # readers never see a half-written model folder
@@ -225,12 +286,25 @@ def finish_run(trainer, tokenizer, output_dir: str, rt: RuntimeSettings, metrics
     """Merge LoRA, save the final model, drop the resume checkpoints; return the result and the plain model.
 
     ``tokens``: the call's token counts (``tokens_in``, ``tokens_out``, ``forward_tokens``) for the result.
+
+    Under a multi-rank launch every rank calls this; rank 0 alone writes ``model/`` and removes the checkpoints,
+    after every rank is past training. With sharded parameters (FSDP, ZeRO-3) the full state dict is gathered
+    first, a collective every rank takes part in.
     """
+    from rlt_core.training.distributed import barrier, is_sharded
+
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if is_sharded(trainer) else None
     model = unwrap_trained(trainer.model)
-    model_dir = save_final(model, tokenizer, output_dir)
-    if not rt.keep_checkpoints:
-        shutil.rmtree(os.path.join(output_dir, CHECKPOINTS_SUBDIR), ignore_errors=True)
-    result = TrainResult(steps=int(trainer.state.global_step), final_loss=metrics.last_loss,
+    main = trainer.args.process_index == 0
+    model_dir = os.path.join(output_dir, MODEL_SUBDIR)
+    barrier()   # every rank is done with the checkpoints before rank 0 removes them
+    if main:
+        save_final(model, tokenizer, output_dir, state_dict)
+        if not rt.keep_checkpoints:
+            shutil.rmtree(os.path.join(output_dir, CHECKPOINTS_SUBDIR), ignore_errors=True)
+    barrier()   # model/ is in place before any rank returns
+    result = TrainResult(steps=int(trainer.state.global_step),
+                         final_loss=last_logged_loss(trainer.state, metrics.last_loss),
                          output_dir=output_dir, model_dir=model_dir, resumed_from=resumed_from,
                          **{k: (None if v is None else int(v)) for k, v in (tokens or {}).items()})
     return result, model

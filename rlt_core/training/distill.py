@@ -13,9 +13,10 @@ Defaults are the SkyThought/Bespoke-Stratos recipe (rlt-method.md 5): full fine-
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
+from transformers import TrainerCallback
 
 from rlt_core.prompts import PromptStyle, student_messages
 from rlt_core.training.common import (
@@ -30,6 +31,7 @@ from rlt_core.training.common import (
     quiet_trainer,
     resume_checkpoint,
     sft_token_counts,
+    train_from,
     trainer_kwargs,
 )
 
@@ -91,8 +93,11 @@ def build_distill_dataset(rows: Iterable[Mapping[str, Any]], style: PromptStyle)
 
 
 def make_distill_trainer(model, tokenizer, rows: Iterable[Mapping[str, Any]], cfg: DistillConfig, output_dir: str,
-                         log_metric: Optional[MetricLogger] = None):
-    """Build the ``SFTTrainer`` (exposed so tests can inspect its collated batches). Returns (trainer, metrics)."""
+                         log_metric: Optional[MetricLogger] = None, callbacks: Sequence[TrainerCallback] = (),
+                         launch_args: Optional[Mapping[str, Any]] = None):
+    """Build the ``SFTTrainer`` (exposed so tests can inspect its collated batches). Returns (trainer, metrics).
+
+    ``launch_args``: extra ``TrainingArguments`` of a multi-rank launch (``rlt_core.training.distributed``)."""
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -105,17 +110,19 @@ def make_distill_trainer(model, tokenizer, rows: Iterable[Mapping[str, Any]], cf
         num_train_epochs=cfg.num_train_epochs, max_length=cfg.max_length, packing=False,
         include_num_input_tokens_seen=SFT_TOKEN_COUNTING,  # TrainResult's token counts (sft_token_counts)
         completion_only_loss=True, assistant_only_loss=False,
-        **trainer_kwargs(cfg.runtime, output_dir, cfg.max_steps),
+        **trainer_kwargs(cfg.runtime, output_dir, cfg.max_steps, launch_args),
     )
     metrics = MetricsCallback(log_metric, prefix="distill/")
     trainer = SFTTrainer(model=model, args=args, train_dataset=build_distill_dataset(rows, cfg.style),
-                         processing_class=tokenizer, callbacks=[metrics],
+                         processing_class=tokenizer, callbacks=[metrics, *callbacks],
                          peft_config=cfg.lora.to_peft() if cfg.lora else None)
     return quiet_trainer(trainer), metrics
 
 
 def distill_student(model, tokenizer, rows: Iterable[Mapping[str, Any]], cfg: DistillConfig, output_dir: str,
-                    log_metric: Optional[MetricLogger] = None, resume: bool = True) -> TrainResult:
+                    log_metric: Optional[MetricLogger] = None, resume: bool = True,
+                    callbacks: Sequence[TrainerCallback] = (),
+                    launch_args: Optional[Mapping[str, Any]] = None) -> TrainResult:
     """SFT ``model`` (in place) on student-format rows; save safetensors to ``output_dir/model``.
 
     Args:
@@ -126,10 +133,14 @@ def distill_student(model, tokenizer, rows: Iterable[Mapping[str, Any]], cfg: Di
         output_dir: run folder; checkpoints go to ``output_dir/checkpoints`` while training.
         log_metric: optional ``log_metric(name, value, step)`` sink.
         resume: continue from the newest checkpoint in ``output_dir`` when there is one.
+        callbacks: extra ``transformers.TrainerCallback``s (e.g. progress or crash points).
+        launch_args: extra ``TrainingArguments`` when this runs as one rank of a gang
+            (:mod:`rlt_core.training.launch`); the global batch stays ``cfg.batch_size``.
     """
-    trainer, metrics = make_distill_trainer(model, tokenizer, rows, cfg, output_dir, log_metric)
+    trainer, metrics = make_distill_trainer(model, tokenizer, rows, cfg, output_dir, log_metric, callbacks,
+                                            launch_args)
     ckpt = resume_checkpoint(output_dir, resume)
-    trainer.train(resume_from_checkpoint=ckpt)
+    train_from(trainer, ckpt, metrics)
     result, _ = finish_run(trainer, tokenizer, output_dir, cfg.runtime, metrics, ckpt,
                            tokens=sft_token_counts(trainer, metrics))
     log.info("distillation done: %d steps, final loss %s, model in %s", result.steps, result.final_loss,

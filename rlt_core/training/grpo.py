@@ -23,6 +23,11 @@ Recipe mapping (rlt-method.md 3.2 -> TRL 1.16):
 
 The tokens a run processed (prompt, completion, model forward tokens) come back on the :class:`TrainResult`, from
 TRL's own counters and the reward's (:func:`grpo_token_counts`).
+
+Generation is transformers' ``generate`` unless ``TeacherGRPOConfig.vllm`` names TRL's vLLM modes (GPU only:
+:class:`VLLMSettings`); ``per_sample_seeds`` makes the transformers samples independent of the number of ranks
+(``rlt_core.training.sampling``). Under data parallelism (``rlt_core.training.launch``) the reward terms logged per
+step cover every rank's completions.
 """
 from __future__ import annotations
 
@@ -32,9 +37,9 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Literal, Mapping, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 from transformers import TrainerCallback
 
 from rlt_core.prompts import PromptStyle, format_teacher_prompt
@@ -50,14 +55,21 @@ from rlt_core.training.common import (
     gradient_accumulation,
     quiet_trainer,
     resume_checkpoint,
+    train_from,
     trainer_kwargs,
 )
+from rlt_core.training.vllm_settings import VLLMSettings
 
 log = logging.getLogger(__name__)
 
 REWARD_TERMS = ("reward", "r_ss", "r_kl", "format_penalty", "answer_logprob_mean", "answer_logprob_min",
                 "kl_mean", "kl_max", "n_explanation_tokens")
 REFERENCE_FILE = "reference_model.safetensors"
+
+
+# Fields added after recipes were pinned: left out of a dump while at their default, so the config (and the
+# artifact key a stage derives from it) of a recipe that does not use them is what it was.
+_QUIET_DEFAULTS = {"vllm": None, "per_sample_seeds": False}
 
 
 class TeacherGRPOConfig(BaseModel):
@@ -91,9 +103,26 @@ class TeacherGRPOConfig(BaseModel):
     samples_per_log: int = Field(default=2, ge=0)
     lora: Optional[LoraSettings] = None
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    vllm: Optional[VLLMSettings] = Field(default=None, description="None: generate with transformers (CPU: always)")
+    per_sample_seeds: bool = Field(
+        default=False, description="sample each completion from its own seed (runtime.seed, step, sample index): "
+                                   "completions then do not depend on the number of ranks (transformers "
+                                   "generation only; rlt_core.training.sampling)")
+
+    @model_serializer(mode="wrap")
+    def _leave_out_quiet_defaults(self, handler):
+        data = handler(self)
+        for name, default in _QUIET_DEFAULTS.items():
+            if name in data and data[name] == default:
+                del data[name]
+        return data
 
     @model_validator(mode="after")
     def _reference_sync_possible(self) -> "TeacherGRPOConfig":
+        if self.per_sample_seeds and self.vllm is not None:
+            raise ValueError("per_sample_seeds works with transformers generation only; set vllm=None")
+        if self.vllm is not None and self.runtime.use_cpu:
+            raise ValueError("vllm needs GPUs: TRL's use_vllm fails on CPU at the first weight sync; set vllm=None")
         if self.sync_ref_model and self.beta == 0.0:
             raise ValueError("sync_ref_model=True needs beta > 0 (with beta=0 there is no reference model)")
         if self.sync_ref_model and self.lora is not None:
@@ -154,10 +183,13 @@ class RewardTermsLogger(TrainerCallback):
         self.completions = 0
         self.completion_tokens: Optional[int] = 0
         self.reward_forward_tokens: Optional[int] = 0
+        # entered around each scoring call (sharded training: the policy's full parameters, distributed.py)
+        self.scoring_context: Callable[[], ContextManager] = contextlib.nullcontext
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
         t0 = time.perf_counter()
-        rewards = self.reward_func(prompts=prompts, completions=completions, **kwargs)
+        with self.scoring_context():
+            rewards = self.reward_func(prompts=prompts, completions=completions, **kwargs)
         self._reward_seconds += time.perf_counter() - t0
         self.completions += len(completions)
         ids = kwargs.get("completion_ids")
@@ -177,7 +209,7 @@ class RewardTermsLogger(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         step, now = int(state.global_step), time.perf_counter()
         stats: dict[str, float] = {"step": step}
-        batch, self.pending = self.pending, []
+        batch, self.pending = _gather_objects(self.pending), []   # every rank's completions of the step
         for term in REWARD_TERMS:
             values = [float(getattr(b, term)) for b in batch]
             values = [v for v in values if math.isfinite(v)]
@@ -206,15 +238,28 @@ class ReferenceCheckpoint(TrainerCallback):
         from safetensors.torch import save_model
 
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if os.path.isdir(folder):
-            save_model(self.ref_model, os.path.join(folder, REFERENCE_FILE))
+        # rank 0 alone; written aside, then renamed: a checkpoint never holds half a reference
+        if state.is_world_process_zero and os.path.isdir(folder):
+            path = os.path.join(folder, REFERENCE_FILE)
+            save_model(self.ref_model, path + ".tmp")
+            os.replace(path + ".tmp", path)
 
 
 def make_teacher_grpo_trainer(policy, student, tokenizer, rows: Iterable[Mapping[str, Any]],
                               grpo_cfg: TeacherGRPOConfig, reward_cfg: RewardConfig, output_dir: str,
                               log_metric: Optional[MetricLogger] = None, log_text: Optional[TextLogger] = None,
-                              callbacks: Sequence[TrainerCallback] = ()):
-    """Build the ``GRPOTrainer`` and the reward bound to its policy (``callbacks``: extra ``TrainerCallback``s).
+                              callbacks: Sequence[TrainerCallback] = (),
+                              launch_args: Optional[Mapping[str, Any]] = None):
+    """Build the ``GRPOTrainer`` and the reward bound to its policy (``callbacks``: extra ``TrainerCallback``s, run
+    after the trainer's own, so their ``on_save`` sees a checkpoint complete with its reference weights;
+    ``launch_args``: extra ``TrainingArguments`` of a multi-rank launch, ``rlt_core.training.distributed``).
+
+    Under data parallelism each rank builds its own trainer, reward, student and reference; TRL gathers the rewards
+    of a step's completions over the ranks before the group advantages, so the G completions of a prompt may sit on
+    different ranks. The reward's teacher is the bare policy module (DDP wraps it in ``trainer.model_wrapped``), so
+    its no-grad forward is a plain local forward on each rank. With sharded parameters (FSDP2, ZeRO-3) each scoring
+    call runs inside :func:`rlt_core.training.distributed.full_parameters`: one gather that every rank makes, then
+    local forwards however many batches a rank scores.
 
     Returns:
         ``(trainer, reward, terms, metrics)``: ``reward.teacher is trainer.model``; ``terms`` is the
@@ -238,8 +283,9 @@ def make_teacher_grpo_trainer(policy, student, tokenizer, rows: Iterable[Mapping
         beta=cfg.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon,
         use_bias_correction_kl=False, sync_ref_model=cfg.sync_ref_model,
         ref_model_mixup_alpha=cfg.ref_model_mixup_alpha, ref_model_sync_steps=cfg.ref_model_sync_steps,
-        disable_dropout=True, use_vllm=False, remove_unused_columns=False, log_completions=False,
-        **trainer_kwargs(rt, output_dir, cfg.max_steps),
+        disable_dropout=True, remove_unused_columns=False, log_completions=False,
+        **(cfg.vllm.grpo_args() if cfg.vllm is not None else {"use_vllm": False}),
+        **trainer_kwargs(rt, output_dir, cfg.max_steps, launch_args),
     )
     dataset = build_grpo_dataset(tokenizer, rows, reward_cfg.prompt_style, cfg.max_prompt_length)
     if cfg.lora is not None:
@@ -253,7 +299,7 @@ def make_teacher_grpo_trainer(policy, student, tokenizer, rows: Iterable[Mapping
     metrics = MetricsCallback(log_metric, prefix="grpo/")
     with _loadable_reference(policy, output_dir, needed=cfg.beta > 0 and cfg.lora is None):
         trainer = GRPOTrainer(model=policy, reward_funcs=[terms], args=args, train_dataset=dataset,
-                              processing_class=tokenizer, callbacks=[terms, metrics, *callbacks])
+                              processing_class=tokenizer, callbacks=[terms, metrics])
     if trainer.model is not policy:
         raise RuntimeError("GRPOTrainer replaced the policy object; the reward's KL would not see the live policy")
     if trainer.ref_model is not None:
@@ -261,13 +307,23 @@ def make_teacher_grpo_trainer(policy, student, tokenizer, rows: Iterable[Mapping
         trainer.ref_model.load_state_dict(policy.state_dict())
         if cfg.sync_ref_model:
             trainer.add_callback(ReferenceCheckpoint(trainer.ref_model))
+    from rlt_core.training.distributed import full_parameters
+
+    terms.scoring_context = lambda: full_parameters(trainer, policy)   # sharded policy: one gather per scoring call
+    if cfg.per_sample_seeds:
+        from rlt_core.training.sampling import PerSampleSeeds
+
+        trainer.add_callback(PerSampleSeeds(trainer, policy, rt.seed))
+    for cb in callbacks:
+        trainer.add_callback(cb)
     return quiet_trainer(trainer), reward, terms, metrics
 
 
 def train_teacher_grpo(policy, student, tokenizer, rows: Iterable[Mapping[str, Any]], grpo_cfg: TeacherGRPOConfig,
                        reward_cfg: RewardConfig, output_dir: str, log_metric: Optional[MetricLogger] = None,
                        log_text: Optional[TextLogger] = None, resume: bool = True,
-                       callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+                       callbacks: Sequence[TrainerCallback] = (),
+                       launch_args: Optional[Mapping[str, Any]] = None) -> TrainResult:
     """GRPO-train the teacher ``policy`` (in place) with the RLT reward; save safetensors to ``output_dir/model``.
 
     Args:
@@ -283,16 +339,19 @@ def train_teacher_grpo(policy, student, tokenizer, rows: Iterable[Mapping[str, A
         log_text: ``log_text(name, text, step)``: samples of completions with their reward terms.
         resume: continue from the newest checkpoint in ``output_dir`` when there is one.
         callbacks: extra ``transformers.TrainerCallback``s (e.g. a time budget or a cancellation check).
+        launch_args: extra ``TrainingArguments`` when this runs as one rank of a gang
+            (:mod:`rlt_core.training.launch`); the completions per step stay ``prompts_per_step*num_generations``.
     """
     tokenizer.padding_side = "left"
     trainer, _, terms, metrics = make_teacher_grpo_trainer(policy, student, tokenizer, rows, grpo_cfg, reward_cfg,
-                                                           output_dir, log_metric, log_text, callbacks)
-    ckpt = resume_checkpoint(output_dir, resume)
+                                                           output_dir, log_metric, log_text, callbacks, launch_args)
+    synced = trainer.ref_model is not None and grpo_cfg.sync_ref_model
+    ckpt = resume_checkpoint(output_dir, resume, needs=(REFERENCE_FILE,) if synced else ())
     if ckpt and trainer.ref_model is not None and os.path.exists(os.path.join(ckpt, REFERENCE_FILE)):
         from safetensors.torch import load_model
 
         load_model(trainer.ref_model, os.path.join(ckpt, REFERENCE_FILE))
-    trainer.train(resume_from_checkpoint=ckpt)
+    train_from(trainer, ckpt, metrics)
     result, _ = finish_run(trainer, tokenizer, output_dir, grpo_cfg.runtime, metrics, ckpt,
                            tokens=grpo_token_counts(trainer, terms, metrics))
     log.info("teacher GRPO done: %d steps, model in %s", result.steps, result.model_dir)
@@ -361,7 +420,8 @@ def _loadable_reference(policy, output_dir: str, needed: bool):
     if not needed or (name and os.path.isfile(os.path.join(name, "config.json"))):
         yield
         return
-    scratch = os.path.join(output_dir, "reference_init")
+    rank = int(os.environ.get("RANK", "0"))   # each rank of a gang loads its own reference
+    scratch = os.path.join(output_dir, "reference_init" if rank == 0 else f"reference_init-rank{rank}")
     policy.save_pretrained(scratch)
     config._name_or_path = scratch
     try:
@@ -369,6 +429,18 @@ def _loadable_reference(policy, output_dir: str, needed: bool):
     finally:
         config._name_or_path = name
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _gather_objects(items: list) -> list:
+    """``items`` of every rank, concatenated in rank order (``items`` itself outside a gang). A collective: every
+    rank calls it at the same point (the end of each optimizer step)."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return list(items)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
 
 
 def _format_samples(samples) -> str:
@@ -387,5 +459,5 @@ def _text(row: Mapping[str, Any], field: str, index: int) -> str:
     return value
 
 
-__all__ = ["REWARD_TERMS", "RewardTermsLogger", "TeacherGRPOConfig", "build_grpo_dataset", "grpo_token_counts",
-           "make_teacher_grpo_trainer", "train_teacher_grpo"]
+__all__ = ["REWARD_TERMS", "RewardTermsLogger", "TeacherGRPOConfig", "VLLMSettings", "build_grpo_dataset",
+           "grpo_token_counts", "make_teacher_grpo_trainer", "train_teacher_grpo"]

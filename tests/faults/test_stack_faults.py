@@ -103,19 +103,23 @@ def _outage(local: str, env: dict, argv: list[str], pause_at: str, tmp: Path) ->
     from infra import services, stack
 
     flag = tmp / f"pause-{time.time_ns()}"
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *argv], cwd=ROOT,
-                            env={**env, PAUSE_ENV: f"{pause_at}:{flag}"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 900
-    while not Path(f"{flag}.reached").exists():
-        assert proc.poll() is None, f"the run ended before {pause_at}: " + proc.communicate()[1][-4000:]
-        assert time.time() < deadline, f"{pause_at} never reached"
-        time.sleep(0.2)
-    services.stop(stack._services_root(local), "seaweedfs", grace_s=5.0)
-    t0 = time.monotonic()
-    Path(f"{flag}.go").touch()
-    out, err = proc.communicate(timeout=900)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), time.monotonic() - t0
+    # output to files, not pipes: a pipe nobody reads while we wait for the pause fills at 64 KiB and blocks the run
+    out_path, err_path = Path(f"{flag}.out"), Path(f"{flag}.err")
+    with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *argv], cwd=ROOT,
+                                env={**env, PAUSE_ENV: f"{pause_at}:{flag}"}, stdout=out_f, stderr=err_f, text=True)
+        deadline = time.time() + 900
+        while not Path(f"{flag}.reached").exists():
+            assert proc.poll() is None, f"the run ended before {pause_at}: " + err_path.read_text()[-4000:]
+            assert time.time() < deadline, f"{pause_at} never reached"
+            time.sleep(0.2)
+        services.stop(stack._services_root(local), "seaweedfs", grace_s=5.0)
+        t0 = time.monotonic()
+        Path(f"{flag}.go").touch()
+        proc.wait(timeout=900)
+        seconds = time.monotonic() - t0
+    out, err = out_path.read_text(), err_path.read_text()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), seconds
 
 
 def test_s3_outage_mid_shards_and_mid_commit_fails_cleanly_and_recovers(live_stack, recipe_file, tmp_path,
@@ -162,9 +166,9 @@ def _secret_values(env_vars: dict, markers: dict) -> dict[str, str]:
     for name, value in env_vars.items():
         if value and any(w in name for w in ("SECRET", "PASSWORD", "AUTH_STRING", "TOKEN")):
             found[name] = value
-    pg = urlparse(env_vars["RLT_CATALOG_URL"]).password
-    if pg:
-        found["catalog password"] = unquote(pg)
+    for key, name in (("RLT_CATALOG_URL", "catalog password"), ("RLT_CATALOG_READER_URL", "catalog reader password")):
+        if pg := urlparse(env_vars.get(key, "")).password:
+            found[name] = unquote(pg)
     return {k: v for k, v in found.items() if len(v) >= 8}
 
 
@@ -197,7 +201,8 @@ def test_no_secret_reaches_any_store_log_report_or_process_list(live_stack, reci
     res = subprocess.Popen([sys.executable, "-m", "flows.cli", "factory", "--recipe", recipe_file], cwd=ROOT,
                            env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     secrets = _secret_values(env_vars, markers)
-    assert {"AWS_SECRET_ACCESS_KEY", "catalog password", *markers} <= set(secrets), sorted(secrets)
+    assert {"AWS_SECRET_ACCESS_KEY", "catalog password", "catalog reader password", *markers} <= set(secrets), \
+        sorted(secrets)
     cmdline_hits: list[str] = []
     while res.poll() is None:   # the process list, sampled all through the run
         for p in psutil.process_iter(["pid", "cmdline"]):
@@ -221,6 +226,7 @@ def test_no_secret_reaches_any_store_log_report_or_process_list(live_stack, reci
     state = stack.load_state(local)
     services_dir = Path(local) / "_services"
     credential_files = {services_dir / "seaweedfs" / stack.S3_CREDENTIALS_FILE, stack.postgres_password_path(local),
+                        *(services_dir / "postgres" / f for f in stack.PG_ROLE_PASSWORD_FILES.values()),
                         services_dir / "mlflow" / stack.MLFLOW_CREDENTIALS_FILE,
                         services_dir / "prefect" / stack.PREFECT_AUTH_FILE}
 

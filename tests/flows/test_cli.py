@@ -105,3 +105,37 @@ def test_unusable_source_is_one_clear_line_without_traceback(tmp_path, tiny_mode
         [f"rlt: {empty}: file is empty; expected JSON Lines (one JSON object per line)"], text[-2000:]
     debug = rlt("--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stdout + debug.stderr
+
+
+def test_an_unreachable_hub_model_is_one_line_and_its_traceback_only_with_debug(tmp_path, tiny_model_dir):
+    """`rlt plan` of a recipe naming a hub model on a machine without the hub: one `rlt:` line (it printed 116 lines
+    and four chained tracebacks before)."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = tiny_recipe(tiny_model_dir, train_teacher={"base_model": "rlt-no-such-org/no-such-model"})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root, "HF_HUB_OFFLINE": "1"}
+
+    def rlt(*extra):
+        return subprocess.run([sys.executable, "-m", "flows.cli", "--data-root", str(tmp_path / "data"), *extra,
+                               "plan", "--recipe", str(path)], capture_output=True, text=True, env=env, timeout=300)
+
+    out = rlt()
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, lines[:20]
+    assert lines[0].startswith("rlt: model 'rlt-no-such-org/no-such-model': not a local folder and the hub download "
+                               "failed (") and lines[0].endswith("use builtin:smollm2-135m-instruct or a local "
+                                                                 "folder here"), lines[0]
+    debug = rlt("--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_manifest_sql_before_anything_was_committed_says_so(tmp_path, capsys):
+    assert main(["--data-root", str(tmp_path / "fresh"), "manifest", "sql", "SELECT 1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rlt: no catalog yet at sqlite:") and \
+        err[0].endswith(f"nothing has been committed to {tmp_path / 'fresh'}"), err

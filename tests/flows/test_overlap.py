@@ -25,11 +25,11 @@ ID_COLS = {"problems": "problem_id", "explanations": "explanation_id", "scored_e
            "eval_results": "benchmark, item_id, sample_index"}
 
 
-def _start(root: str, recipe_path: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": ROOT, "RLT_LOG_LEVEL": "INFO"}
+def _start(root: str, recipe_path: str, env: dict | None = None, stdout=subprocess.PIPE, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": ROOT, "RLT_LOG_LEVEL": "INFO", **(env or {})}
     env.pop("PREFECT_API_URL", None)
     return subprocess.Popen([sys.executable, "-m", "flows.cli", "--data-root", root, "factory", "--recipe",
-                             recipe_path], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             recipe_path], cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT,
                             text=True, **kw)
 
 
@@ -109,18 +109,26 @@ def test_two_recipes_sharing_upstream_stages_share_the_work(tmp_path, tiny_model
 
 @pytest.mark.slow
 def test_sigkilled_lock_holder_blocks_nobody(tmp_path, tiny_model_dir):
-    """Kill a run while it holds train_teacher's key lock: the next run takes the key at once and finishes."""
+    """Kill a run while it holds train_teacher's key lock: the next run takes the key at once and finishes.
+
+    The victim is held inside training, after its first optimizer step (infra/faults.py ``RLT_FAULT_PAUSE``), and
+    killed there: a poll for the lock raced the victim, which could finish the stage and let go of the lock
+    between the poll and the kill on a busy machine."""
+    from infra.faults import PAUSE_ENV
+
     root = str(tmp_path / "data")
     recipe = tiny_recipe(tiny_model_dir)
-    recipe["train_teacher"]["sft"]["max_steps"] = 6
     path = _write(tmp_path, "tiny", recipe)
     key = {p.node.id: p.key for p in plan(Recipe.model_validate(recipe))}["train_teacher"]
-    victim = _start(root, path, start_new_session=True)
-    locks = FileLocks(os.path.join(root, "_catalog", "locks"))
-    deadline = time.time() + 600
-    while time.time() < deadline and locks.holder(f"stage:{key}") is None:
-        assert victim.poll() is None, victim.stdout.read()[-3000:]
+    flag, log = tmp_path / "pause", tmp_path / "victim.log"
+    with open(log, "w") as out:   # a file, not a pipe nobody reads while the victim waits
+        victim = _start(root, path, env={PAUSE_ENV: f"train.step@1:{flag}"}, stdout=out, start_new_session=True)
+    deadline = time.time() + 900
+    while not os.path.exists(f"{flag}.reached"):
+        assert victim.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, "the victim never reached its first training step"
         time.sleep(0.2)
+    locks = FileLocks(os.path.join(root, "_catalog", "locks"))
     holder = locks.holder(f"stage:{key}")
     assert holder is not None and int(holder["pid"]) == victim.pid
     os.killpg(victim.pid, signal.SIGKILL)

@@ -133,23 +133,30 @@ def test_node_killed_mid_shard_is_retried_on_the_other_node(ray_stack, tiny_mode
                          train_teacher={"phases": []})
     ray_root = env["RLT_DATA_ROOT"]
     killed: dict = {}
+    # node_b is killed mid-shard by construction, not by timing: every worker process parks at its first written
+    # file (infra/faults.py RLT_FAULT_PAUSE, one pause path per node); node_a's path is open from the start, so only
+    # node_b's first generate shard stops there, with a part written and the rest not
+    pause = tmp_path / "pause"
+    (tmp_path / "pause-node_a.go").touch()
+    runtime_env = {"env_vars": {"RLT_FAULT_PAUSE": f"store.write@1:{pause}-$RLT_RAY_NODE"}}
 
     def killer():
-        deadline = time.time() + 240
-        while time.time() < deadline and not killed:
-            pid = _shard_on(root, "node_b", "generate")
-            if pid is not None:
-                time.sleep(1.5)   # mid-shard: some parts may be written, the rest not
-                killed["pids"] = ray_cluster.kill_node(root, ray_cluster.node_service("node_b"))
-                killed["at"] = time.time()
-                return
-            time.sleep(0.2)
+        deadline = time.time() + 600
+        while time.time() < deadline and not (tmp_path / "pause-node_b.reached").exists():
+            time.sleep(0.1)
+        if (tmp_path / "pause-node_b.reached").exists():
+            killed["in_generate"] = _shard_on(root, "node_b", "generate") is not None
+            killed["pids"] = ray_cluster.kill_node(root, ray_cluster.node_service("node_b"))
+            killed["at"] = time.time()
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    out = _run(_ray_recipe(recipe, ["generate", "score"]), ray_root, until="score")
+    ray_recipe = _ray_recipe(recipe, ["generate", "score"])
+    ray_recipe["executor"]["runtime_env"] = runtime_env
+    out = _run(ray_recipe, ray_root, until="score")
     t.join(5)
     assert killed.get("pids"), "node_b never ran a generate shard"
+    assert killed["in_generate"], "node_b was parked outside a generate shard"
     ctx = RunContext(ray_root, tracking=False)
     key = out["explanations"]["key"]
     history = ctx.catalog.sql("SELECT shard_id, status, node, ts FROM shards WHERE artifact_key = ? ORDER BY ts",
@@ -174,7 +181,7 @@ def test_driver_without_the_token_is_refused_clearly(ray_stack):
     _, env = ray_stack
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from tasks.executor import ExecutorError, _connect\n"
-            "try:\n    _connect(%r, ())\nexcept ExecutorError as e:\n    print('REFUSED:', e)\n") % (ROOT,
+            "try:\n    _connect(%r)\nexcept ExecutorError as e:\n    print('REFUSED:', e)\n") % (ROOT,
                                                                                                   env["RLT_RAY_ADDRESS"])
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     t0 = time.time()

@@ -2,8 +2,9 @@
 
 ``seaweed_s3`` runs one ``weed mini`` (SeaweedFS S3 gateway) per test session in a temporary
 folder on free loopback ports, with a bucket created, and stops it (SIGTERM, then SIGKILL)
-at the end. ``postgres_url`` runs one PostgreSQL server the same way (the stack's own code: a
-non-root user under root, a random password) and yields its ``postgresql://`` URL. ``mlflow_server``
+at the end. ``postgres_server`` runs one PostgreSQL server the same way (the stack's own code: a
+non-root user under root, random passwords, the catalog's writer and reader roles) and yields its URLs;
+``postgres_url`` is the writer's (what ``RLT_CATALOG_URL`` holds on a stack). ``mlflow_server``
 runs a real ``mlflow server`` (sqlite backend, proxied artifacts in a local folder) per test, as a
 ``MlflowServer`` the test may SIGKILL and start again on the same port and store. Tests using
 them should carry ``@pytest.mark.services``.
@@ -61,25 +62,50 @@ def drop_postgres_cluster(root, cluster_dir) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
-    """A running PostgreSQL server (only that service), for a DuckLake catalog or any client.
-
-    Yields ``postgresql://rlt:<password>@127.0.0.1:<port>/rlt_catalog``; the database exists
-    and answered a query. Stopped (fast shutdown) at the end of the session.
-    """
+def postgres_server(tmp_path_factory):
+    """A running PostgreSQL server (only that service), set up as ``rlt stack up`` sets it up: the database
+    ``rlt_catalog`` and its roles (infra/pg_roles.py). Yields ``{"writer", "reader", "admin"}`` URLs of
+    ``rlt_catalog`` (``admin``: the cluster's superuser, for tests that create databases) and ``root``. Stopped
+    (fast shutdown) at the end of the session."""
     root = tmp_path_factory.mktemp("postgres")
     cluster = stack.prepare_postgres(root)
-    password = stack.postgres_password(root)
     spec = stack.postgres_spec(cluster, services.free_port())
     services.start_and_wait(root, spec, timeout_s=120.0)
     try:
         port = spec.health.port
-        stack.ensure_catalog_database(port, password, timeout_s=60.0,
-                                      alive=lambda: services.running_pid(root, spec.name) is not None)
-        yield stack.catalog_url(port, password)
+        env = stack.ensure_catalog(root, port, timeout_s=60.0,
+                                   alive=lambda: services.running_pid(root, spec.name) is not None)
+        yield {"writer": env["RLT_CATALOG_URL"], "reader": env["RLT_CATALOG_READER_URL"], "root": root,
+               "admin": stack.catalog_url(port, stack.postgres_password(root), user=stack.PG_SUPERUSER)}
     finally:
         services.stop(root, spec.name, grace_s=10.0)
         drop_postgres_cluster(root, cluster.cluster_dir)
+
+
+def new_catalog_database(server: dict, prefix: str = "rlt_cat") -> dict[str, str]:
+    """A fresh database on ``postgres_server`` set up like the stack's catalog (owned by the writer, readable by
+    the reader): ``{"writer", "reader"}`` URLs of it, for a test that must not share ``rlt_catalog``."""
+    from urllib.parse import unquote, urlparse
+
+    import psycopg
+
+    from infra import pg_roles
+
+    db = f"{prefix}_{time.time_ns() % 10**12}"
+    base = server["admin"].rsplit("/", 1)[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as pg:
+        pg.execute(f"CREATE DATABASE {db}")
+    u = urlparse(server["admin"])
+    admin = {"host": u.hostname, "port": u.port, "user": u.username, "password": unquote(u.password or "")}
+    passwords = {k: unquote(urlparse(server[k]).password or "") for k in ("writer", "reader")}
+    pg_roles.ensure(admin, db, passwords["writer"], passwords["reader"])
+    return {k: server[k].rsplit("/", 1)[0] + f"/{db}" for k in ("writer", "reader")}
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server):
+    """``postgresql://rlt_writer:<password>@127.0.0.1:<port>/rlt_catalog`` of ``postgres_server``."""
+    return postgres_server["writer"]
 
 
 class MlflowServer:

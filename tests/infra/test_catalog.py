@@ -17,6 +17,7 @@ from data_contracts import problems
 from infra.artifacts import ArtifactWriter, KeyParts, ref_from_record
 from infra.catalog import Catalog, CatalogError, QueryError, open_reader, read_query
 from infra.storage import Store
+from tests.infra.services_fixtures import new_catalog_database
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -277,7 +278,7 @@ def test_s3_data_and_postgres_catalog_roundtrip(seaweed_s3, postgres_url, monkey
 
 
 @pytest.mark.services
-def test_postgres_writers_creating_the_same_new_table_at_once_all_commit(seaweed_s3, postgres_url, monkeypatch):
+def test_postgres_writers_creating_the_same_new_table_at_once_all_commit(seaweed_s3, postgres_server, monkeypatch):
     """Two recipes' first artifacts of a kind committed at the same moment from separate connections: DuckLake
     refuses all but one CREATE TABLE ("Transaction conflict"); the others are redone and commit (CI saw two
     overlapping factory runs fail on exactly this)."""
@@ -285,13 +286,8 @@ def test_postgres_writers_creating_the_same_new_table_at_once_all_commit(seaweed
 
     for k, v in seaweed_s3["env"].items():
         monkeypatch.setenv(k, v)
-    import psycopg
-
     store = Store(f"s3://{seaweed_s3['bucket']}/rlt-race-{time.time_ns()}")
-    server, db = postgres_url.rsplit("/", 1)[0], f"rlt_race_{time.time_ns() % 10**9}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as pg:   # a catalog of its own (one data path)
-        pg.execute(f"CREATE DATABASE {db}")
-    postgres_url = f"{server}/{db}"
+    postgres_url = new_catalog_database(postgres_server, "rlt_race")["writer"]   # a catalog of its own (one data path)
     for rnd in range(3):
         table = f"race{rnd}_{time.time_ns() % 10**8}"
         writers = [_writer(store, 2, f"{table}{i}", name=table) for i in range(4)]

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 
 import pytest
 import torch
 
-from infra.models import folder_digest, resolve_model
+from infra.models import ModelUnavailable, folder_digest, resolve_model
 from infra.tracking import Tracker
 
 
-def test_builtin_model_provisions_once_reloads_fast_and_generates(smol_model_path):
-    t0 = time.time()
+def test_builtin_model_provisions_once_reloads_fast_and_generates(smol_model_path, monkeypatch):
+    from infra import models
+
+    def rebuild(*args):
+        raise AssertionError("second resolution must reuse the saved snapshot")
+
+    monkeypatch.setattr(models, "_build_builtin", rebuild)   # asserted directly, not through a wall time
     snap = resolve_model("builtin:smollm2-135m-instruct")
-    assert time.time() - t0 < 2.0, "second resolution must reuse the saved snapshot"
     assert snap.path == smol_model_path
     assert snap.digest == folder_digest(snap.path) and len(snap.digest) == 16
     from rlt_core.modeling import load_causal_lm, load_tokenizer
@@ -36,7 +41,7 @@ def test_builtin_model_provisions_once_reloads_fast_and_generates(smol_model_pat
 def test_unknown_model_reference_is_a_clear_error(tmp_path):
     import pytest
 
-    with pytest.raises(FileNotFoundError, match="neither"):
+    with pytest.raises(ModelUnavailable, match="neither"):
         resolve_model("no-such-model")
     with pytest.raises(ValueError, match="unknown builtin"):
         resolve_model("builtin:gpt-5")
@@ -120,14 +125,21 @@ def test_dead_tracking_server_costs_seconds_once_then_nothing_and_journals_witho
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-xyz")
     caplog.set_level(logging.INFO)
-    uri = f"http://rlt:pa55word@127.0.0.1:{free_port()}"
+    port = free_port()
+    uri = f"http://rlt:pa55word@127.0.0.1:{port}"
+    # connection attempts to the tracking port, counted (not timed: a busy machine stretches any wall time)
+    attempts, connect = [], socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", lambda sock, address: (
+        attempts.append(address) if address[1:2] == (port,) else None, connect(sock, address))[1])
     tr = Tracker(str(tmp_path), uri=uri, run_id="run-dead")
     t0 = time.time()
     parent = tr.start_run("flow:test", tags={"rlt.run_id": "run-dead"})
     first = time.time() - t0
     assert parent.startswith(LOCAL_PREFIX)
-    assert first < 10.0, f"a refused connection cost {first:.1f}s (retries not bounded?)"
-    t1 = time.time()
+    retries = int(HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    assert 1 <= len(attempts) <= 1 + retries, f"{len(attempts)} connection attempts (retries not bounded?)"
+    assert first < 60.0, f"a refused connection cost {first:.1f}s (MLflow's own default backs off ~4 minutes)"
+    n_first, t1 = len(attempts), time.time()
     child = tr.start_run("ingest", parent_run_id=parent, tags={"src": "s3://ak:sk@host/bucket"})
     tr.log_params(child, {"config": {"n": 3}, "db_password": "hunter2", "note": "key s3cr3t-value-xyz"})
     for step in range(20):
@@ -136,7 +148,7 @@ def test_dead_tracking_server_costs_seconds_once_then_nothing_and_journals_witho
     tr.end_run(child)
     tr.end_run(parent, "FAILED")
     rest = time.time() - t1
-    assert rest < 1.0, f"degraded calls must not touch the network ({rest:.2f}s for 25 calls)"
+    assert len(attempts) == n_first, "degraded calls must not touch the network"
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
     warnings = _unavailable_warnings(caplog)
     assert len(warnings) == 1, warnings
@@ -152,7 +164,8 @@ def test_dead_tracking_server_costs_seconds_once_then_nothing_and_journals_witho
     text = _journal_text(tr.journal_path())
     for secret in ("pa55word", "hunter2", "s3cr3t-value-xyz", "ak:sk"):
         assert secret not in text, secret
-    print(f"dead server: first call {first:.2f}s, 25 degraded calls {rest * 1000:.0f}ms")
+    print(f"dead server: first call {first:.2f}s ({n_first} connection attempts), 25 degraded calls "
+          f"{rest * 1000:.0f}ms")
 
     # the CLI says what is missing, and refuses to clear anything while MLflow is still down
     from flows.cli import main

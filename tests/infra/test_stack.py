@@ -27,7 +27,7 @@ from infra.services import HealthCheck, ServiceError, ServiceSpec
 from tests.infra.services_fixtures import drop_postgres_cluster
 
 ENV_KEYS = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-            "RLT_DATA_ROOT", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RLT_CATALOG_URL",
+            "RLT_DATA_ROOT", "MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RLT_CATALOG_URL", "RLT_CATALOG_READER_URL",
             "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"}
 
 
@@ -167,8 +167,10 @@ def test_up_returns_env_and_all_services_are_healthy(live_stack):
     for key in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         assert env[key].startswith("http://127.0.0.1:")
     port = stack.load_state(live_stack["root"])["ports"]["postgres"]
-    assert env["RLT_CATALOG_URL"].startswith("postgresql://rlt:")
-    assert env["RLT_CATALOG_URL"].endswith(f"@127.0.0.1:{port}/rlt_catalog")
+    assert env["RLT_CATALOG_URL"].startswith("postgresql://rlt_writer:")
+    assert env["RLT_CATALOG_READER_URL"].startswith("postgresql://rlt_reader:")
+    for key in ("RLT_CATALOG_URL", "RLT_CATALOG_READER_URL"):
+        assert env[key].endswith(f"@127.0.0.1:{port}/rlt_catalog")
     statuses = stack.status(live_stack["root"])
     assert [s.name for s in statuses] == ["postgres", "seaweedfs", "mlflow", "prefect"]
     assert statuses[0].url == f"tcp://127.0.0.1:{port}"
@@ -301,7 +303,7 @@ def test_postgres_catalog_answers_queries_and_runs_as_non_root(live_stack):
     import psutil
 
     url, root = live_stack["env"]["RLT_CATALOG_URL"], live_stack["root"]
-    assert _pg_query(url, "SELECT current_user, current_database()") == [("rlt", "rlt_catalog")]
+    assert _pg_query(url, "SELECT current_user, current_database()") == [("rlt_writer", "rlt_catalog")]
     _pg_query(url, "CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t VALUES (7)")
     assert _pg_query(url, "SELECT sum(x) FROM t") == [(7,)]
     recorded = stack.load_state(root)["postgres"]
@@ -335,11 +337,12 @@ def test_up_again_reuses_the_running_stack(live_stack):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ACCESS_KEY_ID", "rlt-stack-test")
         mp.setenv("AWS_SECRET_ACCESS_KEY", live_stack["secret"])
-        t0 = time.monotonic()
+        started = {name: services.read_meta(root, name)["started_at"] for name in stack.SERVICE_NAMES}
         env = stack.up(root, cfg)
-        assert time.monotonic() - t0 < live_stack["up_s"]
         assert env == live_stack["env"]
+        # reused, not restarted: the same processes, started when they were (events, not a race against the clock)
         assert [s.pid for s in stack.status(root)] == pids
+        assert {name: services.read_meta(root, name)["started_at"] for name in stack.SERVICE_NAMES} == started
         # Asking for another port while running is an error, not a silent second server.
         with pytest.raises(stack.StackError, match="run `rlt stack down` first"):
             stack.up(root, cfg.model_copy(update={"mlflow_port": services.free_port()}))
@@ -356,8 +359,11 @@ def test_postgres_password_is_private_and_in_no_log_state_or_argv(live_stack):
 
     root = live_stack["root"]
     pw_file = stack.postgres_password_path(root)
-    password = pw_file.read_text().strip()
-    assert len(password) >= 24 and password in live_stack["env"]["RLT_CATALOG_URL"]
+    password = pw_file.read_text().strip()   # the superuser's: `up` administers with it, nobody else gets it
+    assert len(password) >= 24 and password not in json.dumps(live_stack["env"])
+    for role, env_key in ((stack.pg_roles.WRITER, "RLT_CATALOG_URL"), (stack.pg_roles.READER, "RLT_CATALOG_READER_URL")):
+        role_password = stack.catalog_role_password(root, role).get_secret_value()
+        assert len(role_password) >= 24 and role_password in live_stack["env"][env_key]
     assert stat.S_IMODE(pw_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(pw_file.parent.stat().st_mode) == 0o700
     svc_files = [p for p in Path(root).rglob("*") if p.is_file() and p != pw_file]
@@ -373,7 +379,7 @@ def test_postgres_password_is_private_and_in_no_log_state_or_argv(live_stack):
         with contextlib.suppress(psutil.NoSuchProcess):
             assert password not in " ".join(psutil.Process(member).cmdline())
     # printing it is fine (like the local S3 secret): the URL carries it
-    assert "export RLT_CATALOG_URL=postgresql://rlt:" in stack.format_exports(live_stack["env"])
+    assert "export RLT_CATALOG_URL=postgresql://rlt_writer:" in stack.format_exports(live_stack["env"])
 
 
 @pytest.mark.services
@@ -528,7 +534,7 @@ def test_seaweed_s3_fixture(seaweed_s3):
 
 @pytest.mark.services
 def test_postgres_url_fixture(postgres_url):
-    assert postgres_url.startswith("postgresql://rlt:") and postgres_url.endswith("/rlt_catalog")
+    assert postgres_url.startswith("postgresql://rlt_writer:") and postgres_url.endswith("/rlt_catalog")
     assert _pg_query(postgres_url, "SELECT current_database(), 1 + 1") == [("rlt_catalog", 2)]
 
 
@@ -557,7 +563,7 @@ def test_postgres_restart_keeps_cluster_password_and_port():
             try:
                 password = stack.postgres_password(root)
                 stack.ensure_catalog_database(port, password, timeout_s=60.0)
-                urls.append(stack.catalog_url(port, password))
+                urls.append(stack.catalog_url(port, password, user=stack.PG_SUPERUSER))
                 assert _pg_query(urls[-1]) == [(1,)]
             finally:
                 assert services.stop(root, "postgres") == "SIGINT"
@@ -917,13 +923,22 @@ def test_postgres_spec_url_and_env(tmp_path):
     deep = stack.PostgresCluster(cluster_dir="/" + "d" * 120, user=None, binaries=binaries)
     assert "unix_socket_directories=" in stack.postgres_spec(deep, 40001).argv  # too long for a socket: TCP only
 
-    assert stack.catalog_url(40001, "a/b@c") == "postgresql://rlt:a%2Fb%40c@127.0.0.1:40001/rlt_catalog"
+    assert stack.catalog_url(40001, "a/b@c") == "postgresql://rlt_writer:a%2Fb%40c@127.0.0.1:40001/rlt_catalog"
+    assert stack.catalog_url(40001, "pw", user="rlt_reader") == "postgresql://rlt_reader:pw@127.0.0.1:40001/rlt_catalog"
     cfg, creds = stack.StackConfig(), stack.S3Credentials(key="k", secret=stack.SecretStr("s"))
     ports = stack.allocate_ports(cfg)
     assert "RLT_CATALOG_URL" not in stack.stack_env(cfg, ports, creds)
-    env = stack.stack_env(cfg, ports, creds, catalog_password=stack.SecretStr("pw"))
-    assert env["RLT_CATALOG_URL"] == f"postgresql://rlt:pw@127.0.0.1:{ports.postgres}/rlt_catalog"
-    assert f"export RLT_CATALOG_URL=postgresql://rlt:pw@127.0.0.1:{ports.postgres}/rlt_catalog" in \
+    assert stack.catalog_env(tmp_path / "no-stack", ports.postgres) == {}
+    for role in ("rlt_writer", "rlt_reader"):
+        stack.catalog_role_password(tmp_path, role, create=True)
+    catalog = stack.catalog_env(tmp_path, ports.postgres)
+    writer_pw = stack.catalog_role_password(tmp_path, "rlt_writer").get_secret_value()
+    assert catalog["RLT_CATALOG_URL"] == stack.catalog_url(ports.postgres, writer_pw)
+    assert catalog["RLT_CATALOG_READER_URL"].startswith("postgresql://rlt_reader:")
+    env = stack.stack_env(cfg, ports, creds, catalog={"RLT_CATALOG_URL": "postgresql://rlt_writer:pw@127.0.0.1:"
+                                                                          f"{ports.postgres}/rlt_catalog"})
+    assert env["RLT_CATALOG_URL"] == f"postgresql://rlt_writer:pw@127.0.0.1:{ports.postgres}/rlt_catalog"
+    assert f"export RLT_CATALOG_URL=postgresql://rlt_writer:pw@127.0.0.1:{ports.postgres}/rlt_catalog" in \
         stack.format_exports(env)
     digest = stack.fallback_cluster_dir(tmp_path).name
     assert len(digest) == 16 and int(digest, 16) >= 0

@@ -99,6 +99,9 @@ def test_resume_after_crash(smol_tokenizer, tmp_path):
                           log_metric=crash_at_3)
     ckpts = sorted(d for d in os.listdir(tmp_path / "checkpoints") if d.startswith("checkpoint-"))
     assert ckpts == ["checkpoint-1", "checkpoint-2"]
+    # a checkpoint cut short while it was saved (the trainer state, written last, is not all there): passed over
+    (tmp_path / "checkpoints" / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3, "log_hi')
     steps = []
     result = train_teacher_sft(tiny_causal_lm(smol_tokenizer, seed=0), smol_tokenizer, ROWS, cfg, str(tmp_path),
                                log_metric=lambda n, v, s: steps.append(s) if n == "sft/loss" else None)
@@ -110,6 +113,23 @@ def test_resume_after_crash(smol_tokenizer, tmp_path):
     with open(tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json") as f:
         assert json.load(f)["num_input_tokens_seen"] == 2 * _example_tokens(smol_tokenizer)
     assert result.tokens_in == result.forward_tokens == _example_tokens(smol_tokenizer)
+
+
+def test_resume_from_the_last_checkpoint_trains_nothing(smol_tokenizer, tmp_path):
+    """A run killed after its last checkpoint, before its final save: the rerun loads that checkpoint and trains no
+    step (transformers alone trains one more when max_steps ends inside an epoch: here 3 steps, 2 per epoch)."""
+    from rlt_core.modeling import tiny_causal_lm
+
+    cfg = _cfg(max_steps=3, runtime=dict(keep_checkpoints=True))
+    first = train_teacher_sft(tiny_causal_lm(smol_tokenizer, seed=0), smol_tokenizer, ROWS, cfg, str(tmp_path))
+    weights = (tmp_path / "model" / "model.safetensors").read_bytes()
+    steps = []
+    again = train_teacher_sft(tiny_causal_lm(smol_tokenizer, seed=0), smol_tokenizer, ROWS, cfg, str(tmp_path),
+                              log_metric=lambda n, v, s: steps.append(s) if n == "sft/loss" else None)
+    assert again.resumed_from.endswith("checkpoint-3") and again.steps == 3 and steps == []
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == weights
+    assert again.final_loss == first.final_loss is not None   # from the checkpoint's log history
+    assert again.tokens_in == again.forward_tokens == 0
 
 
 def _example_tokens(tok) -> int:

@@ -41,9 +41,10 @@ def test_peak_rss_sampler_sees_a_transient_allocation():
     block = bytearray(200 * 2**20)   # 200 MiB, touched so it is resident
     for i in range(0, len(block), 4096):
         block[i] = 1
-    time.sleep(0.15)
+    deadline = time.monotonic() + 60   # until the sampler thread has seen it (a fixed sleep raced a busy machine)
+    while m._rss.peak < before + 150 and time.monotonic() < deadline:
+        time.sleep(0.02)
     del block
-    time.sleep(0.05)
     u = m.stop()
     assert u.peak_rss_mb >= before + 150, (before, u)
     assert costs.rss_mb() < u.peak_rss_mb - 100   # freed again: the peak is the stage's, not the present

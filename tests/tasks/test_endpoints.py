@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import time
+import types
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -115,6 +116,29 @@ def servers():
             s.close()
 
 
+class Clock:
+    """``time.monotonic`` of tasks/endpoints.py, moved by the test: cooldowns and rechecks end when the test says,
+    not when a loaded machine happens to get there (a fixed sleep made "still cooling down" a race)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    from tasks import endpoints
+
+    c = Clock()
+    monkeypatch.setattr(endpoints, "time", types.SimpleNamespace(monotonic=c.monotonic))
+    return c
+
+
 # ---------------------------------------------------------------------------------------------------- the pool
 
 
@@ -146,39 +170,43 @@ def test_probes_are_cached_until_due(servers):
     assert ok.probes == 1   # one probe serves every shard until recheck_s
 
 
-def test_mark_dead_then_revival_after_cooldown(servers, caplog):
+def test_mark_dead_then_revival_after_cooldown(servers, clock, caplog):
     a, b = servers(), servers()
-    pool = EndpointPool([a.url, b.url], cooldown_s=0.4)
+    pool = EndpointPool([a.url, b.url], cooldown_s=0.5, recheck_s=60)
     assert pool.healthy() == [a.url, b.url]
     with caplog.at_level(logging.INFO, logger="rlt"):
         pool.mark_dead(a.url, "ConnectError: refused")
         probes = a.probes
+        clock.advance(0.25)
         assert pool.healthy() == [b.url] and pool.pick(0) == b.url
         assert a.probes == probes   # not probed during its cooldown
-        time.sleep(0.5)
+        clock.advance(0.25)   # (binary fractions: the sums are exact)
         assert pool.healthy() == [a.url, b.url] and pool.pick(0) == a.url
     msgs = [r.getMessage() for r in caplog.records if r.name == "rlt"]
     assert any(f"{a.url} marked dead" in m and "ConnectError: refused" in m for m in msgs), msgs
     assert any(f"{a.url} is alive again" in m for m in msgs), msgs
 
 
-def test_sick_endpoint_comes_back_when_it_answers(servers):
+def test_sick_endpoint_comes_back_when_it_answers(servers, clock):
     ok, sick = servers(), servers(health=503)
-    pool = EndpointPool([ok.url, sick.url], cooldown_s=0.2)
+    pool = EndpointPool([ok.url, sick.url], cooldown_s=0.5, recheck_s=60)
     assert pool.healthy() == [ok.url]
     sick.health = 200
+    clock.advance(0.25)
     assert pool.healthy() == [ok.url]   # still cooling down
-    time.sleep(0.3)
+    clock.advance(0.25)
     assert pool.healthy() == [ok.url, sick.url]
 
 
-def test_endpoint_that_goes_away_is_found_at_its_next_check(servers):
+def test_endpoint_that_goes_away_is_found_at_its_next_check(servers, clock):
     a, b = servers(), servers()
-    pool = EndpointPool([a.url, b.url], recheck_s=0.1)
+    pool = EndpointPool([a.url, b.url], recheck_s=0.5)
     assert pool.pick(1) == b.url
     b.close()
     b.dead = True
-    time.sleep(0.15)
+    clock.advance(0.25)
+    assert pool.pick(1) == b.url   # its good probe still counts
+    clock.advance(0.25)
     assert pool.pick(1) == a.url
 
 
@@ -250,12 +278,16 @@ def test_serve_fails_over_repeated_5xx_and_names_every_endpoint_when_all_fail(se
     assert "3 of 3 requests of this shard not served" in text
 
 
-def test_client_gives_up_on_connection_errors_after_connect_retries():
+def test_client_gives_up_on_connection_errors_after_connect_retries(monkeypatch):
+    from rlt_core import generation
+
+    waits: list[float] = []   # the backoffs themselves, rather than a wall time a loaded machine may exceed
+    monkeypatch.setattr(generation, "time", types.SimpleNamespace(perf_counter=time.perf_counter,
+                                                                  sleep=waits.append))
     gen = VLLMServerGenerator(closed_port_url(), "m", max_retries=4, backoff_s=0.2, connect_retries=1)
-    t0 = time.monotonic()
     with pytest.raises(EndpointUnavailable, match=r"failed after 2 attempts; last error: ConnectError"):
         gen.generate([GenRequest("r", "p", 1)], SamplingConfig())
-    assert time.monotonic() - t0 < 1.0   # one backoff (0.2 s), not four (3 s)
+    assert waits == [0.2]   # one backoff, not four (0.2 + 0.4 + 0.8 + 1.6 s)
 
 
 # ---------------------------------------------------------------------------------------------------- the stage

@@ -100,3 +100,14 @@ def test_a_worker_without_the_drivers_model_folder_resolves_it_again_and_checks_
     assert local_model(ctx, f"artifact:{teacher.key}", gone, snap.digest) == snap.path
     with pytest.raises(CheckpointCorrupt, match="the hosts disagree"):
         local_model(ctx, f"artifact:{teacher.key}", gone, "0" * 16)
+
+
+def test_runtime_env_reaches_ray_as_the_nested_dicts_it_was():
+    """The connect cache key turns back into the same runtime_env: a tuple-of-pairs key once reached Ray as
+    ``env_vars=(("K", "v"),)``, which Ray refuses (no recipe could pass environment variables to workers)."""
+    import json
+
+    from tasks.executor import _freeze
+
+    env = {"env_vars": {"B": "2", "A": "1"}, "pip": ["x", "y"], "working_dir": "."}
+    assert json.loads(_freeze(env)) == env and _freeze(env) == _freeze(dict(reversed(list(env.items()))))

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -19,11 +18,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CFG = dict(num_samples=2, sampling={"temperature": 0.7, "max_new_tokens": 24}, shard_size=2, part_size=1,
            batch_size=2)
 
+# The child SIGKILLs itself inside a shard's own writer, once the shard's second part (of four) is on disk: the kill
+# lands mid-shard by construction (a parent polling for part files raced the child on a busy machine).
 CHILD = textwrap.dedent("""
-    import sys
+    import os, signal, sys
     sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
     from tasks import generate
+    from tasks.shards import ShardJob
     from tests.tasks.helpers import setup
+
+    write = ShardJob._write
+
+    def write_then_die(job, table):
+        path = write(job, table)
+        if len(job.digests) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+
+    ShardJob._write = write_then_die
     ctx, problems, teacher = setup({data!r}, {model!r})
     generate.run(ctx, generate.GenerateConfig(**{cfg!r}), problems, teacher)
     print("FINISHED", flush=True)
@@ -50,21 +62,11 @@ def _partial_shards(root: str) -> list[str]:
 def test_sigkill_mid_shard_then_rerun_equals_uninterrupted(tmp_path, tiny_model_dir):
     killed = str(tmp_path / "killed")
     # batch_size 1 (not part of the key): one row per forward loop, so a shard's parts appear one by one
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(root=ROOT, tests=ROOT, data=killed,
-                                                                 model=tiny_model_dir, cfg=dict(CFG, batch_size=1))],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    # wait until a shard is part-way written (1..3 of its 4 rows), then kill -9
-    deadline = time.time() + 240
-    partial = []
-    while time.time() < deadline and child.poll() is None:
-        partial = _partial_shards(killed)
-        if partial:
-            break
-        time.sleep(0.01)
-    assert child.poll() is None, "the child finished before it could be killed; make the work bigger"
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=30)
-    assert partial, "no shard was seen part-way written before the kill"
+    child = subprocess.run([sys.executable, "-c", CHILD.format(root=ROOT, tests=ROOT, data=killed,
+                                                               model=tiny_model_dir, cfg=dict(CFG, batch_size=1))],
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    assert _partial_shards(killed), "no shard was part-way written at the kill"
 
     ctx, problems, teacher = setup(killed, tiny_model_dir)
     cfg = generate.GenerateConfig(**CFG)

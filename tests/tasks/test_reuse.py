@@ -143,20 +143,17 @@ def test_plan_counts_new_and_reused_rows_before_running(tmp_path, tiny_model_dir
 
 
 @pytest.mark.services
-def test_grown_source_reuses_rows_on_s3_with_a_postgres_catalog(seaweed_s3, postgres_url, monkeypatch,
+def test_grown_source_reuses_rows_on_s3_with_a_postgres_catalog(seaweed_s3, postgres_server, monkeypatch,
                                                                 tiny_model_dir):
     """The deployment shape: data on S3 (SeaweedFS), catalog in PostgreSQL; donors are found and copied there too."""
     import time
 
-    import psycopg
+    from tests.infra.services_fixtures import new_catalog_database
 
     for k, v in seaweed_s3["env"].items():
         monkeypatch.setenv(k, v)
-    server, db = postgres_url.rsplit("/", 1)[0], f"rlt_reuse_{time.time_ns() % 10**9}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as pg:   # a catalog of its own
-        pg.execute(f"CREATE DATABASE {db}")
-    ctx = RunContext(f"s3://{seaweed_s3['bucket']}/rlt-reuse-{time.time_ns()}", tracking=False,
-                     catalog_url=f"{server}/{db}")
+    ctx = RunContext(f"s3://{seaweed_s3['bucket']}/rlt-reuse-{time.time_ns()}", tracking=False,   # a catalog of its own
+                     catalog_url=new_catalog_database(postgres_server, "rlt_reuse")["writer"])
     _, _, ex1, sc1 = _night(ctx, tiny_model_dir, 6)
     _, _, ex2, sc2 = _night(ctx, tiny_model_dir, 8)
     for first, second in ((ex1, ex2), (sc1, sc2)):
