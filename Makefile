@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 .PHONY: setup demo test test-slow test-faults test-all test-vllm bench evidence stack-up stack-down clean setup-vllm \
-	check-docs
+	check-docs lint
 
 setup: $(STAMP)
 
@@ -51,6 +51,12 @@ test-faults: setup
 CHECK_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 check-docs:
 	$(CHECK_PY) scripts/render_docs.py --check
+
+# ruff (pyflakes, pycodestyle, import order, bugbear) on the tree; mypy, strict on the contracts, the engine and
+# the catalog (pyproject.toml [tool.mypy])
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy data_contracts infra/engine infra/catalog
 
 test-all: setup
 	$(PY) -m pytest -q

@@ -29,26 +29,28 @@ import sys
 import tempfile
 import time
 
+from infra.engine.runner import run_stage
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 log = logging.getLogger("bench.executor")
 
 
 def trial(root: str, model: str, executor: dict, problems: int, k: int, shard_size: int, max_new_tokens: int) -> dict:
     """One generate + score, timed (in a child process: python bench/executor.py --trial ...)."""
+    from infra.engine.context import RunContext
     from tasks import generate, ingest, score
-    from tasks.common import RunContext
     from tests.tasks.helpers import base_teacher
 
     ctx = RunContext(root, tracking=False, executor=executor)
-    probs = ingest.run(ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": problems, "seed": 0},
+    probs = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": problems, "seed": 0},
                                                 heldout_fraction=0.0))["problems"]
     teacher = base_teacher(ctx, model, probs)
     t0 = time.perf_counter()
-    ex = generate.run(ctx, generate.GenerateConfig(num_samples=k, shard_size=shard_size, batch_size=shard_size * k,
+    ex = run_stage(generate.STAGE, ctx, generate.GenerateConfig(num_samples=k, shard_size=shard_size, batch_size=shard_size * k,
                                                    sampling={"temperature": 0.7, "max_new_tokens": max_new_tokens}),
                       probs, teacher)
     t1 = time.perf_counter()
-    sc = score.run(ctx, score.ScoreConfig(student_model=model, shard_size=shard_size * k), ex, teacher)
+    sc = run_stage(score.STAGE, ctx, score.ScoreConfig(student_model=model, shard_size=shard_size * k), ex, teacher)
     t2 = time.perf_counter()
     ids = sorted(r["explanation_id"] for r in ctx.catalog.rows(
         "SELECT explanation_id FROM lake.data.explanations WHERE artifact_key = ?", [ex.key]))
@@ -112,7 +114,7 @@ def main() -> int:
     if args.tiny:
         args.model = _tiny_model(tempfile.mkdtemp(prefix="bench-executor-tiny-"))
         args.problems, args.shard_size, args.max_new_tokens = 16, 2, 32
-    from infra import stack
+    from infra.devstack import stack
 
     services = tempfile.mkdtemp(prefix="bench-executor-stack-")
     t0 = time.perf_counter()
@@ -127,7 +129,7 @@ def main() -> int:
                 "local, 2 threads": _child(args, "local 2 threads", {}, None)}
     finally:
         stack.down(services)
-        from tests.infra.services_fixtures import drop_postgres_cluster
+        from tests.infra.devstack.services_fixtures import drop_postgres_cluster
 
         drop_postgres_cluster(services, stack.load_state(services)["postgres"]["cluster_dir"])
     base = runs["local, 1 thread"]

@@ -9,7 +9,7 @@ memory at 1x vs 10x problems.
 hf: prints, last, stage tok/s / bare-engine tok/s (target >= 0.9, includes storage + catalog), after the peak RSS
 ratio of a 10x run over a 1x run (target ~1.0: shards stream, memory must not grow with the problem count).
 
-vllm_server: starts ONE server (infra.vllm_server.VLLMServer) and, against that same warm server, runs
+vllm_server: starts ONE server (infra.devstack.vllm_server.VLLMServer) and, against that same warm server, runs
 bare (VLLMServerGenerator.generate over all requests), the stage (generate.run with backend="vllm_server"), and
 bare again; the baseline is the mean of the two bare runs. Every run is traced (each request's time in the client
 window, the stage's pieces), so a low ratio comes with where the time went. Prints, last,
@@ -32,6 +32,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from infra.engine.runner import run_stage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 log = logging.getLogger("bench.generate")
@@ -93,9 +95,9 @@ def _stage_tokens(ctx, ref) -> dict[str, int]:
 
 def run_pair(model_dir: str, n: int, k: int, tokens: int, batch: int) -> dict:
     """Bare HF engine and the stage over the same prompts, seeds and sampling, in this process."""
+    from infra.engine.models import model_and_tokenizer
     from rlt_core.generation import HFGenerator, SamplingConfig
     from tasks import generate
-    from tasks.models import model_and_tokenizer
 
     ctx, problems, teacher = _setup(tempfile.mkdtemp(prefix="rlt-bench-"), model_dir, n)
     cfg = generate.GenerateConfig(num_samples=k, sampling=SamplingConfig(temperature=0.7, max_new_tokens=tokens),
@@ -111,7 +113,7 @@ def run_pair(model_dir: str, n: int, k: int, tokens: int, batch: int) -> dict:
     bare_tok = sum(r.completion_tokens for r in bare)
     load_stage = _load()
     t0 = time.perf_counter()
-    ref = generate.run(ctx, cfg, problems, teacher)
+    ref = run_stage(generate.STAGE, ctx, cfg, problems, teacher)
     stage_s = time.perf_counter() - t0
     stage_tok = sum(_stage_tokens(ctx, ref).values())
     return {"rows": ref.num_rows, "bare_tok_s": bare_tok / bare_s, "stage_tok_s": stage_tok / stage_s,
@@ -134,7 +136,7 @@ def _child(model_dir: str, n: int, k: int, tokens: int) -> None:
     ctx, problems, teacher = _setup(tempfile.mkdtemp(prefix="rlt-bench-mem-"), model_dir, n)
     cfg = generate.GenerateConfig(num_samples=k, sampling=SamplingConfig(max_new_tokens=tokens), shard_size=8,
                                   part_size=8, batch_size=8, split="all")
-    generate.run(ctx, cfg, problems, teacher)
+    run_stage(generate.STAGE, ctx, cfg, problems, teacher)
     print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -210,9 +212,10 @@ TRACE = Trace()
 
 def _instrument() -> None:
     """Trace the client window (each HTTP request) and the stage's pieces. Only this process is patched."""
-    from infra.catalog import Catalog
+    from infra.catalog.lake import Catalog
+    from infra.engine import shards
     from rlt_core.generation import VLLMServerGenerator
-    from tasks import generate, shards
+    from tasks import generate
 
     TRACE.wrap(VLLMServerGenerator, "_one", "request",                # a request's time in the window
                tag=lambda self, client, req, sampling: req.request_id)
@@ -356,10 +359,10 @@ _RID_PROBLEM: dict[str, str] = {}
 
 def main_vllm(args, session) -> None:
     from bench import record
-    from infra.vllm_server import VLLMServer, vllm_available
+    from infra.devstack.vllm_server import VLLMServer, vllm_available
+    from infra.engine.models import model_and_tokenizer
     from rlt_core.generation import GenRequest, SamplingConfig, VLLMServerGenerator
     from tasks import generate
-    from tasks.models import model_and_tokenizer
 
     if not vllm_available():
         sys.exit("no vLLM: run scripts/setup_vllm.sh (builds .venv-vllm) or set $RLT_VLLM_PYTHON")
@@ -403,7 +406,7 @@ def main_vllm(args, session) -> None:
             return {r.request_id: r.completion_tokens for r in res}
 
         def stage():
-            return generate.run(ctx, cfg, problems, teacher)
+            return run_stage(generate.STAGE, ctx, cfg, problems, teacher)
 
         for name, fn in (("bare-1", bare), ("stage", stage), ("bare-2", bare)):
             out, rec = _measured(name, fn, srv, conc)

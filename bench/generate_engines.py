@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from rlt_core.generation import GenRequest, Generator, SamplingConfig
+from rlt_core.generation import Generator, GenRequest, SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def bench_hf(model_path: str, dtype: str, batch_sizes: Sequence[int], sampling: 
 def bench_vllm(model_path: str, batch_sizes: Sequence[int], sampling: SamplingConfig,
                env: dict[str, str]) -> tuple[list[EngineRun], float]:
     """Runs and the server start-up time (s)."""
-    from infra.vllm_server import VLLMServer
+    from infra.devstack.vllm_server import VLLMServer
     from rlt_core.modeling import load_tokenizer
 
     tok = load_tokenizer(model_path)
@@ -145,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     session = record.start_from_args("generate_engines", ap, args, smoke=not args.model.startswith("builtin:"),
                                      argv=argv, ignore=("json",))
 
+    from infra.devstack.vllm_server import vllm_available
     from infra.models import resolve_model
-    from infra.vllm_server import vllm_available
 
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     engines = set(args.engines.split(","))

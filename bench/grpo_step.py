@@ -114,11 +114,10 @@ def run_variant(variant: str, args, rows, style) -> list[dict[str, float]]:
     from transformers import TrainerCallback
 
     import rlt_core.reward as reward_mod
+    from bench.teacher_rl import _models
     from rlt_core.reward import RewardConfig
     from rlt_core.training.common import LoraSettings, RuntimeSettings
     from rlt_core.training.grpo import TeacherGRPOConfig, make_teacher_grpo_trainer
-
-    from bench.teacher_rl import _models
 
     torch.manual_seed(args.seed)
     teacher, student, tok = _models(args.tiny, None)

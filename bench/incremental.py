@@ -6,7 +6,7 @@
 
 Three measured nights, each in its own fresh interpreter (model loading counts, as it does in a nightly run):
   1. "yesterday": the base source into data root A (timed, for the record);
-  2. "tonight, incremental": the grown source into root A, where yesterday's artifacts are donors (tasks/reuse.py);
+  2. "tonight, incremental": the grown source into root A, where yesterday's artifacts are donors (infra/engine/reuse.py);
   3. "tonight, from scratch" (the baseline): the grown source into an empty root B.
 Each night is ingest -> teacher registration (no training phase: the base model is the teacher) -> generate ->
 score, the timed part being generate + score. Prints, last, "incremental / full generate+score: R (target <=
@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from infra.engine.runner import run_stage
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 log = logging.getLogger("bench.incremental")
 
@@ -41,20 +43,20 @@ def _source(path: str, n: int) -> str:
 
 def night(root: str, source: str, model: str, k: int, max_new_tokens: int) -> dict:
     """One night's generate + score, timed (runs in a child process: python bench/incremental.py --night ...)."""
+    from infra.catalog.artifacts import digest
+    from infra.engine.context import RunContext
     from tasks import generate, ingest, score
-    from tasks.common import RunContext
-    from infra.artifacts import digest
     from tests.tasks.helpers import base_teacher
 
     ctx = RunContext(root, tracking=False)
-    probs = ingest.run(ctx, ingest.IngestConfig(source={"uri": source}, heldout_fraction=0.0))["problems"]
+    probs = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": source}, heldout_fraction=0.0))["problems"]
     teacher = base_teacher(ctx, model, probs)
     t0 = time.perf_counter()
-    ex = generate.run(ctx, generate.GenerateConfig(num_samples=k, shard_size=8, batch_size=8,
+    ex = run_stage(generate.STAGE, ctx, generate.GenerateConfig(num_samples=k, shard_size=8, batch_size=8,
                                                    sampling={"temperature": 0.7, "max_new_tokens": max_new_tokens}),
                       probs, teacher)
     t1 = time.perf_counter()
-    sc = score.run(ctx, score.ScoreConfig(student_model=model, shard_size=32), ex, teacher)
+    sc = run_stage(score.STAGE, ctx, score.ScoreConfig(student_model=model, shard_size=32), ex, teacher)
     t2 = time.perf_counter()
     ids = sorted(r["explanation_id"] for r in ctx.catalog.rows(
         "SELECT explanation_id FROM lake.data.explanations WHERE artifact_key = ?", [ex.key]))

@@ -7,9 +7,9 @@
 One simulated night writes what a real factory night writes (no model work): a ``runs`` record (running, a
 "ledger" snapshot), then for each of the 8 graph nodes (flows.pipeline.NODES) with new keys (new inputs every
 night): for the sharded nodes (generate, score and evaluate[distilled], standing in for any sharded evaluation)
-one ``shards`` "done" record per shard, each its own ``catalog.append`` under the shard's lock as tasks/shards.py
+one ``shards`` "done" record per shard, each its own ``catalog.append`` under the shard's lock as infra/engine/shards.py
 does, each with one real parquet part in the shard's folder (contract EXAMPLE rows with distinct ids); then one
-``catalog.commit`` per node under its ``stage:<key>`` lock, exactly as tasks/runner.py commits: the parts are
+``catalog.commit`` per node under its ``stage:<key>`` lock, exactly as infra/engine/runner.py commits: the parts are
 first consolidated into few files (ArtifactWriter.consolidate), then registered with lineage, provenance and the
 stage_runs row (--single-part: skip the per-shard parts, one small part per output). Then a
 ``runs`` record (done) and ``catalog.maintain(ledger_retention_s=0)`` as flows/factory.py does at the end of every
@@ -20,7 +20,7 @@ counted under _lake).
 Measured at each night of --nights (mid-night: upstream committed, score half done, i.e. a crashed night):
 - plan lookups: flows/plan.py ``annotate`` itself on the night's 8 nodes (some committed, some not): the
   committed keys, the shard ledgers and the latest artifacts (one batched query each), and the lock holders;
-- shard resume (tasks/shards.py): ``shard_states`` of the uncommitted score key with shards/2 done shards.
+- shard resume (infra/engine/shards.py): ``shard_states`` of the uncommitted score key with shards/2 done shards.
 Each is timed on the open handle (median of --reps) and once on a fresh ``Catalog(Store(root))`` (attach
 included), in wall and in process CPU seconds (CPU time is robust when the machine is shared; it does not count
 PostgreSQL's or S3's side). The last lines are the ratios last / first measured night on the open handle, wall and
@@ -46,10 +46,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tqdm import tqdm
 
 from flows.pipeline import NODES, From
-from infra.artifacts import ArtifactWriter, KeyParts
-from infra.catalog import RELATIONS, Catalog
-from infra.locks import FileLocks, PgLocks, owner_info
-from infra.storage import Store
+from infra.catalog.artifacts import ArtifactWriter, KeyParts
+from infra.catalog.lake import RELATIONS, Catalog
+from infra.catalog.locks import FileLocks, PgLocks, owner_info
+from infra.catalog.store import Store
 
 log = logging.getLogger("bench.manifest_scale")
 SHARDED = ("generate", "score", "evaluate[distilled]")
@@ -98,11 +98,11 @@ class Night:
 
     def commit(self, run_id: str, node, parts: KeyParts, writers: dict[str, ArtifactWriter]) -> None:
         specs = []
-        for o in node.stage.outputs:
+        for o in node.stage.outputs:   # each output is its contract
             w = writers[o.name]
             if not w.files:
-                w.write_part(example_rows(o.contract, f"{w.key}"))
-            w.consolidate()   # as tasks/runner.py does: many shard parts -> few files before the commit
+                w.write_part(example_rows(o, f"{w.key}"))
+            w.consolidate()   # as infra/engine/runner.py does: many shard parts -> few files before the commit
             specs.append(w.commit_spec(o.provenance))
         key = parts.key()
         row = dict(run_id=run_id, stage=node.stage.name, label=node.label, artifact_key=key, status="done",
@@ -115,8 +115,8 @@ class Night:
         run_id, plan, result = f"run-bench-{n:05d}", night_plan(n), None
         self.run_record(run_id, "running")
         for node, parts, keys in plan:
-            writers = {o.name: ArtifactWriter(self.cat.store, o.name, keys[o.name], parts, run_id, o.contract,
-                                              node.label) for o in node.stage.outputs}
+            writers = {o.name: ArtifactWriter(self.cat.store, o.name, keys[o.name], parts, run_id, o, node.label)
+                       for o in node.stage.outputs}
             if node.id in SHARDED:
                 w = writers[node.stage.primary]
                 half = self.shards // 2 if measure and node.id == RESUMED else self.shards
@@ -149,7 +149,7 @@ def plan_lookups(cat: Catalog, locks, plan, clock: Clock) -> None:
     """What ``rlt plan`` does: flows/plan.py annotate() itself, on this catalog and these locks."""
     from flows.pipeline import Planned
     from flows.plan import annotate
-    from tasks.common import RunContext
+    from infra.engine.context import RunContext
 
     ctx = RunContext(cat.store.root, tracking=False)
     ctx.__dict__.update(catalog=cat, locks=locks)
@@ -207,10 +207,10 @@ def count_files(store: Store, folder: str) -> int:
 
 @contextlib.contextmanager
 def s3_and_postgres(tmp: str):
-    """SeaweedFS S3 + PostgreSQL, started and stopped with the stack's code (as tests/infra/services_fixtures.py)."""
+    """SeaweedFS S3 + PostgreSQL, started and stopped with the stack's code (as tests/infra/devstack/services_fixtures.py)."""
     from pydantic import SecretStr
 
-    from infra import services, stack
+    from infra.devstack import services, stack
 
     with contextlib.ExitStack() as es:
         s3dir = os.path.join(tmp, "seaweedfs")
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     record.add_arguments(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("infra.catalog").setLevel(logging.WARNING)   # one maintenance line per night otherwise
+    logging.getLogger("infra.catalog.lake").setLevel(logging.WARNING)   # one maintenance line per night otherwise
     nights = sorted({int(n) for n in args.nights.split(",")})
     assert args.shards >= 2 and nights[0] >= 1
     session = record.start_from_args("manifest_scale", ap, args, smoke=nights[-1] < 100 or args.shards < 50,

@@ -1,18 +1,18 @@
-"""Peak memory of `rlt manifest sql` over one committed explanations artifact, at growing sizes: must stay flat.
+"""Peak memory of `rlt catalog sql` over one committed explanations artifact, at growing sizes: must stay flat.
 
     .venv/bin/python bench/manifest_sql_memory.py                          # 10k and 1M rows (minutes)
     .venv/bin/python bench/manifest_sql_memory.py --sizes 1000,10000       # smoke run (seconds)
     .venv/bin/python bench/manifest_sql_memory.py --part-rows 50000 --keep # keep the temp data roots
 
 For each size a fresh local data root (a temp dir) gets ONE explanations artifact with that many rows, committed
-the way the stage runner does it (tasks/runner.py): parquet parts of --part-rows rows written with
+the way the stage runner does it (infra/engine/runner.py): parquet parts of --part-rows rows written with
 ``ArtifactWriter.write_part`` (rows built by a generator, completions of a few hundred varied characters), then one
 ``Catalog.commit`` of the writer's ``commit_spec`` (zero-copy registration, provenance, a stage_runs row).
 
 Then the real CLI runs in a fresh process, twice per size:
 
-* ``count``:  ``rlt manifest sql "SELECT count(*) FROM data_explanations" --json``; the answer must equal the size;
-* ``stream``: ``rlt manifest sql "SELECT explanation_id, length(completion) FROM data_explanations" --json``
+* ``count``:  ``rlt catalog sql "SELECT count(*) FROM data_explanations" --json``; the answer must equal the size;
+* ``stream``: ``rlt catalog sql "SELECT explanation_id, length(completion) FROM data_explanations" --json``
   with stdout to /dev/null: every row goes through the CLI, which must fetch them in batches.
 
 Peak RSS: each CLI call is started by a small wrapper process that waits for it and reads
@@ -89,9 +89,9 @@ def build(root: str, n: int, part_rows: int, seed: int) -> float:
     from tqdm import tqdm
 
     from data_contracts import explanations
-    from infra.artifacts import ArtifactWriter, KeyParts
-    from infra.catalog import Catalog
-    from infra.storage import Store
+    from infra.catalog.artifacts import ArtifactWriter, KeyParts
+    from infra.catalog.lake import Catalog
+    from infra.catalog.store import Store
     from tasks.generate import STAGE
 
     store, run_id = Store(root), f"bench-{n}"
@@ -114,7 +114,7 @@ def build(root: str, n: int, part_rows: int, seed: int) -> float:
 
 def measure(root: str, sql: str, answer_file: str | None) -> dict:
     """Run the CLI in a fresh process under the wrapper; its peak RSS (MiB), seconds and (maybe) JSON answer."""
-    cli = [sys.executable, "-m", "flows.cli", "--data-root", root, "manifest", "sql", sql, "--json"]
+    cli = [sys.executable, "-m", "flows.cli", "--data-root", root, "catalog", "sql", sql, "--json"]
     env = {**os.environ, "RLT_LOG_LEVEL": "WARNING"}
     p = subprocess.run([sys.executable, "-c", WRAPPER, answer_file or "", *cli], cwd=ROOT, env=env,
                        capture_output=True, text=True, check=True)

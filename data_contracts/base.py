@@ -1,8 +1,11 @@
 """Shared machinery for artifact contracts.
 
 A contract is: a name, a schema version, a pyarrow schema, a frozen pydantic row model and an
-example row. ``Contract.validate`` returns row-level errors (row index, field, what was expected)
-instead of raising, so a stage can quarantine bad rows and keep the good ones.
+example row; and what the rest of the factory needs to know about its rows, said once here: the id column, the
+order rows are streamed in (shards are cut from it), the provenance kind of a row and its parent (the lineage of
+one example: problem -> explanation -> reward row -> distill row) and the storage layer. ``Contract.validate``
+returns row-level errors (row index, field, what was expected) instead of raising, so a stage can quarantine bad
+rows and keep the good ones.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from data_contracts.errors import ExpectedError
 
 
 class RowModel(BaseModel):
@@ -48,10 +53,29 @@ class Contract:
     row_model: type[RowModel]
     example: Mapping[str, Any]
     description: str = ""
+    layer: str = "09_other"                 # the store folder (Kedro-style layers: 03_primary, 07_model_output...)
+    id_col: str | None = None               # one id per row (a content address), None: rows have no id of their own
+    order: tuple[str, ...] = ()             # the deterministic order rows are streamed in (default: id_col)
+    kind: str | None = None                 # provenance kind of a row ("problem", "explanation"...); None: not traced
+    parent: tuple[str, str] | None = None   # (column holding the parent row's id, the parent's kind)
 
     @property
     def schema_version(self) -> str:
         return f"{self.name}/v{self.version}"
+
+    @property
+    def order_by(self) -> str | None:
+        """The ORDER BY clause rows are streamed in (``None``: no defined order)."""
+        cols = self.order or ((self.id_col,) if self.id_col else ())
+        return ", ".join(cols) or None
+
+    @property
+    def provenance(self) -> tuple[str, str, str | None, str | None] | None:
+        """(id column, kind, parent id column, parent kind) of the rows the catalog traces, else None."""
+        if not (self.kind and self.id_col):
+            return None
+        parent_col, parent_kind = self.parent or (None, None)
+        return self.id_col, self.kind, parent_col, parent_kind
 
     def rows(self, data: pa.Table | Iterable[Mapping[str, Any]]) -> list[dict]:
         if isinstance(data, pa.Table):
@@ -96,7 +120,7 @@ class Contract:
             raise ContractError(self.schema_version, errors)
 
 
-class ContractError(ValueError):
+class ContractError(ExpectedError, ValueError):
     def __init__(self, contract: str, errors: list[RowError]):
         self.errors = errors
         head = "; ".join(str(e) for e in errors[:5])
@@ -137,5 +161,11 @@ def schema_from_model(model: type[RowModel]) -> pa.Schema:
 
 
 def make_contract(name: str, version: int, row_model: type[RowModel], example: Mapping[str, Any],
-                  description: str = "") -> Contract:
-    return Contract(name, version, schema_from_model(row_model), row_model, example, description)
+                  description: str = "", **facts: Any) -> Contract:
+    """A contract whose schema is derived from ``row_model``; ``facts``: layer, id_col, order, kind, parent."""
+    contract = Contract(name, version, schema_from_model(row_model), row_model, example, description, **facts)
+    for col in (*contract.order, *([contract.id_col] if contract.id_col else []),
+                *([contract.parent[0]] if contract.parent else [])):
+        if col not in contract.schema.names:
+            raise ValueError(f"contract {name}: {col!r} is not a column of its schema")
+    return contract

@@ -32,6 +32,6 @@ TEACHER_EXAMPLE = dict(role="teacher", base_model="builtin:smollm2-135m-instruct
                        config_json="{}", metrics_json="{}")
 STUDENT_EXAMPLE = dict(TEACHER_EXAMPLE, role="student", phase="distill", student_key=None)
 TEACHER_CONTRACT = make_contract("teacher_checkpoint", SCHEMA_VERSION, Checkpoint, TEACHER_EXAMPLE,
-                                 "RL-trained teacher weights")
+                                 "RL-trained teacher weights", layer="06_models")
 STUDENT_CONTRACT = make_contract("student_checkpoint", SCHEMA_VERSION, Checkpoint, STUDENT_EXAMPLE,
-                                 "distilled student weights")
+                                 "distilled student weights", layer="06_models")

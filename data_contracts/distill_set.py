@@ -24,6 +24,9 @@ EXAMPLE = dict(example_id="d_0123456789abcdef", problem_id="p_0123456789abcdef",
                question="Using the numbers [3, 5, 7], create an equation that equals 22.",
                assistant="<|begin_of_thought|>\n\n3*5+7=22\n\n<|end_of_thought|>\n\n"
                          "<|begin_of_solution|>\n\n3 * 5 + 7 = 22\n\n<|end_of_solution|>", reward=-1.2)
-CONTRACT = make_contract("distill_set", SCHEMA_VERSION, DistillRow, EXAMPLE, "student SFT rows")
+CONTRACT = make_contract("distill_set", SCHEMA_VERSION, DistillRow, EXAMPLE,
+                         "student SFT rows",
+                         layer="05_model_input", id_col="example_id", kind="distill_row",
+                         parent=("explanation_id", "explanation"))
 SCHEMA = CONTRACT.schema
 validate = CONTRACT.validate

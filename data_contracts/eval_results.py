@@ -26,6 +26,8 @@ class EvalSample(RowModel):
 EXAMPLE = dict(eval_key="ee" * 8, benchmark="countdown-heldout", item_id="p_0123456789abcdef", sample_index=0,
                seed=41, prompt="Return your final response within \\boxed{}. ...", response="... \\boxed{3*5+7}",
                extracted="3*5+7", reference="22", correct=True, grader="countdown@1", completion_tokens=40)
-CONTRACT = make_contract("eval_results", SCHEMA_VERSION, EvalSample, EXAMPLE, "per-sample evaluation results")
+CONTRACT = make_contract("eval_results", SCHEMA_VERSION, EvalSample, EXAMPLE,
+                         "per-sample evaluation results",
+                         layer="08_reporting", order=("benchmark", "item_id", "sample_index"))
 SCHEMA = CONTRACT.schema
 validate = CONTRACT.validate

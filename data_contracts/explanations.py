@@ -5,7 +5,7 @@ from pydantic import Field
 
 from data_contracts.base import RowModel, make_contract
 
-SCHEMA_VERSION = 2   # 2: reused_from (incremental nights, tasks/reuse.py)
+SCHEMA_VERSION = 2   # 2: reused_from (incremental nights, infra/engine/reuse.py)
 
 
 class Explanation(RowModel):
@@ -26,7 +26,7 @@ class Explanation(RowModel):
     finish_reason: Literal["stop", "length"]
     latency_s: float = Field(ge=0)
     backend: str
-    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied from an earlier night (tasks/reuse.py); None: computed by this artifact's run")
+    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied from an earlier night (infra/engine/reuse.py); None: computed by this artifact's run")
 
 
 EXAMPLE = dict(explanation_id="e_0123456789abcdef", problem_id="p_0123456789abcdef", sample_index=0,
@@ -36,6 +36,9 @@ EXAMPLE = dict(explanation_id="e_0123456789abcdef", problem_id="p_0123456789abcd
                teacher_digest="cd" * 8, gen_config_digest="ef" * 8, seed=1234, temperature=0.7, top_p=1.0,
                max_new_tokens=256, prompt_tokens=420, completion_tokens=21, finish_reason="stop",
                latency_s=0.8, backend="hf")
-CONTRACT = make_contract("explanations", SCHEMA_VERSION, Explanation, EXAMPLE, "teacher explanations")
+CONTRACT = make_contract("explanations", SCHEMA_VERSION, Explanation, EXAMPLE,
+                         "teacher explanations",
+                         layer="07_model_output", id_col="explanation_id", kind="explanation",
+                         parent=("problem_id", "problem"))
 SCHEMA = CONTRACT.schema
 validate = CONTRACT.validate

@@ -22,6 +22,7 @@ class FilterDecision(RowModel):
 EXAMPLE = dict(problem_id="p_0123456789abcdef", explanation_id="e_0123456789abcdef", sample_index=0,
                kept=True, rank=0, reason="best_of_k", reward=-1.2, rules_digest="34" * 8)
 CONTRACT = make_contract("filter_decisions", SCHEMA_VERSION, FilterDecision, EXAMPLE,
-                         "every kept and dropped candidate with its reason")
+                         "every kept and dropped candidate with its reason",
+                         layer="07_model_output", order=("problem_id", "rank", "explanation_id"))
 SCHEMA = CONTRACT.schema
 validate = CONTRACT.validate

@@ -33,6 +33,7 @@ EXAMPLE = dict(problem_id="p_0123456789abcdef", source="builtin:countdown", sour
                solution="3 * 5 + 7 = 22", reasoning_trace=None, answer="3 * 5 + 7", split="train",
                task="countdown", meta_json='{"numbers": [3, 5, 7], "target": 22}')
 CONTRACT = make_contract("problems", SCHEMA_VERSION, Problem, EXAMPLE,
-                         "questions with reference solutions")
+                         "questions with reference solutions",
+                         layer="03_primary", id_col="problem_id", kind="problem")
 SCHEMA = CONTRACT.schema
 validate = CONTRACT.validate

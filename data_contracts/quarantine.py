@@ -18,6 +18,8 @@ class QuarantinedRow(RowModel):
 
 EXAMPLE = dict(stage="ingest", source="data.jsonl", source_row=7, reason="empty_field",
                field="solution", detail="solution is empty", raw='{"question": "1+1?", "solution": ""}')
-CONTRACT = make_contract("quarantine", SCHEMA_VERSION, QuarantinedRow, EXAMPLE, "unusable rows with reasons")
+CONTRACT = make_contract("quarantine", SCHEMA_VERSION, QuarantinedRow, EXAMPLE,
+                         "unusable rows with reasons",
+                         layer="02_quarantine", order=("source_row", "reason"))
 SCHEMA = CONTRACT.schema
 validate = CONTRACT.validate

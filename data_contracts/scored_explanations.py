@@ -6,7 +6,7 @@ from pydantic import Field, field_validator
 
 from data_contracts.base import RowModel, make_contract
 
-SCHEMA_VERSION = 2   # 2: reused_from (incremental nights, tasks/reuse.py)
+SCHEMA_VERSION = 2   # 2: reused_from (incremental nights, infra/engine/reuse.py)
 
 
 class ScoredExplanation(RowModel):
@@ -32,7 +32,7 @@ class ScoredExplanation(RowModel):
     teacher_digest: str
     student_digest: str
     reward_config_digest: str
-    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied from an earlier night (tasks/reuse.py); None: computed by this artifact's run")
+    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied from an earlier night (infra/engine/reuse.py); None: computed by this artifact's run")
 
     @field_validator("reward", "r_ss", "r_kl")
     @classmethod
@@ -49,6 +49,8 @@ EXAMPLE = dict(explanation_id="e_0123456789abcdef", problem_id="p_0123456789abcd
                teacher_temperature=0.7, student_temperature=0.7, teacher_digest="cd" * 8,
                student_digest="ab" * 8, reward_config_digest="12" * 8)
 CONTRACT = make_contract("scored_explanations", SCHEMA_VERSION, ScoredExplanation, EXAMPLE,
-                         "reward ledger: every RLT reward term per explanation")
+                         "reward ledger: every RLT reward term per explanation",
+                         layer="07_model_output", id_col="explanation_id", kind="reward_row",
+                         parent=("explanation_id", "explanation"))
 SCHEMA = CONTRACT.schema
 validate = CONTRACT.validate

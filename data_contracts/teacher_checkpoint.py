@@ -1,5 +1,7 @@
 """teacher_checkpoint contract (see checkpoints.py for the shared row model)."""
-from data_contracts.checkpoints import TEACHER_CONTRACT as CONTRACT, TEACHER_EXAMPLE as EXAMPLE, Checkpoint
+from data_contracts.checkpoints import TEACHER_CONTRACT as CONTRACT
+from data_contracts.checkpoints import TEACHER_EXAMPLE as EXAMPLE
+from data_contracts.checkpoints import Checkpoint
 
 SCHEMA_VERSION = CONTRACT.version
 SCHEMA = CONTRACT.schema

@@ -1,7 +1,7 @@
 """The nightly factory flow (ingest -> train_teacher -> generate -> score -> filter -> distill -> evaluate -> report)
 and one flow per stage (``rlt run STAGE``: that stage and whatever upstream it needs).
 
-Wiring only: the graph is flows/pipeline.py, each stage is a real Prefect task (tasks/runner.py) whose "done?"
+Wiring only: the graph is flows/pipeline.py, each stage is a real Prefect task (infra/engine/runner.py) whose "done?"
 answer comes from the catalog alone. An identical second night does no model work, a changed config recomputes
 that stage and what depends on it, a failed shard is the only work a rerun redoes, and two runs that need the
 same key at once compute it once.
@@ -17,13 +17,13 @@ from typing import Any, Optional
 from prefect import flow
 
 from data_contracts import ArtifactRef
-from flows.pipeline import From, Planned, STAGES, walk
+from flows.pipeline import STAGES, From, Planned, walk
 from flows.plan import annotate, stage_keys
 from flows.recipe import Recipe, recipe_digest
-from tasks import report
-from tasks.common import RunContext, logger
-from tasks.executor import run_stage
-from tasks.runner import prefect_task
+from flows.releases import report
+from infra.engine.context import RunContext, logger
+from infra.engine.executor import run_stage
+from infra.engine.runner import prefect_task
 
 log = logging.getLogger("rlt")
 
@@ -62,7 +62,7 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
     finally:
         _maintain(ctx)
         if ctx.executor:
-            from tasks.executor import disconnect
+            from infra.engine.executor import disconnect
 
             disconnect()   # a driver left attached to a cluster that goes away is ended by Ray
     ctx.tracker.set_tags(ctx.mlflow_parent, {f"rlt.artifact.{k}": v.key for k, v in out.items()
@@ -78,7 +78,7 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
 
 def _log_prices(r: Recipe) -> None:
     """Validate the prices in effect (recipe `costs:` + RLT_PRICE_*) before any work, and say which they are."""
-    from tasks.costs import resolve_prices
+    from infra.engine.costs import resolve_prices
 
     prices = resolve_prices(r.costs)
     if prices.priced:
@@ -88,7 +88,7 @@ def _log_prices(r: Recipe) -> None:
 def _audit(ctx: RunContext, r: Recipe, out: dict[str, Any]) -> tuple[dict, Exception | None]:
     """Audit the night's committed artifacts and, when all pass, publish its distill set under the alias. Returns
     the summary (for the report) and the AuditFailed to raise once the report is written (or None)."""
-    from flows.audit import AuditFailed, audit_and_publish
+    from flows.releases.audit import AuditFailed, audit_and_publish
 
     if "distill_set" not in out:
         return {"passed": True, "published": False, "results": [], "alias": r.audits.publish_alias}, None

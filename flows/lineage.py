@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from infra.catalog import Catalog
+from infra.catalog.lake import Catalog
 
 
 def _one(con: Catalog, sql: str, params: list) -> dict | None:

@@ -1,4 +1,6 @@
-"""The factory's graph, declared once: which stage runs with which recipe section and which inputs.
+"""The factory's graph, derived from the stage declarations (tasks/: each stage's inputs are named after the
+artifacts they take, so each comes from the stage that produces it), plus the one wiring a recipe decides
+(``VARIANTS``: the base student's evaluation takes a model reference).
 
 Both the plan and the flows walk this graph and compute keys with the stages' own ``Stage.key_parts``, so
 ``rlt plan`` cannot disagree with what a run does (the runner re-checks the planned key against its own).
@@ -11,12 +13,12 @@ from typing import Any, Callable, Iterator
 from pydantic import BaseModel
 
 from flows.recipe import Recipe
-from infra.artifacts import KeyParts
+from infra.catalog.artifacts import KeyParts
+from infra.engine.stage import Stage
 from infra.models import ModelSnapshot, resolve_model
-from tasks import distill, evaluate, filter as filter_, generate, ingest, score, train_teacher
-from tasks.stage import Stage
+from tasks import STAGE_NAMES, stages
 
-STAGES = ("ingest", "train_teacher", "generate", "score", "filter", "distill", "evaluate")
+STAGES = STAGE_NAMES   # the stage names in run order (tasks/__init__.py)
 
 
 @dataclass(frozen=True)
@@ -48,23 +50,55 @@ class Node:
         return [src.node for src in self.inputs.values() if isinstance(src, From)]
 
 
-NODES: tuple[Node, ...] = (
-    Node("ingest", ingest.STAGE, lambda r: r.ingest),
-    Node("train_teacher", train_teacher.STAGE, lambda r: r.train_teacher,
-         {"problems": From("ingest", "problems")}),
-    Node("generate", generate.STAGE, lambda r: r.generate,
-         {"problems": From("ingest", "problems"), "teacher": From("train_teacher", "teacher_checkpoint")}),
-    Node("score", score.STAGE, lambda r: r.score,
-         {"explanations": From("generate", "explanations"), "teacher": From("train_teacher", "teacher_checkpoint")}),
-    Node("filter", filter_.STAGE, lambda r: r.filter,
-         {"scored": From("score", "scored_explanations"), "explanations": From("generate", "explanations"),
-          "problems": From("ingest", "problems")}),
-    Node("distill", distill.STAGE, lambda r: r.distill, {"distill_set": From("filter", "distill_set")}),
-    Node("evaluate[base]", evaluate.STAGE, lambda r: r.evaluate, {"model": Model(lambda r: r.distill.student_model)},
-         label="base", enabled=lambda r: r.evaluate.include_base, out_name=lambda o: "eval_base"),
-    Node("evaluate[distilled]", evaluate.STAGE, lambda r: r.evaluate,
-         {"model": From("distill", "student_checkpoint")}, label="distilled", out_name=lambda o: "eval_distilled"),
-)
+@dataclass(frozen=True)
+class Variant:
+    """A stage run twice in one night, as labelled nodes: ``bind`` gives inputs from the recipe instead of from
+    the producing stage."""
+
+    label: str
+    bind: dict[str, Callable[[Recipe], str]] = field(default_factory=dict)
+    enabled: Callable[[Recipe], bool] = lambda r: True
+
+
+# The one choice a recipe makes that no stage declaration can: the student is evaluated twice, before distillation
+# (its base model, a reference from the recipe) and after (the distill stage's checkpoint).
+VARIANTS: dict[str, tuple[Variant, ...]] = {
+    "evaluate": (Variant("base", {"student_checkpoint": lambda r: r.distill.student_model},
+                         enabled=lambda r: r.evaluate.include_base),
+                 Variant("distilled")),
+}
+
+
+def _config_of(name: str) -> Callable[[Recipe], BaseModel]:
+    return lambda recipe: getattr(recipe, name)   # a stage's section of the recipe is named after it
+
+
+def derive_nodes() -> tuple[Node, ...]:
+    """The graph from the declarations: each input of a stage comes from the earlier stage whose output has the
+    input's (artifact) name; a stage with variants becomes one node per variant."""
+    producer: dict[str, str] = {}
+    nodes: list[Node] = []
+    for stage in stages():
+        for variant in VARIANTS.get(stage.name, (Variant(""),)):
+            inputs: dict[str, From | Model] = {}
+            for name in stage.input_names:
+                if name in variant.bind:
+                    inputs[name] = Model(variant.bind[name])
+                elif name in producer:
+                    inputs[name] = From(producer[name], name)
+                else:
+                    raise TypeError(f"stage {stage.name}: no earlier stage produces its input {name!r}")
+            node_id = f"{stage.name}[{variant.label}]" if variant.label else stage.name
+            out_name = ((lambda label: lambda output: f"eval_{label}")(variant.label) if variant.label
+                        else (lambda output: output))
+            nodes.append(Node(node_id, stage, _config_of(stage.name), inputs, variant.label, variant.enabled,
+                              out_name))
+        for contract in stage.outputs:
+            producer[contract.name] = stage.name
+    return tuple(nodes)
+
+
+NODES: tuple[Node, ...] = derive_nodes()
 
 
 @dataclass

@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flows.pipeline import Planned, plan as plan_keys
+from flows.pipeline import Planned
+from flows.pipeline import plan as plan_keys
 from flows.recipe import Recipe
-from infra.artifacts import KeyParts, digest
-from infra.locks import describe
-from tasks.common import RunContext
+from infra.catalog.artifacts import KeyParts, digest
+from infra.catalog.lake import all_of
+from infra.catalog.locks import describe
+from infra.engine.context import RunContext
 
 StagePlan = Planned   # the name older code and tests use
 
@@ -52,7 +54,7 @@ def annotate(ctx: RunContext, plans: list[Planned]) -> list[Planned]:
 
     Three catalog queries whatever the number of stages: committed keys, shard ledgers, latest artifacts."""
     found = ctx.catalog.artifacts(k for p in plans for k in p.keys.values())
-    todo = [p for p in plans if not all(k in found for k in p.keys.values())]
+    todo = [p for p in plans if not all_of(found, p.keys.values())]
     shards = ctx.catalog.shard_states_many(p.key for p in todo)
     secondary = sorted({n for p in todo for n in _secondary(p)})
     latest = ctx.catalog.latest_artifacts([(p.stage, p.label) for p in todo], exclude_names=secondary)
@@ -80,13 +82,13 @@ def annotate(ctx: RunContext, plans: list[Planned]) -> list[Planned]:
 
 
 def count_reuse(ctx: RunContext, plans: list[Planned]) -> list[Planned]:
-    """For incremental stages that will run: how many of their rows earlier artifacts hold (tasks/reuse.py).
+    """For incremental stages that will run: how many of their rows earlier artifacts hold (infra/engine/reuse.py).
 
     The rows a stage will work on are known before it runs: from its input when that is committed, from the
     source (read, not written: ``ingest.preview``) when ingest has yet to run, or from the upstream stage's own
     expected ids. Counts are by row id; score also compares explanation texts when it runs."""
-    from tasks.reuse import count_reusable, find_donors
-    from tasks.shards import chunks
+    from infra.engine.reuse import count_reusable, find_donors
+    from infra.engine.shards import chunks
 
     by_id = {p.node.id: p for p in plans}
     for p in plans:
@@ -111,21 +113,22 @@ def _expected_ids(ctx: RunContext, p: Planned, by_id: dict[str, Planned]):
     """The output ids node ``p`` will produce, streamed; None when they cannot be known before running."""
     import itertools
 
-    from tasks.shards import chunks
+    from infra.engine.shards import chunks
 
     spec = p.node.stage.incremental
-    src = p.node.inputs[spec.role]
+    src = p.node.inputs[spec.input]
     up = by_id.get(src.node)
     if up is None:
         return None
     in_key = up.keys[src.output]
-    where, keep, limit = spec.select(p.cfg)
+    sel = spec.select(p.cfg)
+    limit = sel.limit
     if ctx.catalog.artifact(in_key) is not None:
-        rows = _scan(ctx, src.output, in_key, spec.columns, where)
+        rows = _scan(ctx, src.output, in_key, spec.columns, sel.where)
     elif up.node.stage.name == "ingest":
         from tasks.ingest import preview
 
-        rows = (r for r in preview(up.cfg) if keep is None or keep(r))
+        rows = (r for r in preview(up.cfg) if sel.matches(r))
         if limit:   # the stage takes the first ``limit`` in id order
             rows = iter(sorted(rows, key=lambda r: r[spec.columns[0]]))
     elif up.node.stage.incremental is not None and spec.one_to_one:
@@ -138,9 +141,9 @@ def _expected_ids(ctx: RunContext, p: Planned, by_id: dict[str, Planned]):
 
 
 def _scan(ctx: RunContext, name: str, key: str, columns, where: str):
-    from tasks.stage import ORDER
+    from data_contracts import registry
 
-    for b in ctx.catalog.scan(name, key, list(columns), ORDER.get(name), where, 4096):
+    for b in ctx.catalog.scan(name, key, list(columns), registry()[name].order_by, where, 4096):
         yield from b.to_pylist()
 
 

@@ -23,20 +23,19 @@ from typing import Any, Callable, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from data_contracts.errors import ExpectedError
+from infra.engine.costs import CostsConfig
+from infra.engine.executor import ExecutorConfig
+from rlt_core.method import TEMPERATURE
 from rlt_core.prompts import PromptStyle
-
-from tasks.costs import CostsConfig
+from tasks import STAGE_NAMES
 from tasks.distill import DistillStageConfig
 from tasks.evaluate import EvaluateConfig
-from tasks.executor import ExecutorConfig
 from tasks.filter import FilterConfig
 from tasks.generate import GenerateConfig
 from tasks.ingest import IngestConfig
 from tasks.score import ScoreConfig
 from tasks.train_teacher import TrainTeacherConfig
-
-STAGES = ("ingest", "train_teacher", "generate", "score", "filter", "distill", "evaluate")
-
 
 DERIVED: dict[str, tuple[tuple[str, ...], ...]] = {
     "style": (("train_teacher", "sft", "style"), ("train_teacher", "reward", "prompt_style"), ("generate", "style"),
@@ -69,7 +68,7 @@ def derive_shared(data: dict) -> dict:
     """Copy the recipe-level ``style`` and ``temperature`` into every stage field they govern."""
     data = copy.deepcopy(data)
     values = {"style": PromptStyle.model_validate(data.get("style") or {}),
-              "temperature": float(data.get("temperature", 0.7))}
+              "temperature": float(data.get("temperature", TEMPERATURE))}
     for name, paths in DERIVED.items():
         top = values[name]
         for path in paths:
@@ -102,7 +101,7 @@ def _default_decontam_benchmarks(data: dict) -> None:
 
 
 class AuditsConfig(BaseModel):
-    """Write-audit-publish (flows/audit.py, flows/releases.py): checks on a night's committed artifacts; only a
+    """Write-audit-publish (flows/releases/audit.py, flows/releases/aliases.py): checks on a night's committed artifacts; only a
     night that passes every one moves ``publish_alias``. Every bound is off unless set. Not a stage config: no
     stage key depends on it. Audits that compare with the current release pass as "no baseline" without one."""
 
@@ -137,7 +136,7 @@ class Recipe(BaseModel):
     name: str
     description: str = ""
     style: PromptStyle = Field(default_factory=PromptStyle, description="prompt format shared by every stage")
-    temperature: float = Field(default=0.7, gt=0, description="teacher sampling temperature (GRPO, generate) = "
+    temperature: float = Field(default=TEMPERATURE, gt=0, description="teacher sampling temperature (GRPO, generate) = "
                                                                "the reward's teacher temperature")
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     train_teacher: TrainTeacherConfig = Field(default_factory=TrainTeacherConfig)
@@ -157,15 +156,22 @@ class Recipe(BaseModel):
     def _derive(cls, data):
         return derive_shared(data) if isinstance(data, dict) else data
 
+    @model_validator(mode="after")
+    def _known_stages(self) -> "Recipe":
+        for what, names in (("executor.stages", self.executor.stages), ("executor.resources", self.executor.resources)):
+            if unknown := sorted(set(names) - set(STAGE_NAMES)):
+                raise ValueError(f"{what}: unknown stage(s) {unknown}; expected some of {list(STAGE_NAMES)}")
+        return self
 
-class RecipeError(ValueError):
+
+class RecipeError(ExpectedError, ValueError):
     pass
 
 
 def recipe_digest(recipe: dict) -> str:
     """The runs record's recipe hash: what the recipe computes, so the executor (where work runs) is left out
     (a night run locally and again on Ray is the same night)."""
-    from infra.artifacts import digest
+    from infra.catalog.artifacts import digest
 
     return digest({k: v for k, v in recipe.items() if k != "executor"})
 
@@ -195,7 +201,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_recipe(path: str | Path, overrides: list[str] | None = None,
                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Recipe:
     """Read, apply ``--set`` overrides, then ``transform`` (if given: e.g. a backfill's per-night ``{night}``
-    substitution, flows/backfill.py) and validate."""
+    substitution, flows/releases/backfill.py) and validate."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe {p}: no such file")

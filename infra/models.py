@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_contracts.errors import ExpectedError
+
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
@@ -38,7 +40,7 @@ def model_cache_dir() -> Path:
 
 
 def _file_lock(path: Path):
-    from infra.locks import file_mutex
+    from infra.catalog.locks import file_mutex
 
     return file_mutex(path)
 
@@ -137,7 +139,7 @@ def folder_digest(path: str | os.PathLike) -> str:
     return files_digest(files + extra)
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(ExpectedError, RuntimeError):
     """A model reference that cannot be resolved here (no such folder, hub unreachable): an expected error, one line."""
 
 

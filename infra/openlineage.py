@@ -8,7 +8,7 @@ configure a transport, or when ``RLT_OPENLINEAGE_FILE=<path>`` asks for the file
 line appended to that file; with a client configuration too, events go to both). ``OPENLINEAGE_DISABLED=true``
 turns everything off, as the client defines it.
 
-What is emitted (built by tasks/lineage_events.py from the stage declaration): per stage run that computes, a
+What is emitted (built by infra/engine/lineage_events.py from the stage declaration): per stage run that computes, a
 START, then COMPLETE (inputs and outputs as datasets) or FAIL (the error, redacted) or ABORT (another run
 committed the key first). Job: namespace ``OPENLINEAGE_NAMESPACE`` (default ``rlt-factory``), name
 ``<recipe or flow>.<stage>[label]``. Run id: a UUID derived from (rlt run id, stage, artifact key); the parent
@@ -258,9 +258,8 @@ class Emitter:
                         run=run, job=job, inputs=ins, outputs=outs, producer=PRODUCER)
 
     def _run_facets(self, info: StageInfo, error: str, state: str) -> dict:
-        from openlineage.client.facet_v2 import error_message_run, parent_run, processing_engine_run
-
         from openlineage.client import constants
+        from openlineage.client.facet_v2 import error_message_run, parent_run, processing_engine_run
 
         parent = flow_run_uuid(info.run_id)
         facets: dict[str, Any] = {

@@ -131,7 +131,7 @@ def _scrub(obj: Any) -> Any:
 
 
 def _store(root: str):
-    from infra.storage import Store
+    from infra.catalog.store import Store
 
     return Store(root)
 
@@ -287,7 +287,7 @@ class Tracker:
             return exp.experiment_id
 
     def _init_lock(self):
-        from infra.locks import file_mutex
+        from infra.catalog.locks import file_mutex
 
         return file_mutex(self.uri.removeprefix("sqlite:///") + ".init.lock") if self.uri.startswith("sqlite:") \
             else contextlib.nullcontext()

@@ -24,6 +24,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rlt_core.method import TEMPERATURE
+
 log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length"]
@@ -35,7 +37,7 @@ class GenerationError(RuntimeError):
 
 class EndpointUnavailable(GenerationError):
     """A server stayed unreachable or kept failing (connection errors, 429, 5xx) through the client's retries:
-    the endpoint's fault rather than the request's, so another endpoint may serve the request (tasks/endpoints.py)."""
+    the endpoint's fault rather than the request's, so another endpoint may serve the request (infra/engine/endpoints.py)."""
 
     def __init__(self, message: str, url: str):
         super().__init__(message)
@@ -48,7 +50,7 @@ class SamplingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: float = Field(0.7, ge=0.0)
+    temperature: float = Field(TEMPERATURE, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(512, ge=1)
     stop: tuple[str, ...] = ()
@@ -291,7 +293,7 @@ class HFGenerator:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# vLLM, as an OpenAI-compatible server (default backend: its own virtualenv, see infra/vllm_server.py)
+# vLLM, as an OpenAI-compatible server (default backend: its own virtualenv, see infra/devstack/vllm_server.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 

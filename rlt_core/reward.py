@@ -38,6 +38,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlt_core.logprobs import ForwardPlan, plan_forward, scoring_mode, token_logprobs
+from rlt_core.method import TEMPERATURE
 from rlt_core.prompts import PromptStyle
 from rlt_core.spans import ScoringExample, build_examples
 
@@ -51,8 +52,8 @@ class RewardConfig(BaseModel):
 
     answer_coef: tuple[float, float] = (1.0, 0.01)  # over (mean, min) of student solution log-probs
     kl_coef: tuple[float, float] = (3.0, 0.03)  # over (mean, max) of teacher-minus-student explanation log-probs
-    teacher_temperature: float = Field(0.7, gt=0)  # = the generation temperature (unbias_teacher_log_probs)
-    student_temperature: float = Field(0.7, gt=0)
+    teacher_temperature: float = Field(TEMPERATURE, gt=0)  # = the generation temperature (unbias_teacher_log_probs)
+    student_temperature: float = Field(TEMPERATURE, gt=0)
     not_matched_penalty: float = -1.0
     use_schulman_kl: bool = False
     batch_size: int = Field(8, ge=1)

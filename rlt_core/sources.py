@@ -33,6 +33,7 @@ from typing import Any, Iterator, Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from data_contracts.errors import ExpectedError
 from rlt_core.builtin_problems import generate
 
 __all__ = ["SourceSpec", "SourceError", "RawRowError", "ProblemRecord", "Quarantine", "iter_raw_rows",
@@ -71,7 +72,7 @@ def shown(text: Any) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-class SourceError(ValueError):
+class SourceError(ExpectedError, ValueError):
     """The source is missing, unreachable, or not a dataset at all (as opposed to one bad row).
 
     The message is always a single printable line (the CLI prints it as its one ``rlt: ...`` line)."""

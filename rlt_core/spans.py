@@ -28,8 +28,13 @@ import logging
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from rlt_core.prompts import (PromptStyle, format_student_chat, format_teacher_prompt, parse_teacher_completion,
-                              student_assistant_content)
+from rlt_core.prompts import (
+    PromptStyle,
+    format_student_chat,
+    format_teacher_prompt,
+    parse_teacher_completion,
+    student_assistant_content,
+)
 
 log = logging.getLogger(__name__)
 

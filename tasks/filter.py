@@ -6,21 +6,21 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from data_contracts import distill_set, filter_decisions
-from infra.artifacts import digest
+from infra.catalog.artifacts import digest
+from infra.engine.config import StageConfig
+from infra.engine.stage import Artifact, StageRun, declare
 from rlt_core.filtering import FilterRules, decide_problem
 from rlt_core.prompts import PromptStyle, parse_teacher_completion, student_assistant_content
-from tasks.stage import Output, Stage, StageRun
 
 PART_ROWS = 2000
 LEDGER_COLS = ["explanation_id", "problem_id", "sample_index", "reward", "answer_logprob_mean",
                "answer_logprob_min", "kl_mean", "kl_max", "format_penalty", "n_explanation_tokens"]
 
 
-class FilterConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FilterConfig(StageConfig):
     rules: FilterRules = Field(default_factory=FilterRules)
     style: PromptStyle = Field(default_factory=PromptStyle)
 
@@ -38,11 +38,11 @@ def _write(writer, rows: list[dict]) -> None:
         writer.write_part(rows[i:i + PART_ROWS])
 
 
-def filter_(run: StageRun) -> dict:
-    """Best-of-K (and the other rules) per problem from the ledger; winners become student-format examples."""
-    cfg: FilterConfig = run.cfg
+def filter_(run: StageRun, cfg: FilterConfig, scored_explanations: Artifact, explanations: Artifact,
+            problems: Artifact) -> dict:
+    """Best-of-K (and the other rules) per problem from the reward ledger; winners become student-format examples."""
     by_problem: dict[str, list[dict]] = defaultdict(list)
-    for row in run.rows("scored", LEDGER_COLS):
+    for row in scored_explanations.rows(LEDGER_COLS):
         by_problem[row["problem_id"]].append(row)
     decisions = [d for pid in sorted(by_problem) for d in decide_problem(pid, by_problem[pid], cfg.rules)]
     rules_digest = cfg.rules.digest()
@@ -52,13 +52,13 @@ def filter_(run: StageRun) -> dict:
     kept = {d.explanation_id: d for d in decisions if d.kept and d.explanation_id}
     fallback = {d.problem_id for d in decisions if d.kept and d.explanation_id is None}
     rows = []
-    for e in run.rows("explanations", ["explanation_id", "problem_id", "question", "solution", "completion"]):
+    for e in explanations.rows(["explanation_id", "problem_id", "question", "solution", "completion"]):
         d = kept.get(e["explanation_id"])
         if d is not None:
             thought = parse_teacher_completion(e["completion"], cfg.style).explanation
             rows.append(_row(cfg.style, e["problem_id"], e["explanation_id"], "teacher", e["question"],
                              e["solution"], thought, d.reward))
-    for p in run.rows("problems", ["problem_id", "question", "solution", "reasoning_trace"]):
+    for p in problems.rows(["problem_id", "question", "solution", "reasoning_trace"]):
         if p["problem_id"] in fallback:  # rlt-method.md 4: fall back to the reference trace
             rows.append(_row(cfg.style, p["problem_id"], None, "reference", p["question"], p["solution"],
                              p["reasoning_trace"] or p["solution"], None))
@@ -73,16 +73,5 @@ def filter_(run: StageRun) -> dict:
     return stats
 
 
-STAGE = Stage(
-    name="filter", version="1", config=FilterConfig, inputs=("scored", "explanations", "problems"),
-    outputs=(Output("distill_set", distill_set.CONTRACT, ("example_id", "distill_row", "explanation_id",
-                                                          "explanation")),
-             Output("filter_decisions", filter_decisions.CONTRACT)),
-    body=filter_)
-
-
-def run(ctx, cfg: FilterConfig, scored, explanations, problems) -> dict:
-    """Run the stage outside a flow: {'distill_set': ref, 'filter_decisions': ref}."""
-    from tasks.runner import execute
-
-    return execute(STAGE, ctx, cfg, {"scored": scored, "explanations": explanations, "problems": problems})
+STAGE = declare(filter_, version="1", outputs=(distill_set.CONTRACT, filter_decisions.CONTRACT),
+                key_names={"scored_explanations": "scored"})   # the key's name for this input (keys stay as they were)

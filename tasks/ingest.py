@@ -6,11 +6,12 @@ import os
 from collections import Counter
 from typing import Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from data_contracts import problems, quarantine
+from infra.engine.config import StageConfig
+from infra.engine.stage import StageRun, declare
 from rlt_core import benchmarks, decontam, sources
-from tasks.stage import Output, Stage, StageRun
 
 PART_ROWS = 5000
 
@@ -48,13 +49,26 @@ class DecontaminateConfig(decontam.DecontamParams):
         return self
 
 
-class IngestConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class IngestConfig(StageConfig):
     source: sources.SourceSpec = sources.SourceSpec(uri="builtin:countdown", n=64)
     heldout_fraction: float = Field(default=0.1, ge=0, lt=1)
     split_seed: int = 0
     dedup: Literal["none", "exact", "normalised"] = "normalised"
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+
+    def key_config(self) -> dict:
+        """The whole config, except the decontamination settings when it is off (they change nothing then)."""
+        conf = self.model_dump(mode="json")
+        if not self.decontaminate.enabled:
+            conf["decontaminate"] = {"enabled": False}
+        return conf
+
+    def key_extra(self) -> dict[str, str]:
+        """What the source and the benchmarks hold (an edited local file is a new artifact)."""
+        extra = {"source": source_fingerprint(self.source)}
+        if self.decontaminate.enabled and self.decontaminate.benchmarks:
+            extra["benchmarks"] = decontam_fingerprint(self.decontaminate)
+        return extra
 
 
 def source_fingerprint(spec: sources.SourceSpec) -> str:
@@ -170,9 +184,8 @@ def preview(cfg: IngestConfig) -> Iterator[dict]:
     return (row for kind, row in classified(cfg) if kind == "problem")
 
 
-def ingest(run: StageRun) -> dict:
+def ingest(run: StageRun, cfg: IngestConfig) -> dict:
     """Stream the source; good rows become problems (deduplicated, split), bad rows go to quarantine with a reason."""
-    cfg: IngestConfig = run.cfg
     good, bad = run.writer("problems"), run.writer("quarantine")
     buf: list[dict] = []
     qbuf: list[dict] = []
@@ -213,30 +226,4 @@ def _no_usable_rows(uri: str, reasons: Counter, first: dict | None) -> str:
             f"{first['reason']}: {first['detail'][:300]}")
 
 
-def _extra_key(cfg: IngestConfig) -> dict[str, str]:
-    extra = {"source": source_fingerprint(cfg.source)}
-    if cfg.decontaminate.enabled and cfg.decontaminate.benchmarks:
-        extra["benchmarks"] = decontam_fingerprint(cfg.decontaminate)
-    return extra
-
-
-def _key_config(cfg: IngestConfig) -> dict:
-    """The whole config, except the decontamination settings when it is off (they change nothing then)."""
-    conf = cfg.model_dump(mode="json")
-    if not cfg.decontaminate.enabled:
-        conf["decontaminate"] = {"enabled": False}
-    return conf
-
-
-STAGE = Stage(
-    name="ingest", version="1", config=IngestConfig, inputs=(),
-    outputs=(Output("problems", problems.CONTRACT, ("problem_id", "problem", None, None)),
-             Output("quarantine", quarantine.CONTRACT)),
-    body=ingest, extra_key=lambda cfg: _extra_key(cfg), key_config=lambda cfg: _key_config(cfg))
-
-
-def run(ctx, cfg: IngestConfig) -> dict:
-    """Run the stage outside a flow (tests, notebooks): {'problems': ref, 'quarantine': ref}."""
-    from tasks.runner import execute
-
-    return execute(STAGE, ctx, cfg, {})
+STAGE = declare(ingest, version="1", outputs=(problems.CONTRACT, quarantine.CONTRACT))

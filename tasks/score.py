@@ -7,28 +7,29 @@ per process and shared by the shards.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from data_contracts import scored_explanations
+from data_contracts.errors import ExpectedError
+from infra.engine.config import NOT_IN_KEY, KeyModel, StageConfig
+from infra.engine.models import engine_lock, local_model, model_and_tokenizer
+from infra.engine.reuse import Incremental, md5
+from infra.engine.shard_job import ShardJob, ShardResult
+from infra.engine.stage import Artifact, Model, StageRun, declare
 from infra.models import resolve_model
 from rlt_core.reward import RewardConfig, RLTReward
-from tasks import shards
-from tasks.reuse import Incremental, md5
-from tasks.models import engine_lock, local_model, model_and_tokenizer
-from tasks.stage import Output, Stage, StageRun
 
 
-class ScoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    student_model: str = "builtin:smollm2-135m-instruct"
+class ScoreConfig(StageConfig):
+    student_model: Annotated[str, KeyModel("student")] = "builtin:smollm2-135m-instruct"
     reward: RewardConfig = Field(default_factory=RewardConfig)
     shard_size: int = Field(default=64, ge=1, description="explanations per shard")
-    part_size: int = Field(default=32, ge=1)
-    parallel_shards: int = Field(default=1, ge=1, description="shards in flight (they share the two models); 1 keeps "
-                                 "all torch work on the stage's thread, which is fastest on small CPU machines "
-                                 "(see tasks/shards.run_shards)")
+    part_size: Annotated[int, NOT_IN_KEY] = Field(default=32, ge=1)
+    parallel_shards: Annotated[int, NOT_IN_KEY] = Field(
+        default=1, ge=1, description="shards in flight (they share the two models); 1 keeps all torch work on the "
+        "stage's thread, which is fastest on small CPU machines (see infra/engine/shards.run_shards)")
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
@@ -49,9 +50,9 @@ def ledger_rows(rows: list[dict], breakdowns: list, cfg: RewardConfig, teacher_d
     return out
 
 
-def score_shard(job: shards.ShardJob, cfg: ScoreConfig, teacher_path: str, teacher_digest: str,
+def score_shard(job: ShardJob, cfg: ScoreConfig, teacher_path: str, teacher_digest: str,
                 student_path: str, student_digest: str, teacher_ref: str = "",
-                student_ref: str = "") -> shards.ShardResult:
+                student_ref: str = "") -> ShardResult:
     """Score one shard's explanations with the RLT reward, part by part."""
     todo = [r for r in job.rows if r["explanation_id"] not in job.done_ids]
     if todo:
@@ -86,20 +87,36 @@ def forward_tokens(tok, rows: list[dict], cfg: RewardConfig) -> int:
                                           or ex.solution_span[1] > ex.solution_span[0]) else 0) for ex in exs)
 
 
-def score(run: StageRun) -> dict:
+def score(run: StageRun, cfg: ScoreConfig, explanations: Artifact, teacher_checkpoint: Model) -> dict:
     """Every explanation gets every reward term (r_SS, r_KL and their parts), recorded with the coefficients."""
-    cfg: ScoreConfig = run.cfg
-    teacher, student = run.model("teacher"), resolve_model(cfg.student_model)
-    summary = shards.run_shards(
-        run, lambda: run.rows("explanations", ["explanation_id", "problem_id", "sample_index", "question",
-                                               "solution", "completion"]),
-        cfg.shard_size, score_shard, (cfg, teacher.path, teacher.digest, student.path, student.digest,
-                                      f"artifact:{run.ref('teacher').key}", student.ref),
-        "explanation_id", parallel=cfg.parallel_shards, total_rows=run.ref("explanations").num_rows)
+    check_temperature(explanations, cfg.reward.teacher_temperature)
+    student = resolve_model(cfg.student_model)
+    summary = run.map_shards(
+        lambda: explanations.rows(["explanation_id", "problem_id", "sample_index", "question", "solution",
+                                   "completion"]),
+        cfg.shard_size, score_shard, (cfg, teacher_checkpoint.path, teacher_checkpoint.digest, student.path,
+                                      student.digest, teacher_checkpoint.ref, student.ref),
+        parallel=cfg.parallel_shards, total_rows=explanations.num_rows)
     stats = dict(summary.stats(), **_reward_stats(run))
     run.log.info("score: %d explanations scored, mean reward %.3f", run.writer().num_rows,
                  stats.get("reward_mean", float("nan")))
     return stats
+
+
+class TemperatureMismatch(ExpectedError, ValueError):
+    """Explanations sampled at one temperature, scored at another (rlt-method.md 2.1)."""
+
+
+def check_temperature(explanations: Artifact, teacher_temperature: float) -> None:
+    """The reward's teacher log-probs must be taken at the temperature the explanations were sampled at
+    (rlt-method.md 2.1); a recipe derives both from its one ``temperature``, but a stage called by hand may not."""
+    sampled = [t for t in explanations.distinct("temperature") if t is not None]
+    if any(abs(t - teacher_temperature) > 1e-9 for t in sampled):
+        raise TemperatureMismatch(
+            f"score: explanations {explanations.key} were sampled at temperature {', '.join(map(str, sampled))} but "
+            f"the reward would take the teacher's log-probs at {teacher_temperature} (score.reward."
+            "teacher_temperature); set the recipe's top-level `temperature` once (it sets both), or score at the "
+            "sampling temperature")
 
 
 def _reward_stats(run: StageRun) -> dict:
@@ -124,19 +141,7 @@ def expected_ids(cfg: ScoreConfig, parts, explanations: list[dict]) -> dict[str,
     return {r["explanation_id"]: md5(r["completion"]) for r in explanations}
 
 
-STAGE = Stage(
-    name="score", version="1", config=ScoreConfig, inputs=("explanations", "teacher"),
-    models=lambda cfg: {"student": cfg.student_model},
-    outputs=(Output("scored_explanations", scored_explanations.CONTRACT,
-                    ("explanation_id", "reward_row", "explanation_id", "explanation")),),
-    body=score, sharded=True, key_exclude=frozenset({"parallel_shards", "part_size"}),
-    incremental=Incremental(role="explanations", id_col="explanation_id", ids=expected_ids,
-                            input_table="explanations", fingerprint_sql="md5(i.completion)", one_to_one=True,
-                            columns=("explanation_id", "completion")))
-
-
-def run(ctx, cfg: ScoreConfig, explanations, teacher):
-    """Run the stage outside a flow (tests, notebooks)."""
-    from tasks.runner import execute
-
-    return execute(STAGE, ctx, cfg, {"explanations": explanations, "teacher": teacher})["scored_explanations"]
+STAGE = declare(score, version="1", outputs=(scored_explanations.CONTRACT,), sharded=True,
+                incremental=Incremental(input="explanations", ids=expected_ids, fingerprint_sql="md5(i.completion)",
+                                        one_to_one=True, columns=("explanation_id", "completion")),
+                key_names={"teacher_checkpoint": "teacher"})   # the key's name for this input (keys stay as they were)

@@ -11,26 +11,26 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from transformers import TrainerCallback
 
 from data_contracts import teacher_checkpoint
 from infra import faults
+from infra.engine.config import KeyModel, StageConfig
+from infra.engine.models import fresh_model, model_and_tokenizer
+from infra.engine.stage import Artifact, StageRun, declare
 from infra.models import resolve_model
 from rlt_core.reward import RewardConfig
 from rlt_core.training.common import MODEL_SUBDIR, last_logged_loss
 from rlt_core.training.grpo import TeacherGRPOConfig
 from rlt_core.training.sft_teacher import TeacherSFTConfig
-from tasks.models import fresh_model, model_and_tokenizer
-from tasks.stage import Output, Stage, StageRun
 
 
-class TrainTeacherConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    base_model: str = "builtin:smollm2-135m-instruct"
-    student_model: str = "builtin:smollm2-135m-instruct"
+class TrainTeacherConfig(StageConfig):
+    base_model: Annotated[str, KeyModel("base")] = "builtin:smollm2-135m-instruct"
+    student_model: Annotated[str, KeyModel("student")] = "builtin:smollm2-135m-instruct"
     phases: list[Literal["sft", "grpo"]] = Field(default_factory=lambda: ["sft", "grpo"],
                                                 description="[] = use the base model as the teacher")
     sft: TeacherSFTConfig = Field(default_factory=TeacherSFTConfig)
@@ -39,19 +39,27 @@ class TrainTeacherConfig(BaseModel):
     max_problems: Optional[int] = Field(default=None, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
 
+    def key_config(self) -> dict:
+        """With no training phase the checkpoint is the base model: training settings do not change it."""
+        return self.model_dump(mode="json") if self.phases else {"phases": [], "base_model": self.base_model}
 
-def train_teacher(run: StageRun) -> dict:
+    def key_inputs(self, declared: tuple[str, ...]) -> tuple[str, ...]:
+        # no training phase: the base model is the teacher whatever the problems, so a night whose source grew
+        # keeps the same teacher key, and generate/score reuse earlier rows (infra/engine/reuse.py)
+        return declared if self.phases else ()
+
+
+def train_teacher(run: StageRun, cfg: TrainTeacherConfig, problems: Artifact) -> dict:
     """SFT warm-up then GRPO with the RLT reward; the result is registered as a safetensors checkpoint."""
-    cfg: TrainTeacherConfig = run.cfg
     base = resolve_model(cfg.base_model)
-    row = dict(role="teacher", base_model=cfg.base_model, base_digest=base.digest, data_keys=[run.ref("problems").key],
+    row = dict(role="teacher", base_model=cfg.base_model, base_digest=base.digest, data_keys=[problems.key],
                student_key=cfg.student_model, config_json=run.parts.config)
     if not cfg.phases:
         run.log.info("train_teacher: no phases configured; the base model is the teacher")
         run.count_tokens(tokens_in=0, tokens_out=0, forward_tokens=0)   # no model ran: 0, not unknown
         run.save_checkpoint(None, dict(row, phase="base", steps=0, metrics_json={}))
         return {"steps": 0}
-    rows = list(run.rows("problems", ["question", "solution", "reasoning_trace"], where="split = 'train'"))
+    rows = list(problems.rows(["question", "solution", "reasoning_trace"], where="split = 'train'"))
     rows = rows[: cfg.max_problems]
     progress = _Progress()
     model_dir, steps, metrics = _train(run, cfg, rows, base.path, resolve_model(cfg.student_model).path, progress)
@@ -133,23 +141,5 @@ def _train(run: StageRun, cfg: TrainTeacherConfig, rows: list[dict], base_path: 
     return model_path, steps, metrics
 
 
-def _key_config(cfg: TrainTeacherConfig) -> dict:
-    """With no training phase the checkpoint is the base model: training settings do not change it."""
-    return cfg.model_dump(mode="json") if cfg.phases else {"phases": [], "base_model": cfg.base_model}
-
-
 # version 2: training rows are read in problem_id order from the catalog (was: part order)
-STAGE = Stage(
-    name="train_teacher", version="2", config=TrainTeacherConfig, inputs=("problems",),
-    outputs=(Output("teacher_checkpoint", teacher_checkpoint.CONTRACT),), body=train_teacher,
-    models=lambda cfg: {"base": cfg.base_model, "student": cfg.student_model}, key_config=_key_config,
-    # no training phase: the base model is the teacher whatever the problems, so a night whose source grew keeps
-    # the same teacher key, and generate/score reuse earlier rows (tasks/reuse.py)
-    key_inputs=lambda cfg: ("problems",) if cfg.phases else ())
-
-
-def run(ctx, cfg: TrainTeacherConfig, problems):
-    """Run the stage outside a flow (tests, notebooks)."""
-    from tasks.runner import execute
-
-    return execute(STAGE, ctx, cfg, {"problems": problems})["teacher_checkpoint"]
+STAGE = declare(train_teacher, version="2", outputs=(teacher_checkpoint.CONTRACT,))

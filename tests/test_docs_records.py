@@ -13,11 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import render_docs  # noqa: E402
 import reliability_table  # noqa: E402
+import render_docs  # noqa: E402
 
 from bench import record  # noqa: E402
-
 
 
 def _reward_record(score_over_bare: float = 1.61) -> dict:

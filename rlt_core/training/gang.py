@@ -23,8 +23,10 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
+from data_contracts.errors import ExpectedError
+
 if TYPE_CHECKING:
-    from rlt_core.training.launch import TrainJob
+    from rlt_core.training.job import TrainJob
 
 RESULT_FILE = "result.json"
 JOB_FILE = "job.json"
@@ -32,7 +34,7 @@ _GANG_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK
              "TORCHELASTIC_RUN_ID", "TORCHELASTIC_ERROR_FILE")
 
 
-class GangFailed(RuntimeError):
+class GangFailed(ExpectedError, RuntimeError):
     """A training gang failed; ``str(err)`` is one line naming the failed rank, its host and how it ended.
 
     Attributes: ``rank``, ``host``, ``exitcode`` (negative: killed by a signal), ``signal`` (e.g. "SIGKILL"),
@@ -193,7 +195,7 @@ def supervise(job_path: str, failure_file: str) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
     from torch.distributed.run import parse_args, run
 
-    from rlt_core.training.launch import TrainJob
+    from rlt_core.training.job import TrainJob
 
     with open(job_path, encoding="utf-8") as f:
         job = TrainJob.model_validate_json(f.read())

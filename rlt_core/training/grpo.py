@@ -42,6 +42,7 @@ from typing import Any, Callable, ContextManager, Iterable, Literal, Mapping, Op
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 from transformers import TrainerCallback
 
+from rlt_core.method import TEMPERATURE
 from rlt_core.prompts import PromptStyle, format_teacher_prompt
 from rlt_core.reward import RewardConfig, RLTReward
 from rlt_core.training.common import (
@@ -88,7 +89,7 @@ class TeacherGRPOConfig(BaseModel):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     beta: float = Field(default=0.04, ge=0.0, description="k3 KL coefficient to the reference")
-    temperature: float = Field(default=0.7, gt=0.0)
+    temperature: float = Field(default=TEMPERATURE, gt=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_prompt_length: int = Field(default=16384, ge=8, description="longer prompts are left-truncated")
     max_completion_length: int = Field(default=16384, ge=1)

@@ -72,7 +72,7 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     assert json.dumps(again["students"], sort_keys=True) == json.dumps(results["students"], sort_keys=True)
     with pytest.raises(SystemExit):  # another configuration never mixes into a finished run's folder
         evidence.main(["--profile", "smoke", "--out", out, "--set", "grpo_steps=3"])
-    from experiments import thought_probe   # the empty-thought probe reads the same run folder
+    from experiments import thought_probe  # the empty-thought probe reads the same run folder
     thought_probe.main(["--out", out])
     with open(os.path.join(out, "thought_probe.json")) as f:
         probe = json.load(f)

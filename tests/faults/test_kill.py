@@ -41,10 +41,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import services
-from infra.catalog import Catalog
+from infra.catalog.lake import Catalog
+from infra.catalog.store import Store
+from infra.devstack import services
 from infra.faults import KILL_ENV, TRACE_ENV
-from infra.storage import Store
 from tests.faults.conftest import ROOT
 from tests.flows.test_factory import tiny_recipe
 from tests.flows.test_overlap import ID_COLS, assert_each_key_once

@@ -59,8 +59,8 @@ def test_mlflow_down_during_and_before_a_run(mlflow_server, tiny_model_dir, tmp_
 
     import flows.factory  # noqa: F401  (imports Prefect, which configures its loggers: attach handlers after)
     from flows.cli import main
+    from infra.engine.context import RunContext
     from infra.tracking import LOCAL_PREFIX, reset_outage
-    from tasks.common import RunContext
 
     t_start = time.time()
     srv, root = mlflow_server, str(tmp_path / "data")

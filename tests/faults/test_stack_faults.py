@@ -27,7 +27,7 @@ from tests.faults.conftest import ROOT
 from tests.faults.test_kill import VOLATILE
 from tests.flows.test_factory import tiny_recipe
 from tests.flows.test_overlap import ID_COLS
-from tests.infra.services_fixtures import drop_postgres_cluster
+from tests.infra.devstack.services_fixtures import drop_postgres_cluster
 
 pytestmark = [pytest.mark.faults, pytest.mark.services, pytest.mark.timeout(2400)]
 
@@ -41,7 +41,7 @@ def _rlt(args: list[str], env: dict, timeout: int = 900) -> subprocess.Completed
 
 @pytest.fixture(scope="module")
 def live_stack(tmp_path_factory):
-    from infra import stack
+    from infra.devstack import stack
 
     local = str(tmp_path_factory.mktemp("stack"))
     env_vars = stack.up(local)
@@ -67,8 +67,8 @@ def recipe_file(tmp_path_factory, tiny_model_dir) -> str:
 
 def _rows(root: str, name: str, catalog_url: str | None, env: dict) -> list[dict]:
     """The rows of the one committed ``name`` artifact, volatile columns dropped, in id order."""
-    from infra.catalog import Catalog
-    from infra.storage import Store
+    from infra.catalog.lake import Catalog
+    from infra.catalog.store import Store
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -88,7 +88,7 @@ def _rows(root: str, name: str, catalog_url: str | None, env: dict) -> list[dict
 
 
 def _committed(name: str, env: dict) -> int:
-    q = _rlt(["manifest", "sql", f"SELECT count(*) AS n FROM artifacts_committed WHERE name = '{name}'", "--json"],
+    q = _rlt(["catalog", "sql", f"SELECT count(*) AS n FROM artifacts_committed WHERE name = '{name}'", "--json"],
              env)
     assert q.returncode == 0, q.stderr[-2000:]
     import json
@@ -100,7 +100,7 @@ def _outage(local: str, env: dict, argv: list[str], pause_at: str, tmp: Path) ->
                                                                                      float]:
     """Run ``argv`` held at ``pause_at``; stop SeaweedFS there, let the run go on; returns (result, seconds from
     the outage to the run's exit)."""
-    from infra import services, stack
+    from infra.devstack import services, stack
 
     flag = tmp / f"pause-{time.time_ns()}"
     # output to files, not pipes: a pipe nobody reads while we wait for the pause fills at 64 KiB and blocks the run
@@ -124,7 +124,7 @@ def _outage(local: str, env: dict, argv: list[str], pause_at: str, tmp: Path) ->
 
 def test_s3_outage_mid_shards_and_mid_commit_fails_cleanly_and_recovers(live_stack, recipe_file, tmp_path,
                                                                          fault_report):
-    from infra import stack
+    from infra.devstack import stack
 
     local, env_vars, env = live_stack
     endpoint = env_vars["AWS_ENDPOINT_URL"]
@@ -192,7 +192,7 @@ def test_no_secret_reaches_any_store_log_report_or_process_list(live_stack, reci
     import psycopg
     import s3fs
 
-    from infra import stack
+    from infra.devstack import stack
 
     local, env_vars, env = live_stack
     markers = {"HF_TOKEN": f"hf_marker{rnd.token_hex(12)}", "OPENAI_API_KEY": f"sk-marker{rnd.token_hex(12)}",

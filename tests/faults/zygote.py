@@ -20,15 +20,15 @@ import time
 
 
 def _preload() -> None:
+    import prefect  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
     import trl  # noqa: F401
-    import prefect  # noqa: F401
 
     import flows.cli  # noqa: F401
     import flows.factory  # noqa: F401
     import flows.pipeline  # noqa: F401
-    import infra.catalog  # noqa: F401
+    import infra.catalog.lake  # noqa: F401
     import infra.tracking  # noqa: F401
     import tasks.distill  # noqa: F401
     import tasks.filter  # noqa: F401

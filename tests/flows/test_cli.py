@@ -1,4 +1,5 @@
-"""The `rlt` CLI on a small real store: manifest ls/sql, plan, lineage, errors."""
+"""The `rlt` CLI on a small real store: catalog ls/sql/snapshots (and the deprecated `manifest`), plan, lineage,
+errors, and the parser: every command listed in `rlt --help`."""
 from __future__ import annotations
 
 import json
@@ -17,13 +18,102 @@ def store(tmp_path, tiny_model_dir):
     return ctx, problems
 
 
-def test_manifest_sql_and_ls(store, capsys):
+def test_catalog_sql_and_ls(store, capsys):
+    ctx, problems = store
+    assert main(["--data-root", ctx.root, "catalog", "sql",
+                 "SELECT name, num_rows FROM artifacts_committed WHERE name = 'problems'", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"name": "problems", "num_rows": 5}]
+    assert main(["--data-root", ctx.root, "catalog", "ls"]) == 0
+    assert problems.key[:10] in capsys.readouterr().out.replace("\n", "")
+
+
+def test_catalog_snapshots_and_queries_as_of_one(store, capsys):
+    ctx, _ = store
+    assert main(["--data-root", ctx.root, "catalog", "snapshots", "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "snapshots (newest first" in out and "commit train_teacher" in out
+    snaps = {r["commit_message"]: r["snapshot_id"] for r in ctx.catalog.rows("SELECT * FROM lake.snapshots()")}
+    ingest = next(v for k, v in snaps.items() if (k or "").startswith("commit ingest"))
+
+    def names(*snapshot):   # options between the action and the query, as the help's examples have them
+        assert main(["--data-root", ctx.root, "catalog", "sql", *snapshot, "--json",
+                     "SELECT name FROM artifacts_committed ORDER BY name"]) == 0
+        return [r["name"] for r in json.loads(capsys.readouterr().out)]
+
+    assert names("--snapshot", str(snaps["schema"])) == []
+    then = names("--snapshot", str(ingest))
+    assert "problems" in then and "teacher_checkpoint" not in then
+    assert "teacher_checkpoint" in names()
+
+
+def test_catalog_info_and_verify_share_the_noun(store, capsys):
+    ctx, problems = store
+    assert main(["--data-root", ctx.root, "catalog", "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["catalog"].startswith("sqlite:") and info["artifacts"] >= 1 and "problems" in info["tables"]
+    assert main(["--data-root", ctx.root, "catalog", "verify", "--key", problems.key]) == 0
+    assert capsys.readouterr().out.strip().endswith("verified 1 artifact(s): 0 problem(s)")
+    assert main(["--data-root", ctx.root, "catalog", "info", "SELECT 1"]) == 2
+    assert "only `sql` takes a query" in capsys.readouterr().err
+
+
+def test_catalog_sql_without_a_query_says_how(tmp_path):
+    with pytest.raises(SystemExit, match=r'rlt catalog sql: give a query, e\.g\. rlt catalog sql "SELECT'):
+        main(["--data-root", str(tmp_path), "catalog", "sql"])
+
+
+def test_manifest_is_a_deprecated_alias_of_catalog(store, capsys):
     ctx, problems = store
     assert main(["--data-root", ctx.root, "manifest", "sql",
                  "SELECT name, num_rows FROM artifacts_committed WHERE name = 'problems'", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == [{"name": "problems", "num_rows": 5}]
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [{"name": "problems", "num_rows": 5}]
+    assert err.splitlines() == ["rlt: 'rlt manifest' is now 'rlt catalog' (same arguments); 'manifest' will be "
+                                "removed"]
     assert main(["--data-root", ctx.root, "manifest", "ls"]) == 0
-    assert problems.key[:10] in capsys.readouterr().out.replace("\n", "")
+    out, err = capsys.readouterr()
+    assert problems.key[:10] in out.replace("\n", "") and "'rlt manifest' is now 'rlt catalog'" in err
+    with pytest.raises(SystemExit) as exc:   # only the read-only actions, as before
+        main(["--data-root", ctx.root, "manifest", "verify"])
+    assert exc.value.code == 2
+
+
+COMMANDS = {"factory", "backfill", "run", "plan", "deploy", "serve", "catalog", "lineage", "releases", "promote",
+            "rollback", "export", "report", "tracking", "stack", "models"}
+
+
+def _commands(parser) -> dict:
+    import argparse
+
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_help_lists_every_command_and_hides_manifest(capsys):
+    from flows.cli import build_parser
+
+    assert set(_commands(build_parser())) == COMMANDS | {"manifest"}
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    listed = {ln.split()[0] for ln in text.split("positional arguments:")[1].split("options:")[0].splitlines()[2:]
+              if ln.startswith("    ") and not ln.startswith("     ")}
+    assert listed == COMMANDS, "every command has a help line in `rlt --help`"
+    assert "manifest" not in text
+    assert "rlt catalog sql" in text and "RLT_CATALOG_READER_URL" in text
+
+
+def test_catalog_help_says_what_each_action_does_and_where_the_catalog_lives(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["catalog", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for action in ("ls", "sql QUERY", "snapshots", "info", "verify", "maintain", "import"):
+        assert f"\n  {action} " in text, action
+    for must in ("$RLT_CATALOG_URL", "$RLT_CATALOG_READER_URL", "docs/catalog-roles.md", 'rlt catalog sql "SELECT',
+                 "artifacts_committed", "--snapshot", "--retention-s", "--key"):
+        assert must in text, must
+    assert "manifest sql" not in text
 
 
 def test_lineage_of_a_problem_and_an_unknown_id(store, capsys):
@@ -69,8 +159,8 @@ def test_run_one_stage_is_its_own_flow(tmp_path, tiny_model_dir, capsys):
         flows = {f.id: f.name for f in client.read_flows()}
         runs = [(flows[r.flow_id], r.state.type.value) for r in client.read_flow_runs()]
     assert ("rlt-ingest", "COMPLETED") in runs
-    from infra.catalog import Catalog
-    from infra.storage import Store
+    from infra.catalog.lake import Catalog
+    from infra.catalog.store import Store
 
     names = [r["name"] for r in Catalog(Store(root)).rows("SELECT name FROM artifacts_committed ORDER BY name")]
     assert names == ["problems", "quarantine"], "only the stage asked for (and what it needs) ran"
@@ -134,8 +224,8 @@ def test_an_unreachable_hub_model_is_one_line_and_its_traceback_only_with_debug(
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-def test_manifest_sql_before_anything_was_committed_says_so(tmp_path, capsys):
-    assert main(["--data-root", str(tmp_path / "fresh"), "manifest", "sql", "SELECT 1"]) == 2
+def test_catalog_sql_before_anything_was_committed_says_so(tmp_path, capsys):
+    assert main(["--data-root", str(tmp_path / "fresh"), "catalog", "sql", "SELECT 1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rlt: no catalog yet at sqlite:") and \
         err[0].endswith(f"nothing has been committed to {tmp_path / 'fresh'}"), err

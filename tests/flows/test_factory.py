@@ -8,7 +8,7 @@ import pytest
 
 from flows.plan import annotate, stage_keys
 from flows.recipe import Recipe
-from tasks.common import RunContext
+from infra.engine.context import RunContext
 
 
 def tiny_recipe(model_dir: str, **over) -> dict:
@@ -63,7 +63,8 @@ def test_factory_end_to_end_cached_rerun_and_failed_only_rerun(tmp_path, tiny_mo
     # each stage ran as a real Prefect task carrying its stage version (shards as tasks of their own)
     from prefect.client.orchestration import get_client
 
-    from tasks import generate as gen_stage, score as score_stage
+    from tasks import generate as gen_stage
+    from tasks import score as score_stage
 
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs()

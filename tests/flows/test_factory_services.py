@@ -41,9 +41,9 @@ def _overlapping(commands: list[list[str]], env: dict, timeout: int = 1500) -> l
 @pytest.mark.slow
 @pytest.mark.services
 def test_factory_on_the_real_stack_and_nightly_deployment(tmp_path, tiny_model_dir, monkeypatch):
-    from infra import stack
+    from infra.devstack import stack
     from tests.flows.test_overlap import assert_each_key_once
-    from tests.infra.services_fixtures import drop_postgres_cluster
+    from tests.infra.devstack.services_fixtures import drop_postgres_cluster
 
     local = str(tmp_path / "stack")
     env_vars = stack.up(local)
@@ -65,8 +65,8 @@ def test_factory_on_the_real_stack_and_nightly_deployment(tmp_path, tiny_model_d
         status = assert_each_key_once(env_vars["RLT_DATA_ROOT"])
         assert status.get("waited", 0) + status.get("cached", 0) >= 4, status   # ingest..score reused by one run
 
-        # artifacts and manifest live on S3, queryable with DuckDB
-        q = _rlt(["manifest", "sql", "SELECT name FROM artifacts_committed ORDER BY name", "--json"], env)
+        # artifacts and the catalog's data live on S3, queryable with DuckDB
+        q = _rlt(["catalog", "sql", "SELECT name FROM artifacts_committed ORDER BY name", "--json"], env)
         assert q.returncode == 0, q.stderr[-2000:]
         names = {r["name"] for r in json.loads(q.stdout)}
         assert {"problems", "explanations", "scored_explanations", "distill_set", "student_checkpoint",

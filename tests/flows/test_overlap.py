@@ -13,10 +13,10 @@ import yaml
 
 from flows.pipeline import plan
 from flows.recipe import Recipe
-from infra.artifacts import verify
-from infra.catalog import Catalog
-from infra.locks import FileLocks
-from infra.storage import Store
+from infra.catalog.artifacts import verify
+from infra.catalog.lake import Catalog
+from infra.catalog.locks import FileLocks
+from infra.catalog.store import Store
 from tests.flows.test_factory import tiny_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

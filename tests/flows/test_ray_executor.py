@@ -18,10 +18,9 @@ import time
 import psutil
 import pytest
 
-from tasks.common import RunContext
-
+from infra.engine.context import RunContext
 from tests.flows.test_factory import tiny_recipe
-from tests.infra.services_fixtures import drop_postgres_cluster
+from tests.infra.devstack.services_fixtures import drop_postgres_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -30,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def ray_stack(tmp_path_factory):
-    from infra import stack
+    from infra.devstack import stack
 
     root = tmp_path_factory.mktemp("ray-stack")
     t0 = time.time()
@@ -48,7 +47,7 @@ def ray_stack(tmp_path_factory):
                                          PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}):
             yield root, env
     finally:
-        from tasks.executor import disconnect
+        from infra.engine.executor import disconnect
 
         disconnect()   # before the cluster goes: Ray ends a driver whose GCS stays unreachable (~60 s)
         mp.undo()
@@ -113,7 +112,7 @@ def test_tiny_factory_on_two_nodes_equals_local(ray_stack, tiny_model_dir, tmp_p
 
 def _shard_on(root, node: str, stage: str) -> int | None:
     """The pid of a Ray worker of ``node`` running a ``stage`` shard right now (Ray's process title)."""
-    from infra import ray_cluster
+    from infra.devstack import ray_cluster
 
     for pid in ray_cluster.node_pids(root, ray_cluster.node_service(node)):
         try:
@@ -125,7 +124,7 @@ def _shard_on(root, node: str, stage: str) -> int | None:
 
 
 def test_node_killed_mid_shard_is_retried_on_the_other_node(ray_stack, tiny_model_dir, tmp_path, monkeypatch):
-    from infra import ray_cluster
+    from infra.devstack import ray_cluster
 
     root, env = ray_stack
     recipe = tiny_recipe(tiny_model_dir, ingest={"source": {"uri": "builtin:countdown", "n": 12, "seed": 3}},
@@ -180,7 +179,7 @@ def test_node_killed_mid_shard_is_retried_on_the_other_node(ray_stack, tiny_mode
 def test_driver_without_the_token_is_refused_clearly(ray_stack):
     _, env = ray_stack
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from tasks.executor import ExecutorError, _connect\n"
+            "from infra.engine.executor import ExecutorError, _connect\n"
             "try:\n    _connect(%r)\nexcept ExecutorError as e:\n    print('REFUSED:', e)\n") % (ROOT,
                                                                                                   env["RLT_RAY_ADDRESS"])
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
@@ -197,8 +196,8 @@ def test_vllm_endpoints_advertised_by_nodes_are_discovered(ray_stack):
     answering /health stands in for vLLM here; generation through a real vLLM pool is in the vllm suite)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from infra import ray_cluster, services
-    from tasks.endpoints import EndpointPool, discover
+    from infra.devstack import ray_cluster, services
+    from infra.engine.endpoints import EndpointPool, discover
 
     root, env = ray_stack
 

@@ -117,8 +117,8 @@ def test_dead_tracking_server_costs_seconds_once_then_nothing_and_journals_witho
     journal or the warning."""
     import mlflow  # noqa: F401  (imported here so the timing below is the HTTP client's, not the import's)
 
-    from infra.services import free_port
-    from infra.storage import Store
+    from infra.catalog.store import Store
+    from infra.devstack.services import free_port
     from infra.tracking import HTTP_BOUNDS, LOCAL_PREFIX, pending_run_ids, summarize
 
     for name in HTTP_BOUNDS:
@@ -188,8 +188,8 @@ def test_journal_on_an_s3_data_root_and_relog(seaweed_s3, tmp_path, monkeypatch,
     """The journal lives in the data root, on S3 too (whole segment objects: S3 has no append)."""
     from mlflow.tracking import MlflowClient
 
-    from infra.services import free_port
-    from infra.storage import Store
+    from infra.catalog.store import Store
+    from infra.devstack.services import free_port
     from infra.tracking import pending_run_ids, relog, summarize
 
     for k, v in seaweed_s3["env"].items():
@@ -226,7 +226,7 @@ def test_mlflow_killed_mid_run_then_relog_is_complete_and_idempotent(mlflow_serv
 
     from mlflow.tracking import MlflowClient
 
-    from infra.storage import Store
+    from infra.catalog.store import Store
     from infra.tracking import LOCAL_PREFIX, TrackingError, read_journal, relog, summarize
 
     caplog.set_level(logging.INFO)

@@ -1,4 +1,4 @@
-"""OpenLineage run events of stage runs (infra/openlineage.py, tasks/lineage_events.py) and MLflow dataset inputs.
+"""OpenLineage run events of stage runs (infra/openlineage.py, infra/engine/lineage_events.py) and MLflow dataset inputs.
 
 A real local HTTP receiver records the events of a tiny chain (ingest, a hand-made reward ledger, filter; a failing
 ingest); the events validate against the OpenLineage JSON schemas (copies of the upstream spec in
@@ -18,9 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from infra.engine.context import RunContext
+from infra.engine.runner import run_stage
 from tasks import filter as filter_
 from tasks import ingest
-from tasks.common import RunContext
 
 SPEC = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "openlineage_spec"
 CORE = "https://openlineage.io/spec/2-0-2/OpenLineage.json"
@@ -132,9 +133,9 @@ def _ledger(ctx, problems_ref):
 
 
 def _chain(ctx):
-    probs = ingest.run(ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 6}, heldout_fraction=0.2))
+    probs = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 6}, heldout_fraction=0.2))
     expl, scored = _ledger(ctx, probs["problems"])
-    out = filter_.run(ctx, filter_.FilterConfig(rules={"require_end_tag": False}), scored, expl, probs["problems"])
+    out = run_stage(filter_.STAGE, ctx, filter_.FilterConfig(rules={"require_end_tag": False}), scored, expl, probs["problems"])
     return probs, out
 
 
@@ -153,7 +154,7 @@ def test_http_events_validate_match_catalog_lineage_and_hold_no_secret(tmp_path,
     bad = tmp_path / "nosolution.jsonl"
     bad.write_text(json.dumps({"question": "Q1?"}) + "\n")
     with pytest.raises(Exception, match="no usable rows"):   # a failing stage run: START then FAIL
-        ingest.run(ctx, ingest.IngestConfig(source={"uri": str(bad)}))
+        run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": str(bad)}))
 
     events = receiver.events()
     assert {h["path"] for h in receiver.headers} == {"/api/v1/lineage"}
@@ -208,8 +209,8 @@ def test_file_transport(tmp_path, monkeypatch):
     path = tmp_path / "lineage" / "events.jsonl"
     monkeypatch.setenv("RLT_OPENLINEAGE_FILE", str(path))
     ctx = RunContext(str(tmp_path / "root"), tracking=False)
-    probs = ingest.run(ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 4}, heldout_fraction=0.0))
-    again = ingest.run(ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 4}, heldout_fraction=0.0))
+    probs = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 4}, heldout_fraction=0.0))
+    again = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 4}, heldout_fraction=0.0))
     assert again["problems"] == probs["problems"]   # cached: no events
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
@@ -227,10 +228,10 @@ def test_off_without_configuration_builds_no_client(tmp_path, monkeypatch):
 
     monkeypatch.setattr(openlineage.client.OpenLineageClient, "__init__", refuse)
     ctx = RunContext(str(tmp_path / "root"), tracking=False)
-    ingest.run(ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 4}, heldout_fraction=0.0))
+    run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 4}, heldout_fraction=0.0))
     assert not ctx.lineage.enabled and ctx.lineage._sinks is None
     # and the runner does not even import the client
-    code = "import sys, tasks.runner, flows.cli; print('openlineage' in sys.modules)"
+    code = "import sys, infra.engine.runner, flows.cli; print('openlineage' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert res.stdout.strip() == "False", res.stderr[-2000:]
@@ -245,7 +246,7 @@ def test_unreachable_endpoint_never_fails_a_stage(tmp_path, monkeypatch, caplog)
     monkeypatch.setenv("OPENLINEAGE_URL", f"http://127.0.0.1:{port}")
     ctx = RunContext(str(tmp_path / "root"), tracking=False)
     with caplog.at_level("WARNING", logger="infra.openlineage"):
-        out = ingest.run(ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 4}, heldout_fraction=0.0))
+        out = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": 4}, heldout_fraction=0.0))
     assert ctx.catalog.artifact(out["problems"].key) is not None
     warnings = [r for r in caplog.records if "OpenLineage: sending to" in r.getMessage()]
     assert len(warnings) == 1   # one warning; the COMPLETE event was not tried again
@@ -274,8 +275,8 @@ def test_mlflow_datasets_column(tmp_path):
 def test_mlflow_datasets_are_journaled_while_mlflow_is_down_and_relogged(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from infra.services import free_port
-    from infra.storage import Store
+    from infra.catalog.store import Store
+    from infra.devstack.services import free_port
     from infra.tracking import Tracker, relog, reset_outage, summarize
 
     root = str(tmp_path / "root")
@@ -328,8 +329,8 @@ def test_factory_night_events_match_stage_runs_and_rlt_lineage(tmp_path, monkeyp
     from flows.cli import main
     from flows.factory import factory_flow
     from flows.lineage import artifact_chain
+    from infra.engine.reuse import LINEAGE_ROLE
     from infra.openlineage import DEFAULT_NAMESPACE, flow_run_uuid, stage_run_uuid
-    from tasks.reuse import LINEAGE_ROLE
     from tests.flows.test_factory import tiny_recipe
 
     monkeypatch.setenv("OPENLINEAGE_URL", receiver.url)

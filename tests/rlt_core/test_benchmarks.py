@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from rlt_core.benchmarks import (BUILTIN_BENCHMARKS, BenchmarkError, BenchmarkSpec, benchmark_items, get_benchmark,
-                                 load_benchmark_rows, pass_at_1)
+from rlt_core.benchmarks import (
+    BUILTIN_BENCHMARKS,
+    BenchmarkError,
+    BenchmarkSpec,
+    benchmark_items,
+    get_benchmark,
+    load_benchmark_rows,
+    pass_at_1,
+)
 from rlt_core.builtin_problems import canonical_key, generate
 from rlt_core.grading import GRADERS
 

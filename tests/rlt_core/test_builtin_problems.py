@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from rlt_core.builtin_problems import (Node, canonical_key, generate, partition_of, render, steps)
+from rlt_core.builtin_problems import Node, canonical_key, generate, partition_of, render, steps
 from rlt_core.grading import evaluate_expression, grade_arithmetic, grade_countdown
 
 KINDS = ["countdown", "arithmetic", "arithmetic-easy"]

@@ -1,7 +1,7 @@
 """Generation backends: the HF sampler on a tiny real model, sampling maths, and the vLLM client's HTTP protocol.
 
 The vLLM client is exercised here against a small local HTTP server: that tests *our* request building, retries and
-error handling (a protocol test). The real vLLM server is tested in tests/infra/test_vllm_server.py.
+error handling (a protocol test). The real vLLM server is tested in tests/infra/devstack/test_vllm_server.py.
 """
 from __future__ import annotations
 
@@ -12,14 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pydantic
 import pytest
-
-from tests.fake_http import send_json
 import torch
 
 from rlt_core.generation import (
     GenerationError,
-    GenRequest,
     Generator,
+    GenRequest,
     HFGenerator,
     SamplingConfig,
     VLLMServerGenerator,
@@ -27,6 +25,7 @@ from rlt_core.generation import (
     sample_rows,
     top_p_filter,
 )
+from tests.fake_http import send_json
 
 PROMPTS = [
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",

@@ -5,9 +5,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rlt_core.grading import (GRADERS, ExpressionError, Grade, evaluate_expression, extract_answer, extract_boxed,
-                              extract_equation, get_grader, grade_arithmetic, grade_countdown, grade_letter,
-                              grade_math, parse_exact_number)
+from rlt_core.grading import (
+    GRADERS,
+    ExpressionError,
+    Grade,
+    evaluate_expression,
+    extract_answer,
+    extract_boxed,
+    extract_equation,
+    get_grader,
+    grade_arithmetic,
+    grade_countdown,
+    grade_letter,
+    grade_math,
+    parse_exact_number,
+)
 
 # ---------------------------------------------------------------- extraction
 

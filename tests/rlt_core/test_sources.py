@@ -13,8 +13,18 @@ from pydantic import ValidationError
 
 from data_contracts import problems as problems_contract
 from data_contracts import quarantine as quarantine_contract
-from rlt_core.sources import (ProblemRecord, Quarantine, RawRowError, SourceError, SourceSpec, assign_split,
-                              dedup_key, iter_raw_rows, normalise_row, problem_id)
+from rlt_core.sources import (
+    ProblemRecord,
+    Quarantine,
+    RawRowError,
+    SourceError,
+    SourceSpec,
+    assign_split,
+    dedup_key,
+    iter_raw_rows,
+    normalise_row,
+    problem_id,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,14 @@ from rlt_core.modeling import tiny_causal_lm
 from rlt_core.prompts import PromptStyle
 from rlt_core.reward import RewardConfig
 from rlt_core.training.common import RuntimeSettings
-from rlt_core.training.grpo import (REWARD_TERMS, TeacherGRPOConfig, build_grpo_dataset, grpo_token_counts,
-                                    make_teacher_grpo_trainer, train_teacher_grpo)
+from rlt_core.training.grpo import (
+    REWARD_TERMS,
+    TeacherGRPOConfig,
+    build_grpo_dataset,
+    grpo_token_counts,
+    make_teacher_grpo_trainer,
+    train_teacher_grpo,
+)
 
 ROWS = [{"question": "Using the numbers [3, 5, 7], create an equation that equals 22.", "solution": "3 * 5 + 7 = 22"},
         {"question": "What is 12 + 30?", "solution": "12 + 30 = 42"}]

@@ -8,8 +8,12 @@ import torch
 
 from rlt_core.prompts import PromptStyle, format_teacher_prompt
 from rlt_core.training.common import RuntimeSettings
-from rlt_core.training.sft_teacher import (TeacherSFTConfig, make_teacher_sft_trainer, teacher_sft_example,
-                                          train_teacher_sft)
+from rlt_core.training.sft_teacher import (
+    TeacherSFTConfig,
+    make_teacher_sft_trainer,
+    teacher_sft_example,
+    train_teacher_sft,
+)
 
 ROWS = [
     {"question": "Using the numbers [3, 5, 7], create an equation that equals 22.", "solution": "3 * 5 + 7 = 22",

@@ -2,25 +2,26 @@
 from __future__ import annotations
 
 from data_contracts import ArtifactRef
+from infra.engine.context import RunContext
+from infra.engine.runner import run_stage
 from tasks import ingest, train_teacher
-from tasks.common import RunContext
 
 
 def base_teacher(ctx: RunContext, model_dir: str, problems: ArtifactRef) -> ArtifactRef:
     """Register ``model_dir`` as-is as the teacher checkpoint (train_teacher with no training phase)."""
     cfg = train_teacher.TrainTeacherConfig(base_model=model_dir, student_model=model_dir, phases=[])
-    return train_teacher.run(ctx, cfg, problems)
+    return run_stage(train_teacher.STAGE, ctx, cfg, problems)
 
 
 def setup(root: str, model_dir: str, n: int = 6) -> tuple[RunContext, ArtifactRef, ArtifactRef]:
     ctx = RunContext(root, tracking=False)
-    probs = ingest.run(ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": n}, heldout_fraction=0.2))
+    probs = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": "builtin:countdown", "n": n}, heldout_fraction=0.2))
     return ctx, probs["problems"], base_teacher(ctx, model_dir, probs["problems"])
 
 
 def commit_rows(ctx: RunContext, name: str, contract, rows: list[dict], seed: str = "") -> ArtifactRef:
     """Commit hand-made rows as an artifact (what a stage would commit), for tests that need fixed inputs."""
-    from infra.artifacts import ArtifactWriter, KeyParts, ref_from_record
+    from infra.catalog.artifacts import ArtifactWriter, KeyParts, ref_from_record
 
     parts = KeyParts(name, "test", {"t": name, "seed": seed})
     w = ArtifactWriter(ctx.store, name, parts.key(), parts, ctx.run_id, contract)

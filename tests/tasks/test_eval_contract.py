@@ -1,10 +1,10 @@
 """The evaluation contract: any change in model, data, grader, template, sampling, k or seeds is a new key."""
 from __future__ import annotations
 
+from flows.releases.report import paper_comparison
+from infra.catalog.artifacts import digest
 from rlt_core import benchmarks as bm
-from infra.artifacts import digest
 from tasks import evaluate
-from tasks.report import paper_comparison
 
 
 def _key(cfg, name="countdown-heldout", model="m" * 16, items=None):

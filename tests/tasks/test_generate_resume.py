@@ -10,8 +10,9 @@ import textwrap
 
 import pytest
 
+from infra.engine.context import StageFailed
+from infra.engine.runner import run_stage
 from tasks import generate
-from tasks.common import StageFailed
 from tests.tasks.helpers import setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,7 +25,8 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
     from tasks import generate
-    from tasks.shards import ShardJob
+    from infra.engine.runner import run_stage
+    from infra.engine.shards import ShardJob
     from tests.tasks.helpers import setup
 
     write = ShardJob._write
@@ -37,7 +39,7 @@ CHILD = textwrap.dedent("""
 
     ShardJob._write = write_then_die
     ctx, problems, teacher = setup({data!r}, {model!r})
-    generate.run(ctx, generate.GenerateConfig(**{cfg!r}), problems, teacher)
+    run_stage(generate.STAGE, ctx, generate.GenerateConfig(**{cfg!r}), problems, teacher)
     print("FINISHED", flush=True)
 """)
 
@@ -70,13 +72,13 @@ def test_sigkill_mid_shard_then_rerun_equals_uninterrupted(tmp_path, tiny_model_
 
     ctx, problems, teacher = setup(killed, tiny_model_dir)
     cfg = generate.GenerateConfig(**CFG)
-    assert ctx.catalog.artifact(generate.STAGE.key_parts(cfg, {"problems": problems.key, "teacher": teacher.key}).key()) is None
-    resumed = generate.run(ctx, cfg, problems, teacher)
+    assert ctx.catalog.artifact(generate.STAGE.key_parts(cfg, {"problems": problems.key, "teacher_checkpoint": teacher.key}).key()) is None
+    resumed = run_stage(generate.STAGE, ctx, cfg, problems, teacher)
     stats = ctx.catalog.sql(f"SELECT stats_json FROM artifacts WHERE key = '{resumed.key}'").to_pylist()[0]
     assert json.loads(stats["stats_json"])["rows_resumed"] > 0, "the rerun should have resumed written rows"
 
     ctx2, problems2, teacher2 = setup(str(tmp_path / "clean"), tiny_model_dir)
-    clean = generate.run(ctx2, cfg, problems2, teacher2)
+    clean = run_stage(generate.STAGE, ctx2, cfg, problems2, teacher2)
     assert resumed.key == clean.key
     assert _rows(ctx, resumed) == _rows(ctx2, clean)
     assert resumed.num_rows == clean.num_rows == 2 * sum(1 for r in ctx.catalog.sql(
@@ -88,14 +90,14 @@ def test_failed_shard_is_the_only_work_a_rerun_does(tmp_path, tiny_model_dir):
     cfg = generate.GenerateConfig(**CFG)
     ctx.fail_shards = ("generate:00001",)
     with pytest.raises(StageFailed, match="00001"):
-        generate.run(ctx, cfg, problems, teacher)
-    key = generate.STAGE.key_parts(cfg, {"problems": problems.key, "teacher": teacher.key}).key()
+        run_stage(generate.STAGE, ctx, cfg, problems, teacher)
+    key = generate.STAGE.key_parts(cfg, {"problems": problems.key, "teacher_checkpoint": teacher.key}).key()
     states = ctx.catalog.shard_states(key)
     assert states["00001"]["status"] == "failed" and "injected" in states["00001"]["error"]
     assert all(s["status"] == "done" for sid, s in states.items() if sid != "00001")
     done_before = {sid for sid, s in states.items() if s["status"] == "done"}
     ctx.fail_shards = ()
-    ref = generate.run(ctx, cfg, problems, teacher)
+    ref = run_stage(generate.STAGE, ctx, cfg, problems, teacher)
     stats = ctx.catalog.artifact(ref.key)["stats_json"]
     st = json.loads(stats)
     assert st["shards_reused"] == len(done_before) and st["shards_run"] == 1

@@ -13,7 +13,9 @@ import pathlib
 
 import pytest
 
-from tasks import distill, evaluate, filter as filter_, generate, ingest, score, train_teacher
+from infra.engine.runner import run_stage
+from tasks import distill, evaluate, generate, ingest, score, train_teacher
+from tasks import filter as filter_
 from tests.tasks.helpers import setup
 
 GOLDEN = pathlib.Path(__file__).with_name("golden.json")
@@ -51,7 +53,7 @@ def pins():
         GOLDEN.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-# reused_from: where a copied row was computed (tasks/reuse.py); NULL on every row a stage computes itself, and an
+# reused_from: where a copied row was computed (infra/engine/reuse.py); NULL on every row a stage computes itself, and an
 # artifact committed before the column existed reads NULL too, so its cached rows are not stale.
 VOLATILE = ("artifact_key", "latency_s", "teacher_digest", "student_digest", "gen_config_digest", "explanation_id",
             "example_id", "eval_key", "grader", "reused_from")
@@ -63,13 +65,13 @@ def test_golden_outputs_per_stage(tmp_path, tiny_model_dir, smol_tokenizer, pins
     _check(ingest, "ingest", _canon(q("SELECT * EXCLUDE (artifact_key) FROM data_problems").to_pylist()), pins)
 
     gcfg = generate.GenerateConfig(num_samples=2, sampling={"temperature": 0.7, "max_new_tokens": 8}, shard_size=2)
-    g = generate.run(ctx, gcfg, problems, teacher)
+    g = run_stage(generate.STAGE, ctx, gcfg, problems, teacher)
     _check(generate, "generate", _canon(q("SELECT * FROM data_explanations").to_pylist(), VOLATILE), pins)
 
-    s = score.run(ctx, score.ScoreConfig(student_model=tiny_model_dir), g, teacher)
+    s = run_stage(score.STAGE, ctx, score.ScoreConfig(student_model=tiny_model_dir), g, teacher)
     _check(score, "score", _canon(q("SELECT * FROM data_scored_explanations").to_pylist(), VOLATILE), pins)
 
-    filter_.run(ctx, filter_.FilterConfig(rules={"require_end_tag": False}), s, g, problems)
+    run_stage(filter_.STAGE, ctx, filter_.FilterConfig(rules={"require_end_tag": False}), s, g, problems)
     rows = q("SELECT * FROM data_filter_decisions").to_pylist() + q("SELECT * FROM data_distill_set").to_pylist()
     _check(filter_, "filter", _canon(rows, VOLATILE), pins)
 
@@ -89,5 +91,5 @@ def test_golden_outputs_per_stage(tmp_path, tiny_model_dir, smol_tokenizer, pins
                                    sampling={"temperature": 0.0, "max_new_tokens": 8})
     from infra.models import resolve_model
 
-    evaluate.run(ctx, ecfg, resolve_model(tiny_model_dir), "base")
+    run_stage(evaluate.STAGE, ctx, ecfg, resolve_model(tiny_model_dir), label="base")
     _check(evaluate, "evaluate", _canon(q("SELECT * FROM data_eval_results").to_pylist(), VOLATILE), pins)

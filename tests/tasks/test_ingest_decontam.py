@@ -9,11 +9,12 @@ import re
 import pytest
 
 from flows.recipe import load_recipe
+from infra.engine.context import RunContext
+from infra.engine.runner import run_stage
 from rlt_core.benchmarks import benchmark_questions, get_benchmark, load_benchmark_rows
 from rlt_core.builtin_problems import generate
 from rlt_core.sources import QUARANTINE_REASONS, SourceError
 from tasks import ingest
-from tasks.common import RunContext
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
@@ -51,7 +52,7 @@ def test_copies_of_benchmark_items_are_quarantined_as_contaminated(tmp_path):
     uri, planted = _source(tmp_path)
     ctx = RunContext(str(tmp_path / "store"), tracking=False)
     cfg = _cfg(uri)
-    out = ingest.run(ctx, cfg)
+    out = run_stage(ingest.STAGE, ctx, cfg)
     assert out["problems"].num_rows == 5
     q = ctx.catalog.sql("SELECT source_row, reason, field, detail FROM data_quarantine ORDER BY source_row").to_pylist()
     assert [r["source_row"] for r in q] == sorted(planted)

@@ -6,10 +6,11 @@ import os
 
 import pytest
 
+from infra.engine.context import RunContext
+from infra.engine.runner import run_stage
 from rlt_core.sources import SourceError
 from tasks import filter as filter_
 from tasks import ingest
-from tasks.common import RunContext
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 
@@ -25,7 +26,7 @@ def test_ingest_quarantines_bad_rows_and_dedups(tmp_path):
              "{not json", json.dumps({"prompt": "What is 6*7?", "solution": "42"})]
     src.write_text("\n".join(lines) + "\n")
     ctx = RunContext(str(tmp_path / "store"), tracking=False)
-    out = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
+    out = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
     assert out["problems"].num_rows == 2
     q = ctx.catalog.sql("SELECT reason, field, source_row FROM data_quarantine ORDER BY source_row").to_pylist()
     assert [r["reason"] for r in q] == ["duplicate_exact", "duplicate_normalised", "empty_field", "missing_field",
@@ -33,10 +34,10 @@ def test_ingest_quarantines_bad_rows_and_dedups(tmp_path):
     assert q[2]["field"] == "solution" and q[2]["source_row"] == 3
     stats = json.loads(ctx.catalog.artifact(out["problems"].key)["stats_json"])
     assert stats["rows_in"] == 8 and stats["quarantined"] == 6 and stats["quarantine.empty_field"] == 1
-    again = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
+    again = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
     assert again["problems"] == out["problems"]
     src.write_text("\n".join(lines[:1]) + "\n")          # an edited file is a new artifact
-    changed = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
+    changed = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
     assert changed["problems"].key != out["problems"].key
 
 
@@ -55,7 +56,7 @@ def test_hostile_rows_are_quarantined_never_abort_the_source(tmp_path):
              json.dumps({"question": "What is 3*3?", "solution": "9"})]
     src.write_text("\n".join(lines) + "\n")
     ctx = RunContext(str(tmp_path / "store"), tracking=False)
-    out = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
+    out = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": str(src)}, heldout_fraction=0.0))
     assert out["problems"].num_rows == 1
     q = ctx.catalog.sql("SELECT reason, field, source_row, detail, raw FROM data_quarantine "
                         "ORDER BY source_row").to_pylist()
@@ -67,7 +68,7 @@ def test_hostile_rows_are_quarantined_never_abort_the_source(tmp_path):
     table = pa.table({"question": ["What is 5+5?"], "solution": ["10"],
                       "meta": [{"added": datetime.datetime(2026, 1, 2, 3, 4, 5), "n": 1}]})
     pq.write_table(table, tmp_path / "stamped.parquet")
-    out = ingest.run(ctx, ingest.IngestConfig(source={"uri": str(tmp_path / "stamped.parquet")},
+    out = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": str(tmp_path / "stamped.parquet")},
                                               heldout_fraction=0.0))
     meta = ctx.catalog.sql("SELECT meta_json FROM data_problems WHERE artifact_key = ?",
                            [out["problems"].key]).to_pylist()
@@ -76,7 +77,7 @@ def test_hostile_rows_are_quarantined_never_abort_the_source(tmp_path):
 
 def test_ingest_sharegpt_layout_keeps_trace(tmp_path):
     ctx = RunContext(str(tmp_path), tracking=False)
-    out = ingest.run(ctx, ingest.IngestConfig(source={"uri": os.path.join(FIXTURES, "bespoke_stratos_sample.jsonl")},
+    out = run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": os.path.join(FIXTURES, "bespoke_stratos_sample.jsonl")},
                                               heldout_fraction=0.0))
     rows = ctx.catalog.sql("SELECT question, solution, reasoning_trace FROM data_problems").to_pylist()
     assert rows and all(r["reasoning_trace"] for r in rows) and out["problems"].num_rows == len(rows)
@@ -88,7 +89,7 @@ def test_not_a_dataset_is_a_clear_error(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
     ctx = RunContext(str(tmp_path / "s"), tracking=False)
     with pytest.raises(SourceError, match="image.parquet"):
-        ingest.run(ctx, ingest.IngestConfig(source={"uri": str(bad)}))
+        run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": str(bad)}))
     assert ctx.catalog.sql("SELECT count(*) AS n FROM artifacts").to_pylist() == [{"n": 0}]
 
 
@@ -99,12 +100,12 @@ def test_source_without_usable_rows_names_the_first_failure_and_leaves_nothing(t
     src = tmp_path / "nosolution.jsonl"
     src.write_text(json.dumps({"question": "Q1?"}) + "\n" + json.dumps({"question": "Q2?", "solution": 3}) + "\n")
     with pytest.raises(SourceError) as info:
-        ingest.run(ctx, ingest.IngestConfig(source={"uri": str(src)}))
+        run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": str(src)}))
     assert str(info.value) == (f"{src}: no usable rows, all 2 quarantined (missing_field 1, wrong_type 1); first: row 0 "
                                "field 'solution': missing_field: column 'solution' is missing or null")
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(SourceError, match="empty.json: holds no rows; expected at least one problem"):
-        ingest.run(ctx, ingest.IngestConfig(source={"uri": str(tmp_path / "empty.json")}))
+        run_stage(ingest.STAGE, ctx, ingest.IngestConfig(source={"uri": str(tmp_path / "empty.json")}))
     assert ctx.catalog.sql("SELECT count(*) AS n FROM artifacts").to_pylist() == [{"n": 0}]
     staged = [p for p in (tmp_path / "s").rglob("part-*.parquet") if {"problems", "quarantine"} & set(p.parts)]
     assert staged == [], staged
@@ -140,14 +141,14 @@ def _fixture_rows():
 def test_filter_best_of_k_reasons_and_reference_fallback(tmp_path, monkeypatch):
     ctx = RunContext(str(tmp_path), tracking=False)
     refs = _ledger(ctx, _fixture_rows())
-    import tasks.models
+    import infra.engine.models
 
     def no_models(*a, **k):
         raise AssertionError("filter must not load a model")
 
-    monkeypatch.setattr(tasks.models, "model_and_tokenizer", no_models)
+    monkeypatch.setattr(infra.engine.models, "model_and_tokenizer", no_models)
     cfg = filter_.FilterConfig(rules={"min_reward": -2.5})
-    out = filter_.run(ctx, cfg, refs["scored_explanations"], refs["explanations"], refs["problems"])
+    out = run_stage(filter_.STAGE, ctx, cfg, refs["scored_explanations"], refs["explanations"], refs["problems"])
     dec = {r["explanation_id"] or r["problem_id"]: r for r in ctx.catalog.sql(
         "SELECT * FROM data_filter_decisions").to_pylist()}
     assert dec["e_0000000000000001"]["kept"] and dec["e_0000000000000001"]["reason"] == "best_of_k"
@@ -161,7 +162,7 @@ def test_filter_best_of_k_reasons_and_reference_fallback(tmp_path, monkeypatch):
     assert ds[1]["assistant"].endswith("<|begin_of_solution|>\n\nS0\n\n<|end_of_solution|>")
     # re-filter with re-weighted coefficients: a new artifact from the same ledger, no forward pass
     cfg2 = filter_.FilterConfig(rules={"reweight": {"answer_coef": [0.0, 0.0], "kl_coef": [1.0, 0.0]}})
-    out2 = filter_.run(ctx, cfg2, refs["scored_explanations"], refs["explanations"], refs["problems"])
+    out2 = run_stage(filter_.STAGE, ctx, cfg2, refs["scored_explanations"], refs["explanations"], refs["problems"])
     assert out2["distill_set"].key != out["distill_set"].key
     kept = ctx.catalog.sql(f"SELECT explanation_id FROM data_filter_decisions WHERE kept AND artifact_key = "
                             f"'{out2['filter_decisions'].key}' ORDER BY 1").to_pylist()

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
+from infra.engine.context import StageFailed
+from infra.engine.runner import run_stage
 from infra.settings import redact_text
 from tasks import generate
-from tasks.common import StageFailed
 from tests.tasks.helpers import setup
 
 LEAK = "fetch https://alice:hunter2-secret@example.org/x?token=tok-123456&b=1 failed (key AKIA, secret {s})"
@@ -28,7 +29,7 @@ def test_failed_shard_and_stage_records_hold_no_secret(tmp_path, tiny_model_dir,
     monkeypatch.setattr(generate, "generate_shard", leaky)
     cfg = generate.GenerateConfig(num_samples=1, sampling={"max_new_tokens": 4}, shard_size=2, split="all")
     with pytest.raises(StageFailed):
-        generate.run(ctx, cfg, problems, teacher)
+        run_stage(generate.STAGE, ctx, cfg, problems, teacher)
     stored = [r["error"] for r in ctx.catalog.rows("SELECT error FROM shards WHERE status = 'failed'")]
     stored += [r["detail"] for r in ctx.catalog.rows("SELECT detail FROM stage_runs WHERE status = 'failed'")]
     assert stored and any("example.org" in s for s in stored), stored

@@ -1,0 +1,184 @@
+"""Audits of a night's committed artifacts against the recipe's bounds (``audits:``) and the current release.
+
+Each audit gives one row ``{name, figure, bound, passed, detail}``. Figures come from the catalog alone:
+
+- ``min_yield``: the filter stage's yield (kept teacher explanations / candidate explanations, distill_set stats);
+- ``max_quarantine_rate``: quarantined rows / source rows of the ingest (problems stats: quarantined / rows_in);
+- ``max_reward_mean_shift``: |mean reward of the night's kept teacher rows - the current release's|;
+- ``max_reward_ks``: the two-sample Kolmogorov-Smirnov statistic of those two reward samples;
+- ``max_eval_regression``: per benchmark of the distilled student's evaluation, ``release ci_low - night ci_high``
+  (how far the night's 95% CI lies below the release's); it fails when that gap exceeds the bound (bound 0: fail
+  as soon as the CIs are disjoint with the night below).
+
+Audits that compare with the current release pass with detail "no baseline" when the alias is not set yet (or the
+release has no evaluation). A contamination audit does not exist yet (issue 14 part 3).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from data_contracts.errors import ExpectedError
+from flows.recipe import AuditsConfig
+from infra.catalog.lake import Catalog
+
+log = logging.getLogger("rlt")
+
+
+class AuditFailed(ExpectedError, RuntimeError):
+    """A night's artifacts failed an audit: the night is committed but not published."""
+
+    def __init__(self, alias: str, results: list[dict]):
+        self.alias, self.results = alias, results
+        failed = [r for r in results if not r["passed"]]
+        super().__init__(f"audit failed, {alias!r} not moved: " + "; ".join(
+            f"{r['name']} {_fmt(r['figure'])} vs bound {_fmt(r['bound'])}" + (f" ({r['detail']})" if r["detail"]
+                                                                               else "") for r in failed))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# -- figures ---------------------------------------------------------------------------------------------
+def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: sup |F_a(x) - F_b(x)| over the pooled sample (numpy only)."""
+    x, y = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    if x.size == 0 or y.size == 0:
+        raise ValueError("ks_statistic needs two non-empty samples")
+    grid = np.concatenate([x, y])
+    fa = np.searchsorted(x, grid, side="right") / x.size
+    fb = np.searchsorted(y, grid, side="right") / y.size
+    return float(np.max(np.abs(fa - fb)))
+
+
+def mean_shift(a: Sequence[float], b: Sequence[float]) -> float:
+    """|mean(a) - mean(b)|."""
+    return float(abs(np.mean(np.asarray(a, dtype=float)) - np.mean(np.asarray(b, dtype=float))))
+
+
+def _stats(catalog: Catalog, key: str | None) -> dict:
+    rec = catalog.artifact(key) if key else None
+    return json.loads(rec["stats_json"] or "{}") if rec else {}
+
+
+def kept_rewards(catalog: Catalog, distill_key: str) -> list[float]:
+    """Rewards of a distill set's teacher rows (reference fallbacks have none)."""
+    out: list[float] = []
+    for b in catalog.scan("distill_set", distill_key, ["reward"]):
+        out.extend(v for v in b.column("reward").to_pylist() if v is not None)
+    return out
+
+
+def release_evals(catalog: Catalog, distill_key: str) -> dict[str, dict]:
+    """benchmark -> {pass@1, ci_low, ci_high} of the newest distilled-student evaluation made from ``distill_key``
+    (lineage: distill_set -> student_checkpoint -> eval_results)."""
+    rows = catalog.rows(
+        "SELECT e.key, e.stats_json FROM lineage l1 JOIN lineage l2 ON l2.parent_key = l1.child_key "
+        "JOIN artifacts_committed e ON e.key = l2.child_key "
+        "WHERE list_contains(?, l1.parent_key) AND e.name = 'eval_results' AND e.label = 'distilled' "
+        "ORDER BY e.ts DESC", [[distill_key]])
+    return json.loads(rows[0]["stats_json"] or "{}").get("benchmarks", {}) if rows else {}
+
+
+# -- audits ----------------------------------------------------------------------------------------------
+def _row(name: str, figure: Any, bound: Any, passed: bool, detail: str = "") -> dict:
+    return {"name": name, "figure": figure, "bound": bound, "passed": bool(passed), "detail": detail}
+
+
+def run_audits(catalog: Catalog, cfg: AuditsConfig, distill_key: str, problems_key: str | None = None,
+               eval_key: str | None = None, baseline_key: str | None = None) -> list[dict]:
+    """Every audit the recipe declares, on the night's artifacts; ``baseline_key``: the current release's
+    distill set (None when the alias is not set)."""
+    out: list[dict] = []
+    if cfg.min_yield is not None:
+        st = _stats(catalog, distill_key)
+        y = st.get("yield")
+        out.append(_row("min_yield", y, cfg.min_yield, y is not None and y >= cfg.min_yield,
+                        f"{st.get('kept_teacher')} of {st.get('candidates')} candidates kept" if st else "no stats"))
+    if cfg.max_quarantine_rate is not None:
+        st = _stats(catalog, problems_key)
+        n_in, bad = st.get("rows_in"), st.get("quarantined")
+        rate = (bad / n_in) if n_in else None
+        out.append(_row("max_quarantine_rate", rate, cfg.max_quarantine_rate,
+                        rate is not None and rate <= cfg.max_quarantine_rate,
+                        f"{bad} of {n_in} source rows quarantined" if n_in else "no ingest stats"))
+    if cfg.max_contaminated is not None:
+        st = _stats(catalog, problems_key)
+        hits = st.get("quarantine.contaminated", 0) if st else None
+        out.append(_row("max_contaminated", hits, cfg.max_contaminated, hits is not None and hits <= cfg.max_contaminated,
+                        f"{hits} source row(s) matched an evaluation item (quarantine reason contaminated)"
+                        if st else "no ingest stats"))
+    if cfg.max_reward_mean_shift is not None or cfg.max_reward_ks is not None:
+        new = kept_rewards(catalog, distill_key)
+        old = kept_rewards(catalog, baseline_key) if baseline_key else []
+        for name, bound, fn in (("max_reward_mean_shift", cfg.max_reward_mean_shift, mean_shift),
+                                ("max_reward_ks", cfg.max_reward_ks, ks_statistic)):
+            if bound is None:
+                continue
+            if baseline_key is None:
+                out.append(_row(name, None, bound, True, "no baseline"))
+            elif not new or not old:
+                out.append(_row(name, None, bound, True, f"no kept rewards ({len(new)} new, {len(old)} in "
+                                                         f"{baseline_key[:12]})"))
+            else:
+                fig = fn(new, old)
+                out.append(_row(name, fig, bound, fig <= bound, f"{len(new)} vs {len(old)} rewards of "
+                                                                f"{baseline_key[:12]}, mean {np.mean(new):.4g} vs "
+                                                                f"{np.mean(old):.4g}"))
+    if cfg.max_eval_regression is not None:
+        bound = cfg.max_eval_regression
+        new_ev = _stats(catalog, eval_key).get("benchmarks", {}) if eval_key else {}
+        old_ev = release_evals(catalog, baseline_key) if baseline_key else {}
+        if baseline_key is None or not old_ev:
+            out.append(_row("max_eval_regression", None, bound, True,
+                            "no baseline" if baseline_key is None else "the release has no evaluation"))
+        for bench in sorted(set(new_ev) & set(old_ev)):
+            n, o = new_ev[bench], old_ev[bench]
+            gap = float(o["ci_low"] - n["ci_high"])
+            out.append(_row(f"max_eval_regression[{bench}]", gap, bound, gap <= bound,
+                            f"pass@1 {n['pass@1']:.3f} [{n['ci_low']:.3f}, {n['ci_high']:.3f}] vs release "
+                            f"{o['pass@1']:.3f} [{o['ci_low']:.3f}, {o['ci_high']:.3f}]"))
+    for r in out:
+        log.info("audit %-28s %s (figure %s, bound %s) %s", r["name"], "pass" if r["passed"] else "FAIL",
+                 _fmt(r["figure"]), _fmt(r["bound"]), r["detail"])
+    return out
+
+
+def audit_and_publish(catalog: Catalog, cfg: AuditsConfig, refs: dict[str, str], run_id: str) -> dict:
+    """Audit the night (``refs``: output name -> artifact key of the flow's result); when every audit passes and
+    publishing is on, move the alias (compare-and-set against the release the audits compared with). Raises
+    AuditFailed when an audit fails (the alias stays where it is)."""
+    from flows.releases import aliases as releases
+
+    distill_key = refs["distill_set"]
+    for attempt in range(3):
+        cur = releases.current(catalog, cfg.publish_alias)
+        base = cur["key"] if cur else None
+        results = run_audits(catalog, cfg, distill_key, refs.get("problems"), refs.get("eval_distilled"), base)
+        summary: dict[str, Any] = {"alias": cfg.publish_alias, "baseline": base, "results": results,
+                                   "passed": all(r["passed"] for r in results), "published": False}
+        if not summary["passed"]:
+            raise AuditFailed(cfg.publish_alias, results)
+        if cfg.publish and base == distill_key:
+            log.info("release: %s already points to %s; not moved", cfg.publish_alias, distill_key[:12])
+            summary["published"] = "unchanged"
+        elif cfg.publish:
+            audits = {"results": results, "baseline": base,
+                      "refs": {k: v for k, v in refs.items() if k in ("problems", "eval_distilled", "eval_base",
+                                                                       "student_checkpoint")}}
+            try:
+                releases.move_alias(catalog, cfg.publish_alias, distill_key, "publish", expected=base, run_id=run_id,
+                                    reason="all audits passed" if results else "no audits declared", audits=audits)
+            except releases.AliasConflict:
+                if attempt == 2:
+                    raise
+                # another night moved the alias after our audits read it: audit again against the new release
+                log.info("release: %s moved while this night was audited; auditing again", cfg.publish_alias)
+                continue
+            summary["published"] = True
+        return summary
+    raise AssertionError("unreachable")
