@@ -62,7 +62,7 @@ def bare_forward(model, sequences: list[list[int]], batch_size: int, pad_id: int
             mask = torch.zeros((len(rows), length), dtype=torch.long)
             for r, seq in enumerate(rows):
                 ids[r, :len(seq)], mask[r, :len(seq)] = torch.tensor(seq), 1
-            model(input_ids=ids, attention_mask=mask).logits
+            _ = model(input_ids=ids, attention_mask=mask).logits
 
 
 def reference_style_loop(reward, qs, ss, cs) -> list[float]:

@@ -10,7 +10,7 @@ rows and keep the good ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, cast
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -77,9 +77,10 @@ class Contract:
         parent_col, parent_kind = self.parent or (None, None)
         return self.id_col, self.kind, parent_col, parent_kind
 
-    def rows(self, data: pa.Table | Iterable[Mapping[str, Any]]) -> list[dict]:
+    def rows(self, data: pa.Table | Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if isinstance(data, pa.Table):
-            return data.to_pylist()
+            return cast(list[dict[str, Any]], data.to_pylist())
+
         return [dict(r) for r in data]
 
     def validate(self, data: pa.Table | Iterable[Mapping[str, Any]]) -> list[RowError]:

@@ -17,7 +17,8 @@ class Checkpoint(RowModel):
     base_model: str = Field(min_length=1, description="model reference it was trained from")
     base_digest: str
     digest: str = Field(min_length=8, description="sha256 over the weight files")
-    files: list[str] = Field(default_factory=list, description="weight files; empty for phase 'base' (base model as-is)")
+    files: list[str] = Field(default_factory=list,
+                             description="weight files; empty for phase 'base' (base model as-is)")
     phase: str = Field(description="sft, grpo, sft+grpo, distill or base")
     steps: int = Field(ge=0)
     data_keys: list[str] = Field(default_factory=list, description="artifact keys of the training data")

@@ -15,7 +15,8 @@ class DistillRow(RowModel):
     origin: Literal["teacher", "reference"]
     system: str = Field(min_length=1)
     question: str = Field(min_length=1)
-    assistant: str = Field(min_length=1, description="<|begin_of_thought|>...<|end_of_thought|>\\n\\n<|begin_of_solution|>...")
+    assistant: str = Field(min_length=1,
+                           description="<|begin_of_thought|>...<|end_of_thought|>\\n\\n<|begin_of_solution|>...")
     reward: Optional[float] = None
 
 

@@ -26,7 +26,9 @@ class Explanation(RowModel):
     finish_reason: Literal["stop", "length"]
     latency_s: float = Field(ge=0)
     backend: str
-    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied from an earlier night (infra/engine/reuse.py); None: computed by this artifact's run")
+    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied "
+                                       "from an earlier night (infra/engine/reuse.py); None: computed by this "
+                                       "artifact's run")
 
 
 EXAMPLE = dict(explanation_id="e_0123456789abcdef", problem_id="p_0123456789abcdef", sample_index=0,

@@ -32,7 +32,9 @@ class ScoredExplanation(RowModel):
     teacher_digest: str
     student_digest: str
     reward_config_digest: str
-    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied from an earlier night (infra/engine/reuse.py); None: computed by this artifact's run")
+    reused_from: Optional[str] = Field(default=None, description="artifact key this row was computed in, when copied "
+                                       "from an earlier night (infra/engine/reuse.py); None: computed by this "
+                                       "artifact's run")
 
     @field_validator("reward", "r_ss", "r_kl")
     @classmethod

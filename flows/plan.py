@@ -37,7 +37,8 @@ def explain_change(new: KeyParts, old: dict) -> str:
     a, b = _flat(json.loads(old["config_json"])), _flat(new.config)
     changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if changed:
-        reasons.append("config " + "; ".join(changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""))
+        reasons.append("config " + "; ".join(changed[:6])
+                       + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else ""))
     old_in = json.loads(old["inputs_json"])
     for role, k in sorted(new.inputs.items()):
         if old_in.get(role) != k:

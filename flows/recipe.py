@@ -101,9 +101,10 @@ def _default_decontam_benchmarks(data: dict) -> None:
 
 
 class AuditsConfig(BaseModel):
-    """Write-audit-publish (flows/releases/audit.py, flows/releases/aliases.py): checks on a night's committed artifacts; only a
-    night that passes every one moves ``publish_alias``. Every bound is off unless set. Not a stage config: no
-    stage key depends on it. Audits that compare with the current release pass as "no baseline" without one."""
+    """Write-audit-publish (flows/releases/audit.py, flows/releases/aliases.py): checks on a night's committed
+    artifacts; only a night that passes every one moves ``publish_alias``. Every bound is off unless set. Not a stage
+    config: no stage key depends on it. Audits that compare with the current release pass as "no baseline" without
+    one."""
 
     model_config = ConfigDict(extra="forbid")
     publish: bool = Field(default=True, description="move publish_alias to the night's distill set when all pass")
@@ -217,6 +218,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None,
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '<recipe>'}: {e['msg'].removeprefix('Value error, ')}"
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '<recipe>'}: "
+                             f"{e['msg'].removeprefix('Value error, ')}"
                              for e in exc.errors())
         raise RecipeError(f"recipe {p}: {problems}") from None

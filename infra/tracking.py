@@ -25,7 +25,7 @@ import uuid
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from infra.settings import is_remote, redact, redact_text
 
@@ -429,7 +429,7 @@ class Tracker:
                        lambda: {"op": "artifact", "run": run_id, "file": self.journal().keep_file(local_path),
                                 "name": os.path.basename(local_path), "artifact_path": artifact_path or ""})
 
-    def log_datasets(self, run_id: str, datasets: list[Mapping[str, str]]) -> None:
+    def log_datasets(self, run_id: str, datasets: Sequence[Mapping[str, str]]) -> None:
         """A stage run's input and output artifacts as MLflow datasets (the run table's Datasets column): each
         ``{"name": artifact name, "digest": artifact key, "source": artifact URI, "context": "input"|"output"}``.
         MLflow keeps digests of at most 36 characters (artifact keys have 20)."""
@@ -440,13 +440,13 @@ class Tracker:
         self._call("log_inputs", (run_id,), lambda: self.client.log_inputs(run_id, datasets=dataset_inputs(rows)),
                    {"op": "inputs", "run": run_id, "datasets": rows})
 
-    def metric_logger(self, run_id: str):
+    def metric_logger(self, run_id: str) -> Callable[[str, float, int], None]:
         """A ``log_metric(name, value, step)`` callable for injection into rlt_core."""
         def log_metric(name: str, value: float, step: int = 0) -> None:
             self.log_metrics(run_id, {name: value}, step)
         return log_metric
 
-    def text_logger(self, run_id: str):
+    def text_logger(self, run_id: str) -> Callable[[str, str, int], None]:
         def log_text(name: str, text: str, step: int = 0) -> None:
             self.log_text(run_id, text, f"samples/{name}-step{step:05d}.txt")
         return log_text

@@ -37,7 +37,8 @@ class GenerationError(RuntimeError):
 
 class EndpointUnavailable(GenerationError):
     """A server stayed unreachable or kept failing (connection errors, 429, 5xx) through the client's retries:
-    the endpoint's fault rather than the request's, so another endpoint may serve the request (infra/engine/endpoints.py)."""
+    the endpoint's fault rather than the request's, so another endpoint may serve the request
+    (infra/engine/endpoints.py)."""
 
     def __init__(self, message: str, url: str):
         super().__init__(message)

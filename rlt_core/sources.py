@@ -670,7 +670,8 @@ def _meta(value: Any) -> dict:
         raise _Reject("undecodable", "meta", "meta holds text that is not valid UTF-8 (an undecodable byte or a "
                       "lone surrogate)") from None
     except (TypeError, ValueError, RecursionError) as exc:
-        raise _Reject("wrong_type", "meta", f"meta is not representable as JSON: {type(exc).__name__}: {exc}"[:300])
+        raise _Reject("wrong_type", "meta",
+                      f"meta is not representable as JSON: {type(exc).__name__}: {exc}"[:300]) from exc
     return json.loads(text)
 
 

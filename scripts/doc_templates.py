@@ -184,7 +184,8 @@ def bench_omp_threads(ctx: Ctx) -> str:
 VLLM = [Variant("bench/results/generate-backend-vllm-server.json", "SmolLM2, 64 problems x K=4, 64 new tokens",
                 "python bench/generate.py --backend vllm_server", "~12 min; needs .venv-vllm (make setup-vllm)"),
         Variant("bench/results/generate-backend-vllm-server_tiny.json", "`--tiny` (tiny random Llama)",
-                "python bench/generate.py --backend vllm_server --tiny --results bench/results", "~1 min; needs .venv-vllm")]
+                "python bench/generate.py --backend vllm_server --tiny --results bench/results",
+                "~1 min; needs .venv-vllm")]
 
 
 def bench_generate_vllm(ctx: Ctx) -> str:
@@ -484,7 +485,8 @@ def evidence_students(ctx: Ctx) -> str:
              str(base["numbers"]["truncated"]) if base else "-", ""]]
     for key, label in STUDENTS:
         s = n["students"][key]
-        rows.append([label.format(k=cfg.get("best_of_k", "K")), _ci(s["accuracy"], True), "" if key == "reference" else _pp(s["vs_reference"]),
+        rows.append([label.format(k=cfg.get("best_of_k", "K")), _ci(s["accuracy"], True),
+                     "" if key == "reference" else _pp(s["vs_reference"]),
                      _pp(s["vs_base"]), str(s["truncated"]), f"{s['train_tokens_in'] / 1000:.1f}k"])
     return "\n".join(table(["student", "accuracy", "vs reference (paired)", "vs base (paired)",
                             f"truncated at {cfg.get('eval_max_new_tokens', '?')} tokens", "train tokens"], rows) + [
@@ -544,7 +546,7 @@ def warmup_probe(ctx: Ctx) -> str:
     rows = [[w["warmup"], f"{w['distinct_per_problem']:.2f}", f"{w['within_problem_reward_std']:.2f}",
              f"{100 * w['has_format_penalty']:.0f}%", f"{w['reward']:.2f}", f"{w['r_ss']:.2f}", f"{w['r_kl']:.2f}"]
             for w in n["warmups"]]
-    return "\n".join(table([f"warm-up (steps@lr)", f"distinct / {n['group']}", "within-prompt reward std",
+    return "\n".join(table(["warm-up (steps@lr)", f"distinct / {n['group']}", "within-prompt reward std",
                             "format penalty", "reward", "r_SS", "r_KL"], rows)
                      + ["", f"Record: {source(ctx, path, rec)}."])
 
@@ -561,13 +563,35 @@ def reliability(ctx: Ctx) -> str:
     return f"{reliability_table.table(rec['numbers']['rows'])}\n\nRecord: {source(ctx, path, rec)}."
 
 
+TRAIN_SCALING = Variant("bench/results/train_scaling.json", "4-layer hidden-256 Llama: 20 distillation + 6 GRPO steps",
+                        "python bench/train_scaling.py", "~16 min")
+
+
+def bench_train_scaling(ctx: Ctx) -> str:
+    def body(rec: dict) -> str:
+        n = rec["numbers"]
+        rows = [[name, str(g["ranks"]), str(g["threads_per_rank"]), _f(g["wall_s"], ".1f"),
+                 _f(g["distill_tokens_per_s"], ".1f"), _f(g["distill_final_loss"], ".4f"),
+                 _f(g["grpo_steps_per_s"], ".4f")] for name, g in n["gangs"].items()]
+        lines = table(["gang", "ranks", "threads/rank", "wall s", "distill tokens/s", "distill final loss",
+                       "GRPO steps/s"], rows)
+        lines += ["", f"2 ranks x 1 thread over 1 rank x 1 thread: distillation tokens/s "
+                      f"**{n['sft_speedup_2x1_over_1x1']:.2f}x** (target >= 1.7), GRPO steps/s "
+                      f"**{n['grpo_speedup_2x1_over_1x1']:.2f}x** (target >= 1.5); over 1 rank x 2 threads (the "
+                      f"single-process default): {n['sft_speedup_2x1_over_1x2']:.2f}x and "
+                      f"{n['grpo_speedup_2x1_over_1x2']:.2f}x."]
+        return "\n".join(lines)
+
+    return single_block(ctx, TRAIN_SCALING, body)
+
+
 TEMPLATES: dict[str, Callable[[Ctx], str]] = {
     "bench-reward": bench_reward, "bench-manifest-sql-memory": bench_manifest_sql_memory,
     "bench-generate": bench_generate, "bench-omp-threads": bench_omp_threads,
     "bench-generate-vllm": bench_generate_vllm, "bench-generate-engines": bench_generate_engines,
     "bench-manifest-scale": bench_manifest_scale, "bench-decontam": bench_decontam,
     "bench-incremental": bench_incremental, "bench-executor": bench_executor, "bench-grpo-step": bench_grpo_step,
-    "bench-teacher-rl": bench_teacher_rl,
+    "bench-teacher-rl": bench_teacher_rl, "bench-train-scaling": bench_train_scaling,
     "readme-incremental": readme_incremental, "readme-executor": readme_executor, "readme-decontam": readme_decontam,
     "readme-grpo-step": readme_grpo_step,
     "evidence-heldout": evidence_heldout, "evidence-students": evidence_students,

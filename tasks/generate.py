@@ -6,8 +6,8 @@ what is already written. The engine stays warm: the model is loaded once per pro
 endpoint) and fed shard after shard; parts are written on a background thread. An in-process engine runs its
 shards one after another on the stage's own thread (see ``shards.run_shards`` for why); vLLM-server shards run
 ``parallel_shards`` at a time, enough to keep every endpoint's request window full, each through the pool of
-endpoints (infra/engine/endpoints.py): a shard whose endpoint is down, or dies mid-shard, sends its remaining requests to a
-healthy one (the same texts, if every endpoint serves the same model and dtype).
+endpoints (infra/engine/endpoints.py): a shard whose endpoint is down, or dies mid-shard, sends its remaining requests
+to a healthy one (the same texts, if every endpoint serves the same model and dtype).
 """
 from __future__ import annotations
 

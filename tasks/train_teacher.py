@@ -13,12 +13,15 @@ import json
 import os
 from typing import Annotated, Literal, Optional
 
-from pydantic import Field
+import torch
+from pydantic import Field, model_validator
 from transformers import TrainerCallback
 
 from data_contracts import teacher_checkpoint
 from infra import faults
-from infra.engine.config import KeyModel, StageConfig
+from infra.engine import gang
+from infra.engine.config import NOT_IN_KEY, KeyModel, StageConfig
+from infra.engine.gang import LaunchConfig, check_batch
 from infra.engine.models import fresh_model, model_and_tokenizer
 from infra.engine.stage import Artifact, StageRun, declare
 from infra.models import resolve_model
@@ -38,10 +41,20 @@ class TrainTeacherConfig(StageConfig):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     max_problems: Optional[int] = Field(default=None, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    launch: Annotated[LaunchConfig, NOT_IN_KEY] = Field(
+        default_factory=LaunchConfig, description="train as a gang of ranks (infra/engine/gang.py); where and how "
+        "wide the training runs, never part of the key: the global batch is")
+
+    @model_validator(mode="after")
+    def _batch_fits_the_gang(self) -> "TrainTeacherConfig":
+        check_batch(self.launch, [("train_teacher.sft.batch_size", self.sft.batch_size, self.sft.per_device_batch_size),
+                                  ("train_teacher.grpo (prompts_per_step x num_generations)",
+                                   self.grpo.completions_per_step, self.grpo.per_device_batch_size)])
+        return self
 
     def key_config(self) -> dict:
         """With no training phase the checkpoint is the base model: training settings do not change it."""
-        return self.model_dump(mode="json") if self.phases else {"phases": [], "base_model": self.base_model}
+        return super().key_config() if self.phases else {"phases": [], "base_model": self.base_model}
 
     def key_inputs(self, declared: tuple[str, ...]) -> tuple[str, ...]:
         # no training phase: the base model is the teacher whatever the problems, so a night whose source grew
@@ -61,12 +74,37 @@ def train_teacher(run: StageRun, cfg: TrainTeacherConfig, problems: Artifact) ->
         return {"steps": 0}
     rows = list(problems.rows(["question", "solution", "reasoning_trace"], where="split = 'train'"))
     rows = rows[: cfg.max_problems]
-    progress = _Progress()
-    model_dir, steps, metrics = _train(run, cfg, rows, base.path, resolve_model(cfg.student_model).path, progress)
+    student = resolve_model(cfg.student_model).path
+    if cfg.launch.gang:
+        model_dir, steps, steps_run, metrics = _train_gang(run, cfg, rows, base.path, student)
+    else:
+        progress = _Progress()
+        model_dir, steps, metrics = _train(run, cfg, rows, base.path, student, progress)
+        steps_run = progress.steps
+        # a checkpoint's bits depend on the intra-op thread count (float sums in another order): part of its lineage
+        metrics.update(torch_threads=torch.get_num_threads(), ranks=1)
     run.save_checkpoint(model_dir, dict(row, phase="+".join(cfg.phases), steps=steps, metrics_json=metrics))
     run.log.info("train_teacher: %d steps on %d problems (%d computed by this run, the rest resumed)", steps,
-                 len(rows), progress.steps)
-    return {"steps": steps, "steps_run": progress.steps, **metrics}
+                 len(rows), steps_run)
+    return {"steps": steps, "steps_run": steps_run, **metrics}
+
+
+def _train_gang(run: StageRun, cfg: TrainTeacherConfig, rows: list[dict], base_path: str,
+                student_path: str) -> tuple[str, int, int, dict]:
+    """The phases as one gang job (infra/engine/gang.py): the ranks read the rows from the work folder."""
+    from rlt_core.training.job import GRPOPhase, SFTPhase
+
+    data = gang.write_rows(os.path.join(run.work_dir(), "rows.jsonl"), rows)
+    phases: list = []
+    if "sft" in cfg.phases:
+        phases.append(SFTPhase(model=base_path, rows=data, config=cfg.sft))
+    if "grpo" in cfg.phases:
+        phases.append(GRPOPhase(model=None if phases else base_path, student=student_path, rows=data,
+                                config=cfg.grpo, reward=cfg.reward))
+    result = gang.train(run, cfg.launch, phases, cfg.dtype)
+    metrics = {f"{name}_final_loss": r["final_loss"] for name, r in result["phases"].items()}
+    metrics.update(torch_threads=result["threads_per_rank"], ranks=result["ranks"])
+    return result["model_dir"], result["steps"], result["steps_run"], metrics
 
 
 class _Progress(TrainerCallback):

@@ -1,1 +1,2 @@
-"""Release management: write-audit-publish audits, aliases (publish/promote/rollback), export, backfills and the run report."""
+"""Release management: write-audit-publish audits, aliases (publish/promote/rollback), export, backfills and the run
+report."""

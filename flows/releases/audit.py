@@ -109,7 +109,8 @@ def run_audits(catalog: Catalog, cfg: AuditsConfig, distill_key: str, problems_k
     if cfg.max_contaminated is not None:
         st = _stats(catalog, problems_key)
         hits = st.get("quarantine.contaminated", 0) if st else None
-        out.append(_row("max_contaminated", hits, cfg.max_contaminated, hits is not None and hits <= cfg.max_contaminated,
+        out.append(_row("max_contaminated", hits, cfg.max_contaminated,
+                        hits is not None and hits <= cfg.max_contaminated,
                         f"{hits} source row(s) matched an evaluation item (quarantine reason contaminated)"
                         if st else "no ingest stats"))
     if cfg.max_reward_mean_shift is not None or cfg.max_reward_ks is not None:

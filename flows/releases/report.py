@@ -1,5 +1,5 @@
-"""The run report: one HTML page (a Jinja2 template, flows/releases/templates/report.html.j2) with PNG plots, covering the
-night itself (audits, stages, cost, generation, reward terms, filter, evaluation) and its trends over every earlier
+"""The run report: one HTML page (a Jinja2 template, flows/releases/templates/report.html.j2) with PNG plots, covering
+the night itself (audits, stages, cost, generation, reward terms, filter, evaluation) and its trends over every earlier
 night of the same recipe (yield, quarantine rate, reward, accuracy with 95% CIs, seconds and cost per kept example).
 
 Stored as a ``report`` artifact (its key holds the run id; its inputs are the night's artifacts, which is how later
@@ -248,7 +248,8 @@ def cost_section(ctx: RunContext) -> dict:
     summary = ""
     if total is not None:
         t, kept = total, total["kept"]
-        per = (f"{kept} kept examples (distill set {str(t['distill_set'])[:12]}): {_fmt(t['wall_s_per_kept'], '{:.3f}')}"
+        per = (f"{kept} kept examples (distill set {str(t['distill_set'])[:12]}): "
+               f"{_fmt(t['wall_s_per_kept'], '{:.3f}')}"
                f" wall s, {_fmt(t['cpu_s_per_kept'], '{:.3f}')} CPU s, {_fmt(t['gpu_s_per_kept'], '{:.3f}')} GPU s, "
                f"{_fmt(t['forward_tokens_per_kept'], '{:.0f}')} forward tokens per kept example"
                + (f", {_fmt(t['cost_per_kept'], '{:.6f}')} {cur} each" if t["cost"] is not None else "")
@@ -302,7 +303,8 @@ def _prefect_artifacts(recipe: str, run_id: str, night: list[tuple[str, str]], h
               *(f"| {k} | {v} |" for k, v in night)]
         if audits is not None:
             md += ["", f"**audits**: {'all passed' if audits.get('passed') else 'FAILED'}"
-                       f" (alias {audits.get('alias')})", "", "| audit | figure | bound | result |", "|---|---|---|---|",
+                       f" (alias {audits.get('alias')})", "", "| audit | figure | bound | result |",
+                   "|---|---|---|---|",
                    *(f"| {a.get('name')} | {a.get('figure')} | {a.get('bound')} | "
                      f"{'pass' if a.get('passed') else 'FAIL'} |" for a in audits.get("results", []))]
         create_markdown_artifact("\n".join(md), key=f"rlt-{slug}-night", description=f"night {run_id}")
@@ -330,7 +332,8 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
     for r in runs:
         secs[r["stage"]] = secs.get(r["stage"], 0.0) + (r["seconds"] or 0.0)
     if secs:
-        _bar_plot(list(secs), list(secs.values()), "seconds per stage (this run)", "s", os.path.join(tmp, "seconds.png"))
+        _bar_plot(list(secs), list(secs.values()), "seconds per stage (this run)", "s",
+                  os.path.join(tmp, "seconds.png"))
         images.append("seconds.png")
     generation = ""
     gen = ctx.reader.artifact(keys["explanations"]) if "explanations" in keys else None

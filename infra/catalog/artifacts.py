@@ -170,7 +170,7 @@ class ArtifactWriter:
     def parquet_parts(self) -> list[str]:
         return [self.store.path(f) for f in self.files if f.endswith(".parquet")]
 
-    def record(self, stats: Mapping[str, Any] | None = None) -> dict:
+    def record(self, stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
         schema_version = self.contract.schema_version if self.contract else f"{self.name}/v1"
         p = self.parts
         return dict(key=self.key, name=self.name, uri=self.uri, schema_version=schema_version,
@@ -182,7 +182,7 @@ class ArtifactWriter:
                     stats_json=canonical_json(redact(dict(stats if stats is not None else self.stats))),
                     run_id=self.run_id, ts=now())
 
-    def commit_spec(self, provenance: tuple | None = None) -> OutputCommit:
+    def commit_spec(self, provenance: tuple[str, str, str | None, str | None] | None = None) -> OutputCommit:
         lineage = [dict(child_key=self.key, parent_key=k, role=role, run_id=self.run_id)
                    for role, k in sorted(self.parts.inputs.items()) if not k.startswith("model:")]
         parts = self.parquet_parts()

@@ -65,8 +65,9 @@ def _install_missing(con: duckdb.DuckDBPyConnection, names: tuple[str, ...]) -> 
 def connect(extensions: tuple[str, ...] = ("ducklake", "sqlite", "postgres", "httpfs"),
             memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the given extensions installed from their wheels and loaded."""
-    config = {"extension_directory": extension_dir(), "autoinstall_known_extensions": False,
-              "autoload_known_extensions": True}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "extension_directory": extension_dir(), "autoinstall_known_extensions": False,
+        "autoload_known_extensions": True}
     if memory_limit:
         config["memory_limit"] = memory_limit
     if threads:

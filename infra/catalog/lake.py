@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar, cast
 from urllib.parse import unquote, urlparse
 
 import duckdb
@@ -37,12 +37,13 @@ import pyarrow as pa
 from data_contracts.errors import ExpectedError
 from infra import faults
 from infra.catalog import duck, sql_guard
-from infra.catalog.locks import file_mutex
+from infra.catalog.locks import Locks, file_mutex
 from infra.catalog.records import ARTIFACT_COL, OutputCommit, data_folders, legacy_state, now
 from infra.catalog.sql_guard import QueryError  # noqa: F401 (re-exported: the CLI's expected error)
 from infra.catalog.store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENV_URL = "RLT_CATALOG_URL"
 # PostgreSQL: readers (rlt catalog sql / lineage / export, read-only handles) connect as a role that can only SELECT
@@ -130,7 +131,7 @@ class Location:
     dsn: str = field(default="", repr=False)
     lock_dir: str = ""
 
-    def locks(self):
+    def locks(self) -> Locks:
         """The crash-safe named locks that go with this catalog: PostgreSQL advisory locks on its server, or flock
         files beside a SQLite catalog (infra/catalog/locks.py)."""
         from infra.catalog.locks import FileLocks, PgLocks
@@ -206,7 +207,7 @@ def _is_locked(exc: Exception) -> bool:
     return "database is locked" in text or "database table is locked" in text or "sqlite_busy" in text
 
 
-def all_of(found: Mapping[str, dict], keys: Iterable[str]) -> bool:
+def all_of(found: Mapping[str, dict[str, Any]], keys: Iterable[str]) -> bool:
     """Whether every key is among the committed records ``found`` (one query for many stages: flows/plan.py)."""
     return all(k in found for k in keys)
 
@@ -308,8 +309,9 @@ class Catalog:
         for t, c in con.execute("SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'lake' "
                                 "AND schema_name = 'main'").fetchall():
             have.setdefault(t, set()).add(c)
-        has_data = bool(con.execute("SELECT count(*) FROM duckdb_schemas() WHERE database_name = 'lake' AND "
-                                    "schema_name = 'data'").fetchone()[0])
+        has_data = bool(cast("tuple[Any, ...]", con.execute(   # an aggregate: always one row
+            "SELECT count(*) FROM duckdb_schemas() WHERE database_name = 'lake' AND schema_name = 'data'"
+        ).fetchone())[0])
         ddl = [] if has_data else ["CREATE SCHEMA IF NOT EXISTS lake.data"]
         for name, cols in RELATIONS.items():
             if name not in have:
@@ -343,9 +345,10 @@ class Catalog:
         self.refresh_data_views(con)
 
     @staticmethod
-    def _table_exists(con, schema: str, name: str) -> bool:
-        return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake' AND "
-                                "schema_name = ? AND table_name = ?", [schema, name]).fetchone()[0])
+    def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> bool:
+        return bool(cast("tuple[Any, ...]", con.execute(   # an aggregate: always one row
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake' AND schema_name = ? AND table_name = ?",
+            [schema, name]).fetchone())[0])
 
     def refresh_data_views(self, con: duckdb.DuckDBPyConnection | None = None) -> list[str]:
         """One ``data_<name>`` view per artifact table (tables created by other processes appear too)."""
@@ -373,7 +376,7 @@ class Catalog:
         (seen with 4 overlapping runs). Held only while a statement binds and reads metadata (milliseconds);
         re-entrant per thread. PostgreSQL needs none of this (one snapshot per transaction, conflicts retried).
         """
-        if self.location.kind != "sqlite" or getattr(self._held, "depth", 0):
+        if self.location.kind != "sqlite" or bool(getattr(self._held, "depth", 0)):
             yield
             return
         with file_mutex(self.location.sqlite_path + ".write.lock", shared=shared):
@@ -383,7 +386,7 @@ class Catalog:
             finally:
                 self._held.depth = 0
 
-    def _retry(self, fn, attempts: int = 8):
+    def _retry(self, fn: Callable[[], T], attempts: int = 8) -> T:
         """Run ``fn``; retry SQLite's transient "database is locked" (a reader racing a WAL checkpoint)."""
         delay = 0.05
         for i in range(attempts):
@@ -394,9 +397,10 @@ class Catalog:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable (attempts >= 1)")
 
     @contextlib.contextmanager
-    def transaction(self, message: str, extra: dict | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    def transaction(self, message: str, extra: dict[str, Any] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """One write transaction, serialised across processes; its snapshot carries ``message``."""
         if self.read_only:
             raise CatalogError("this catalog handle is read-only")
@@ -417,10 +421,10 @@ class Catalog:
                 raise
 
     # ------------------------------------------------------------------ reads
-    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict]:
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         con = self.con
         with self._mutex, self._file_lock(shared=True):
-            def run():
+            def run() -> list[dict[str, Any]]:
                 cur = con.execute(sql, list(params))
                 cols = [d[0] for d in cur.description]
                 return [dict(zip(cols, r)) for r in cur.fetchall()]
@@ -438,28 +442,28 @@ class Catalog:
     # file pruning, which reads every file's column statistics in the whole catalog (artifact data included) on
     # each query; after maintenance a relation is one merged file, so pruning would gain nothing (measured with
     # bench/manifest_scale.py: with "=" a lookup grew ~2x over 100 nights, with list_contains it stays flat).
-    def artifact(self, key: str) -> dict | None:
+    def artifact(self, key: str) -> dict[str, Any] | None:
         return self.artifacts([key]).get(key)
 
-    def committed(self, keys: Iterable[str]) -> dict[str, dict] | None:
+    def committed(self, keys: Iterable[str]) -> dict[str, dict[str, Any]] | None:
         """The records of ``keys`` when every one is committed (a stage is done only when all its outputs are),
         else None."""
         keys = list(keys)
         found = self.artifacts(keys)
         return found if all_of(found, keys) else None
 
-    def artifacts(self, keys: Iterable[str]) -> dict[str, dict]:
+    def artifacts(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         keys = sorted(set(keys))
         if not keys:
             return {}
         rows = self.rows("SELECT * FROM lake.main.artifacts WHERE list_contains(?, key) ORDER BY ts", [keys])
-        out: dict[str, dict] = {}
+        out: dict[str, dict[str, Any]] = {}
         for r in rows:
             out.setdefault(r["key"], r)
         return out
 
     def latest_artifacts(self, wanted: Sequence[tuple[str, str]], exclude_names: Sequence[str] = ()
-                         ) -> dict[tuple[str, str], dict]:
+                         ) -> dict[tuple[str, str], dict[str, Any]]:
         """The newest artifact of each (stage, label), in one query."""
         if not wanted:
             return {}
@@ -469,25 +473,26 @@ class Catalog:
                          [[f"{s}|{lab or ''}" for s, lab in wanted], list(exclude_names)])
         return {(r["stage"], r["label"] or ""): r for r in rows}
 
-    def latest_artifact(self, stage: str, label: str | None = None, exclude_names: Sequence[str] = ()) -> dict | None:
+    def latest_artifact(self, stage: str, label: str | None = None, exclude_names: Sequence[str] = ()
+                        ) -> dict[str, Any] | None:
         return self.latest_artifacts([(stage, label or "")], exclude_names).get((stage, label or ""))
 
-    def shard_states_many(self, artifact_keys: Iterable[str]) -> dict[str, dict[str, dict]]:
+    def shard_states_many(self, artifact_keys: Iterable[str]) -> dict[str, dict[str, dict[str, Any]]]:
         """Latest record of every shard of each key, in one query: key -> shard id -> record."""
         keys = sorted(set(artifact_keys))
         if not keys:
             return {}
         rows = self.rows("SELECT * FROM lake.main.shards WHERE list_contains(?, artifact_key) QUALIFY "
                          "row_number() OVER (PARTITION BY artifact_key, shard_id ORDER BY ts DESC) = 1", [keys])
-        out: dict[str, dict[str, dict]] = {}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
         for r in rows:
             out.setdefault(r["artifact_key"], {})[r["shard_id"]] = r
         return out
 
-    def shard_states(self, artifact_key: str) -> dict[str, dict]:
+    def shard_states(self, artifact_key: str) -> dict[str, dict[str, Any]]:
         return self.shard_states_many([artifact_key]).get(artifact_key, {})
 
-    def shard_state(self, artifact_key: str, shard_id: str) -> dict | None:
+    def shard_state(self, artifact_key: str, shard_id: str) -> dict[str, Any] | None:
         rows = self.rows("SELECT * FROM lake.main.shards WHERE list_contains(?, artifact_key || '|' || shard_id) "
                          "QUALIFY row_number() OVER (ORDER BY ts DESC) = 1", [[f"{artifact_key}|{shard_id}"]])
         return rows[0] if rows else None
@@ -524,7 +529,7 @@ class Catalog:
         return len(rows)
 
     @staticmethod
-    def _insert(con: duckdb.DuckDBPyConnection, relation: str, rows: list[dict]) -> None:
+    def _insert(con: duckdb.DuckDBPyConnection, relation: str, rows: list[dict[str, Any]]) -> None:
         names = [c.strip().split(" ")[0] for c in RELATIONS[relation].split(", ")]
         for r in rows:
             if "ts" in names:
@@ -533,7 +538,7 @@ class Catalog:
         con.executemany(f"INSERT INTO lake.main.{relation} ({', '.join(names)}) VALUES ({placeholders})",
                         [[r.get(n) for n in names] for r in rows])
 
-    def commit(self, outputs: Sequence["OutputCommit"], extra: dict[str, list[dict]] | None = None,
+    def commit(self, outputs: Sequence["OutputCommit"], extra: dict[str, list[dict[str, Any]]] | None = None,
                message: str = "commit", attempts: int = 6) -> bool:
         """Commit artifacts in one transaction; False (and nothing written) if any key is already committed.
 
@@ -556,7 +561,7 @@ class Catalog:
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 
-    def _commit_once(self, outputs: Sequence["OutputCommit"], extra: dict[str, list[dict]] | None,
+    def _commit_once(self, outputs: Sequence["OutputCommit"], extra: dict[str, list[dict[str, Any]]] | None,
                      message: str) -> bool:
         keys = [o.record["key"] for o in outputs]
         with self.transaction(f"{message} " + " ".join(keys), {"run_id": outputs[0].record.get("run_id")}) as con:
@@ -589,6 +594,8 @@ class Catalog:
     def _ensure_table(self, con: duckdb.DuckDBPyConnection, o: "OutputCommit") -> None:
         """``data.<table>`` exists with every column of ``o.schema`` (new columns are added, types must match)."""
         schema = o.schema
+        if schema is None or o.table is None:
+            raise ValueError(f"{o.record.get('key')}: a tabular output needs its table and schema")
         types = dict(zip(schema.names, con.from_arrow(schema.empty_table()).types))
         if not self._table_exists(con, "data", o.table):
             cols = ", ".join(f'"{n}" {t}' for n, t in types.items())
@@ -605,6 +612,8 @@ class Catalog:
 
     @staticmethod
     def _provenance(con: duckdb.DuckDBPyConnection, o: "OutputCommit") -> None:
+        if o.provenance is None:
+            raise ValueError(f"{o.record.get('key')}: no provenance columns to record")
         id_col, kind, parent_col, parent_kind = o.provenance
         parent = f'"{parent_col}"' if parent_col else "NULL"
         con.execute(f"INSERT INTO lake.main.provenance SELECT \"{id_col}\", ?, ?, {parent}, ?, ? "
@@ -612,12 +621,12 @@ class Catalog:
                                               list(o.parts)])
 
     # ------------------------------------------------------------------ maintenance
-    def snapshots(self, limit: int = 50) -> list[dict]:
+    def snapshots(self, limit: int = 50) -> list[dict[str, Any]]:
         return self.rows("SELECT snapshot_id, snapshot_time::VARCHAR AS snapshot_time, commit_message, "
                          "commit_extra_info, changes::VARCHAR AS changes FROM lake.snapshots() "
                          "ORDER BY snapshot_id DESC LIMIT ?", [limit])
 
-    def maintain(self, ledger_retention_s: float = 3600.0, file_retention_s: float = 86400.0) -> dict:
+    def maintain(self, ledger_retention_s: float = 3600.0, file_retention_s: float = 86400.0) -> dict[str, Any]:
         """Keep lookups fast after years of nights: bookkeeping-only snapshots older than the retention expire
         (artifact commits and run ends stay: the history a user asks for), inlined relation rows are flushed and
         the relation files merged. Artifact data files are never rewritten."""
@@ -625,7 +634,8 @@ class Catalog:
         con = self.con
         with self._mutex, self._file_lock():
             cutoff = now() - dt.timedelta(seconds=ledger_retention_s)
-            current = con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0]
+            current = cast("tuple[Any, ...]",   # an aggregate: always one row
+                           con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone())[0]
             # bookkeeping (ledger) snapshots and maintenance's own (no message: flushes, merges) go; artifact
             # commits, run ends, schema changes stay
             old = [r[0] for r in con.execute(
@@ -675,9 +685,9 @@ def open_reader(store: Store, url: str | None = None, snapshot: int | None = Non
     return cat
 
 
-def read_query(cat: Catalog, sql: str, batch: int = 1000) -> tuple[list[str], Iterator[tuple]]:
-    """Run one read-only query on a reader (checked by infra/catalog/sql_guard.py); (column names, a row iterator fetched in
-    batches)."""
+def read_query(cat: Catalog, sql: str, batch: int = 1000) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    """Run one read-only query on a reader (checked by infra/catalog/sql_guard.py); (column names, a row iterator
+    fetched in batches)."""
     con = cat.con
     sql = sql_guard.check(con, sql)
     lock = cat._file_lock(shared=True)   # held while the result streams: no maintenance mid-query
@@ -689,7 +699,7 @@ def read_query(cat: Catalog, sql: str, batch: int = 1000) -> tuple[list[str], It
         raise QueryError(str(exc)) from None
     cols = [d[0] for d in cur.description]
 
-    def rows() -> Iterator[tuple]:
+    def rows() -> Iterator[tuple[Any, ...]]:
         try:
             while chunk := cur.fetchmany(batch):
                 yield from chunk

@@ -10,27 +10,32 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 
-from data_contracts import registry
+from data_contracts import Contract, registry
 from infra.catalog.lake import RELATIONS, Catalog, CatalogError
 from infra.catalog.records import ARTIFACT_COL, LEGACY, LEGACY_MARKER, OutputCommit, legacy_state  # noqa: F401
 from infra.catalog.store import Store
+
+if TYPE_CHECKING:
+    import duckdb
 
 log = logging.getLogger(__name__)
 
 MARKER = LEGACY_MARKER
 
 
-def _relation(store: Store, name: str) -> list[dict]:
+def _relation(store: Store, name: str) -> list[dict[str, Any]]:
     files = [p for p in store.ls(store.path(LEGACY, name)) if p.endswith(".parquet")]
     if not files:
         return []
-    return pa.concat_tables([store.read_parquet(f) for f in files], promote_options="permissive").to_pylist()
+    table = pa.concat_tables([store.read_parquet(f) for f in files], promote_options="permissive")
+    return cast(list[dict[str, Any]], table.to_pylist())
 
 
-def import_manifest(store: Store, url: str | None = None) -> dict:
+def import_manifest(store: Store, url: str | None = None) -> dict[str, Any]:
     """Copy ``_manifest/`` into the catalog; returns counts. Refuses to import twice."""
     state = legacy_state(store)
     if state == "none":
@@ -41,7 +46,7 @@ def import_manifest(store: Store, url: str | None = None) -> dict:
     cat = Catalog(store, url, allow_legacy=True)
     rel = {name: _relation(store, name) for name in ("runs", "artifacts", "lineage", "shards", "provenance",
                                                       "stage_runs")}
-    arts: dict[str, dict] = {}
+    arts: dict[str, dict[str, Any]] = {}
     for a in sorted(rel["artifacts"], key=lambda r: r["ts"]):
         arts.setdefault(a["key"], a)    # first commit wins, as the old artifacts_committed view said
     contracts = registry()
@@ -75,7 +80,8 @@ def _cols(relation: str) -> list[str]:
     return [c.strip().split(" ")[0] for c in RELATIONS[relation].split(", ")]
 
 
-def _copy_rows(cat: Catalog, con, a: dict, contract, parts: list[str]) -> int:
+def _copy_rows(cat: Catalog, con: duckdb.DuckDBPyConnection, a: dict[str, Any], contract: Contract,
+               parts: list[str]) -> int:
 
     schema = contract.schema.append(pa.field(ARTIFACT_COL, pa.string()))
     spec = OutputCommit(record=a, table=a["name"], parts=[], schema=schema)
@@ -83,5 +89,5 @@ def _copy_rows(cat: Catalog, con, a: dict, contract, parts: list[str]) -> int:
     cols = ", ".join(f'"{n}"' for n in contract.schema.names if n)
     con.execute(f"INSERT INTO lake.data.{a['name']} ({cols}, {ARTIFACT_COL}) SELECT {cols}, ? "
                 f"FROM read_parquet(?, union_by_name => true)", [a["key"], parts])
-    return int(con.execute(f"SELECT count(*) FROM lake.data.{a['name']} WHERE {ARTIFACT_COL} = ?",
-                           [a["key"]]).fetchone()[0])
+    return int(cast("tuple[Any, ...]", con.execute(   # an aggregate: always one row
+        f"SELECT count(*) FROM lake.data.{a['name']} WHERE {ARTIFACT_COL} = ?", [a["key"]]).fetchone())[0])

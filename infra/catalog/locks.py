@@ -22,9 +22,12 @@ import os
 import socket
 import struct
 import time
-from typing import Callable, Iterator, Protocol
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Protocol, cast
 
 from data_contracts.errors import ExpectedError
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,13 @@ class Lease(Protocol):
 
 
 class Locks(Protocol):
-    def try_acquire(self, name: str, owner: dict) -> Lease | None: ...
+    def try_acquire(self, name: str, owner: dict[str, Any]) -> Lease | None: ...
 
-    def holder(self, name: str) -> dict | None: ...
+    def holder(self, name: str) -> dict[str, Any] | None: ...
 
 
 @contextlib.contextmanager
-def file_mutex(path: str | os.PathLike, shared: bool = False) -> Iterator[None]:
+def file_mutex(path: str | os.PathLike[str], shared: bool = False) -> Iterator[None]:
     """Hold an flock on ``path`` (created if missing) for the duration of the block."""
     os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     with open(path, "a") as fh:
@@ -57,12 +60,12 @@ def file_mutex(path: str | os.PathLike, shared: bool = False) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def owner_info(run_id: str = "") -> dict:
+def owner_info(run_id: str = "") -> dict[str, Any]:
     return {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def describe(holder: dict | None) -> str:
+def describe(holder: dict[str, Any] | None) -> str:
     if not holder:
         return "another process"
     return (f"run {holder.get('run_id') or '?'} (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
@@ -70,7 +73,8 @@ def describe(holder: dict | None) -> str:
 
 
 @contextlib.contextmanager
-def hold(locks: Locks, name: str, owner: dict, *, on_wait: Callable[[dict | None], None] | None = None,
+def hold(locks: Locks, name: str, owner: dict[str, Any], *,
+         on_wait: Callable[[dict[str, Any] | None], None] | None = None,
          poll_s: float = 0.2, timeout_s: float | None = None) -> Iterator[Lease]:
     """Block until ``name`` is ours (calling ``on_wait(holder)`` once when someone else has it); release after."""
     lease = acquire(locks, name, owner, on_wait=on_wait, poll_s=poll_s, timeout_s=timeout_s)
@@ -80,7 +84,8 @@ def hold(locks: Locks, name: str, owner: dict, *, on_wait: Callable[[dict | None
         lease.release()
 
 
-def acquire(locks: Locks, name: str, owner: dict, *, on_wait: Callable[[dict | None], None] | None = None,
+def acquire(locks: Locks, name: str, owner: dict[str, Any], *,
+            on_wait: Callable[[dict[str, Any] | None], None] | None = None,
             poll_s: float = 0.2, timeout_s: float | None = None) -> Lease:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     told = False
@@ -105,7 +110,10 @@ def _safe(name: str) -> str:
 
 
 class _FileLease:
-    def __init__(self, name: str, fh):
+    name: str
+    _fh: IO[str] | None
+
+    def __init__(self, name: str, fh: IO[str]):
         self.name, self._fh = name, fh
 
     def release(self) -> None:
@@ -127,7 +135,7 @@ class FileLocks:
     def path(self, name: str) -> str:
         return os.path.join(self.folder, _safe(name) + ".lock")
 
-    def try_acquire(self, name: str, owner: dict) -> _FileLease | None:
+    def try_acquire(self, name: str, owner: dict[str, Any]) -> _FileLease | None:
         fh = open(self.path(name), "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -142,7 +150,7 @@ class FileLocks:
         fh.flush()
         return _FileLease(name, fh)
 
-    def holder(self, name: str) -> dict | None:
+    def holder(self, name: str) -> dict[str, Any] | None:
         """Who holds ``name`` now (None if nobody does)."""
         path = self.path(name)
         if not os.path.exists(path):
@@ -168,7 +176,10 @@ def _pg_keys(name: str) -> tuple[int, int]:
 
 
 class _PgLease:
-    def __init__(self, name: str, conn):
+    name: str
+    _conn: psycopg.Connection[Any] | None
+
+    def __init__(self, name: str, conn: psycopg.Connection[Any]):
         self.name, self._conn = name, conn
 
     def release(self) -> None:
@@ -186,16 +197,18 @@ class PgLocks:
     def __init__(self, dsn: str):
         self.dsn = dsn
 
-    def _connect(self, app: str):
+    def _connect(self, app: str) -> psycopg.Connection[Any]:
         import psycopg
 
         return psycopg.connect(self.dsn, autocommit=True, application_name=app[:63], connect_timeout=10)
 
-    def try_acquire(self, name: str, owner: dict) -> _PgLease | None:
+    def try_acquire(self, name: str, owner: dict[str, Any]) -> _PgLease | None:
         app = f"rlt {owner.get('run_id', '')} {owner.get('host', '')}:{owner.get('pid', '')}"
         conn = self._connect(app)
         try:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _pg_keys(name)).fetchone()[0]
+            # a SELECT of one function call always returns one row
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _pg_keys(name)).fetchone()
+            got = cast("tuple[Any, ...]", row)[0]
         except Exception:
             conn.close()
             raise
@@ -204,7 +217,7 @@ class PgLocks:
             return None
         return _PgLease(name, conn)
 
-    def holder(self, name: str) -> dict | None:
+    def holder(self, name: str) -> dict[str, Any] | None:
         ns, key = _pg_keys(name)
         with self._connect("rlt lock probe") as conn:
             row = conn.execute(

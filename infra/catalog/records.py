@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -43,9 +44,9 @@ def legacy_state(store: Store) -> str:
 class OutputCommit:
     """One artifact to commit: its record, the parquet parts of its data (if tabular) and its lineage."""
 
-    record: dict
+    record: dict[str, Any]
     table: str | None = None
     parts: list[str] = field(default_factory=list)
     schema: pa.Schema | None = None
-    lineage: list[dict] = field(default_factory=list)
+    lineage: list[dict[str, Any]] = field(default_factory=list)
     provenance: tuple[str, str, str | None, str | None] | None = None   # id col, kind, parent col, parent kind

@@ -22,6 +22,10 @@ For a PostgreSQL you run yourself: docs/catalog-roles.md has the same statements
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ WRITER, READER = "rlt_writer", "rlt_reader"
 _NO_PRIVILEGES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
 
 
-def ensure(admin_params: dict, database: str, writer_password: str, reader_password: str) -> list[str]:
+def ensure(admin_params: dict[str, Any], database: str, writer_password: str, reader_password: str) -> list[str]:
     """Create or correct both roles and the grants (run as the cluster's superuser); returns what it changed, one
     line each (empty when everything was already in place). ``admin_params``: psycopg.connect keyword arguments
     without ``dbname``."""
@@ -63,11 +67,11 @@ def ensure(admin_params: dict, database: str, writer_password: str, reader_passw
     return changed
 
 
-def _own_and_grant(con) -> list[str]:
+def _own_and_grant(con: psycopg.Connection[Any]) -> list[str]:
     """Inside the catalog database: the writer owns every user schema and relation, the reader may read them."""
     from psycopg import sql
 
-    changed = []
+    changed: list[str] = []
     schemas = [r[0] for r in con.execute(
         "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'")]
     w, r = sql.Identifier(WRITER), sql.Identifier(READER)
@@ -100,7 +104,8 @@ def _own_and_grant(con) -> list[str]:
     return changed
 
 
-def describe(admin_params: dict) -> dict[str, dict]:
+def describe(admin_params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+
     """Each role's attributes and what it owns (for tests and ``rlt stack status``-style checks)."""
     import psycopg
 

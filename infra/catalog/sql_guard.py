@@ -11,8 +11,8 @@ EXPLAIN and runs the COPY (it overwrote committed data, 2026-12). So a query pas
    on the catalog's server, no ``sqlite_query`` on the catalog file, no ``query()`` running a string we never saw, no
    ``ducklake_cleanup_old_files``, no ``duckdb_settings()``), and no function reads a setting (``current_setting``).
 
-The reader's connection is locked down besides (infra/catalog/lake.py ``open_reader``): the lake attached read-only, file
-access confined to the catalog and artifact folders, credentials only in redacted DuckDB secrets, configuration
+The reader's connection is locked down besides (infra/catalog/lake.py ``open_reader``): the lake attached read-only,
+file access confined to the catalog and artifact folders, credentials only in redacted DuckDB secrets, configuration
 locked; on PostgreSQL it connects as a role that can only SELECT.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from typing import Any, cast
 
 import duckdb
 
@@ -68,7 +69,8 @@ def check(con: duckdb.DuckDBPyConnection, sql: str) -> str:
         inner = text
     else:
         raise QueryError(f"only read-only queries (SELECT, EXPLAIN [ANALYZE] SELECT) are allowed here, got {kind}")
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [inner]).fetchone()[0])
+    row = cast("tuple[Any, ...]", con.execute("SELECT json_serialize_sql(?)", [inner]).fetchone())   # always one row
+    tree = json.loads(row[0])
     if tree.get("error"):
         raise QueryError("only read-only queries (SELECT, EXPLAIN [ANALYZE] SELECT) are allowed here: "
                          f"{tree.get('error_message', 'not a SELECT')}")
@@ -88,7 +90,7 @@ def check(con: duckdb.DuckDBPyConnection, sql: str) -> str:
     return text
 
 
-def _nodes(obj: object) -> Iterator[dict]:
+def _nodes(obj: object) -> Iterator[dict[str, Any]]:
     """Every dict in a parse tree (depth first)."""
     stack = [obj]
     while stack:

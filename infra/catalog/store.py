@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import uuid
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import fsspec
 import pyarrow as pa
@@ -52,7 +52,7 @@ class Store:
         return path.removeprefix(self.root).lstrip("/")
 
     def exists(self, path: str) -> bool:
-        return self.fs.exists(path)
+        return cast(bool, self.fs.exists(path))
 
     def ls(self, path: str) -> list[str]:
         try:
@@ -89,7 +89,7 @@ class Store:
         faults.point("store.write")
 
     def read_bytes(self, path: str) -> bytes:
-        return self.fs.cat_file(path)
+        return cast(bytes, self.fs.cat_file(path))
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
@@ -186,7 +186,9 @@ def outage_message(exc: BaseException) -> str | None:
 
     endpoint = settings.s3_storage_options().get("endpoint_url")
     where = urlparse(endpoint).netloc if endpoint else "http"   # a refused PostgreSQL catalog is not an S3 outage
-    seen, cur = set(), exc
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         text = str(cur)

@@ -265,7 +265,8 @@ def _ray_start(root: str | os.PathLike, name: str, node_ports: RayNodePorts, obj
             "--dashboard-agent-listen-port", str(node_ports.agent_http),
             "--min-worker-port", "0", "--max-worker-port", "0",
             "--object-store-memory", str(object_store_mib * 1024 * 1024),
-            "--temp-dir", str(temp_dir(root, name)), "--disable-usage-stats", "--log-style", "record", "--log-color", "false"]
+            "--temp-dir", str(temp_dir(root, name)), "--disable-usage-stats", "--log-style", "record",
+            "--log-color", "false"]
 
 
 def head_spec(root: str | os.PathLike, cfg: RayClusterConfig, ports: RayPorts, token: str | SecretStr,

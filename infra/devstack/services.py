@@ -537,21 +537,38 @@ def port_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's ephemeral (client source) port range; Linux's default when it cannot be read."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = LOOPBACK, *, pair_offset: int | None = None,
               exclude: set[int] | frozenset[int] = frozenset(), tries: int = 200) -> int:
     """A free port (and, with ``pair_offset``, ``port + pair_offset`` free too).
 
-    Picked at random from 20000-50000 rather than from the kernel's ephemeral range, so the
-    offset partner stays below 65536 and clients' ephemeral ports rarely collide with it.
-    Another process may still take the port before our service binds it: callers start the
-    service promptly and a failed bind shows up as a failed start with the reason in the log.
+    Picked at random from 15000-65535 outside the kernel's ephemeral range (``ip_local_port_range``, 32768-60999 by
+    default), partner included. Inside that range a health check polling a port nobody listens on yet can connect
+    to itself (TCP simultaneous open: the client's ephemeral source port equals the destination) and read back its
+    own request; a stack start failed that way (``BadStatusLine: GET /api/health HTTP/1.1``). Another process may
+    still take the port before our service binds it: callers start the service promptly and a failed bind shows up
+    as a failed start with the reason in the log.
     """
     rng = random.SystemRandom()
+    low, high = ephemeral_ports()
+    usable = [p for p in range(15000, 65536) if not low <= p <= high and p not in exclude]
+    if pair_offset is not None:
+        usable = [p for p in usable if p + pair_offset < 65536 and not low <= p + pair_offset <= high
+                  and p + pair_offset not in exclude]
     for _ in range(tries):
-        port = rng.randrange(20000, 50000)
+        if not usable:
+            break
+        port = rng.choice(usable)
         partner = None if pair_offset is None else port + pair_offset
-        if port in exclude or partner in exclude:
-            continue
         if port_free(port, host) and (partner is None or port_free(partner, host)):
             return port
     raise ServiceError(f"no free port found on {host} after {tries} tries")

@@ -562,7 +562,8 @@ def _make_grpc_tls(folder: Path) -> None:
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(valid["not_valid_before"]).not_valid_after(valid["not_valid_after"])
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False)
+                                                        x509.IPAddress(ipaddress.ip_address(LOOPBACK))]),
+                           critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -599,7 +600,8 @@ def seaweedfs_security(data_root: str | os.PathLike) -> WeedSecurity:
     grpc = {"grpc.ca": tls["ca.crt"]}
     for component in WEED_GRPC_COMPONENTS:
         grpc |= {f"grpc.{component}.cert": tls["tls.crt"], f"grpc.{component}.key": tls["tls.key"]}
-    lines = ["# Written by `rlt stack up` (infra/devstack/stack.py) on every start; the JWT keys are not here (weed gets",
+    lines = ["# Written by `rlt stack up` (infra/devstack/stack.py) on every start; the JWT keys are not here "
+             "(weed gets",
              "# them through its environment). gRPC: TLS with a client certificate from this folder's CA."]
     for component in ("", *WEED_GRPC_COMPONENTS):
         section = f"grpc.{component}".rstrip(".")
@@ -990,8 +992,8 @@ def stack_env(cfg: StackConfig, ports: StackPorts, creds: S3Credentials,
               catalog: Mapping[str, str] | None = None, auth: ServiceAuth | None = None,
               ray_address: str | None = None, ray_token: SecretStr | None = None) -> dict[str, str]:
     """Environment variables that point the factory (s3fs, boto3, MLflow, Prefect, the DuckLake
-    catalog) at the stack. ``RLT_CATALOG_URL`` and ``RLT_CATALOG_READER_URL`` are ``catalog`` (``catalog_env``); MLflow's
-    login and Prefect's auth string when ``auth`` is; ``RLT_RAY_ADDRESS``, ``RAY_AUTH_MODE=token`` and
+    catalog) at the stack. ``RLT_CATALOG_URL`` and ``RLT_CATALOG_READER_URL`` are ``catalog`` (``catalog_env``);
+    MLflow's login and Prefect's auth string when ``auth`` is; ``RLT_RAY_ADDRESS``, ``RAY_AUTH_MODE=token`` and
     ``RAY_AUTH_TOKEN`` when ``ray_address`` and ``ray_token`` are (the stack has a Ray cluster)."""
     data_root = f"s3://{cfg.bucket}/{cfg.prefix}" if cfg.prefix else f"s3://{cfg.bucket}"
     catalog = dict(catalog or {}) if ports.postgres else {}

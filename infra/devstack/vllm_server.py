@@ -11,13 +11,13 @@ import functools
 import logging
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from infra.devstack import services
 from rlt_core.generation import VLLMServerGenerator
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,8 @@ def vllm_available(python: str | None = None) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the OS picks it; another process could still take it first)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago, outside the ephemeral range (services.free_port says why)."""
+    return services.free_port(host)
 
 
 class VLLMServer:

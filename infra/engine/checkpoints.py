@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from infra.catalog.artifacts import ArtifactWriter
 from infra.models import weights_digest
@@ -16,7 +17,7 @@ ALLOWED = (".safetensors", ".json", ".jinja", ".txt", ".model")
 PICKLES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-def store_checkpoint(run, writer: ArtifactWriter, model_dir: str | None, row: dict) -> None:
+def store_checkpoint(run: Any, writer: ArtifactWriter, model_dir: str | None, row: dict[str, Any]) -> None:
     """Upload ``model_dir``'s files (refusing pickles) and write the contract row; the runner commits."""
     files: list[str] = []
     digest = row.get("base_digest", "")
@@ -41,6 +42,8 @@ def store_checkpoint(run, writer: ArtifactWriter, model_dir: str | None, row: di
                if not isinstance(row.get("config_json"), str) else row["config_json"],
                metrics_json=row["metrics_json"] if isinstance(row.get("metrics_json"), str)
                else json.dumps(row.get("metrics_json", {}), default=str))
+    if writer.contract is None:
+        raise ValueError(f"{writer.name}: no contract, so no checkpoint row")
     writer.contract.check([row])
     writer.write_part([row])
     if model_dir is not None:   # the record promises these weights; a base-model "checkpoint" stores none

@@ -48,7 +48,7 @@ class StageConfig(BaseModel):
         """The fields that change where or how fast a stage runs, not what it produces."""
         return frozenset(cls._marked(_NotInKey))
 
-    def key_config(self) -> dict:
+    def key_config(self) -> dict[str, Any]:
         """The config's part of the artifact key: every field but those marked ``NOT_IN_KEY``."""
         return self.model_dump(mode="json", exclude=set(self.not_in_key()))
 

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import BaseModel
 
@@ -44,8 +44,10 @@ class RunContext:
     fail_shards: tuple[str, ...] = ()   # fault injection for tests: "stage:shard_id"
     flow_name: str = ""     # the flow running the stages (OpenLineage parent job); "" outside a flow
     recipe_name: str = ""   # the recipe's name (OpenLineage job names: "<recipe>.<stage>")
-    prices: dict = field(default_factory=dict)   # the recipe's `costs:` (RLT_PRICE_* win; infra/engine/costs.py)
-    executor: dict = field(default_factory=dict)   # the recipe's `executor:` (infra/engine/executor.py); {} = local
+    # the recipe's `costs:` (RLT_PRICE_* win; infra/engine/costs.py)
+    prices: dict[str, Any] = field(default_factory=dict)
+    # the recipe's `executor:` (infra/engine/executor.py); {} = local
+    executor: dict[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
     def store(self) -> Store:
@@ -74,10 +76,10 @@ class RunContext:
         """OpenLineage events of this run's stage runs (off, and free, unless configured: infra/openlineage.py)."""
         return LineageEmitter(self.store.root)
 
-    def owner(self) -> dict:
+    def owner(self) -> dict[str, Any]:
         return owner_info(self.run_id)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("store", "catalog", "reader", "tracker", "locks",
                                                                       "lineage")}
 
@@ -85,7 +87,7 @@ class RunContext:
         return f"{stage}:{shard}" in self.fail_shards or f"{stage}:*" in self.fail_shards
 
 
-def logger():
+def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     """Prefect's run logger inside a run, the module logger outside (never imports Prefect just to log)."""
     if "prefect" not in sys.modules:
         return log
@@ -97,7 +99,7 @@ def logger():
         return log
 
 
-def config_dict(cfg: BaseModel | dict) -> dict[str, Any]:
+def config_dict(cfg: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
     return cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else dict(cfg)
 
 

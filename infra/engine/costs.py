@@ -55,9 +55,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from infra.engine.context import RunContext
 
 log = logging.getLogger("rlt")
 
@@ -91,7 +94,8 @@ class CostsConfig(BaseModel):
         return any(getattr(self, k) is not None for k in ENV_PRICES)
 
 
-def resolve_prices(recipe: CostsConfig | Mapping | None = None, env: Mapping[str, str] | None = None) -> CostsConfig:
+def resolve_prices(recipe: CostsConfig | Mapping[str, Any] | None = None,
+                   env: Mapping[str, str] | None = None) -> CostsConfig:
     """The prices in effect: the recipe's ``costs:`` section, overridden field by field by the environment."""
     env = os.environ if env is None else env
     base = recipe if isinstance(recipe, CostsConfig) else CostsConfig.model_validate(dict(recipe or {}))
@@ -179,7 +183,7 @@ class PeakRSS:
         return self.peak
 
 
-def _cuda():
+def _cuda() -> Any:
     """torch.cuda if torch is already loaded and CUDA is initialised in this process, else None (never imports)."""
     torch = sys.modules.get("torch")
     try:
@@ -240,7 +244,7 @@ class Meter:
 
 
 # ------------------------------------------------------------------------------------------------ the record
-def add_tokens(usage: dict, **counts: float | None) -> None:
+def add_tokens(usage: dict[str, int], **counts: float | None) -> None:
     """Add token counts (``tokens_in``, ``tokens_out``, ``forward_tokens``) into ``usage`` (a stage run's or a
     shard's). ``forward_tokens`` defaults to in + out (generation: prompt + generated)."""
     unknown = set(counts) - set(TOKEN_FIELDS)
@@ -253,12 +257,13 @@ def add_tokens(usage: dict, **counts: float | None) -> None:
             usage[k] = usage.get(k, 0) + int(v)
 
 
-def cost_row(ctx, stage: str, label: str, key: str, status: str, usage: Usage, tokens: Mapping[str, int],
-             rows: int | None, prices: CostsConfig | None = None) -> dict:
+def cost_row(ctx: RunContext, stage: str, label: str, key: str, status: str, usage: Usage, tokens: Mapping[str, int],
+             rows: int | None, prices: CostsConfig | None = None) -> dict[str, Any]:
     """The ``stage_costs`` record of one stage run."""
     from infra.engine.context import host
 
     prices = prices if prices is not None else resolve_prices(getattr(ctx, "prices", None))
+    tok: dict[str, int | None]
     if tokens:
         tok = {k: int(tokens.get(k, 0)) for k in TOKEN_FIELDS}
     elif stage in NO_MODEL_STAGES:
@@ -276,7 +281,7 @@ def cost_row(ctx, stage: str, label: str, key: str, status: str, usage: Usage, t
     return row
 
 
-def measured_row(run, status: str, rows: int | None = None) -> dict | None:
+def measured_row(run: Any, status: str, rows: int | None = None) -> dict[str, Any] | None:
     """The cost record of ``run`` (a StageRun whose body the runner measured), or None if it was not measured.
     Never raises: accounting must not fail a stage."""
     meter = getattr(run, "meter", None)
@@ -289,7 +294,7 @@ def measured_row(run, status: str, rows: int | None = None) -> dict | None:
         return None
 
 
-def record(run, status: str) -> None:
+def record(run: Any, status: str) -> None:
     """Append ``run``'s cost record on its own (a failed run, or one whose commit another run made first).
     Never raises."""
     row = measured_row(run, status)

@@ -7,8 +7,8 @@ endpoint fails its health check) the pool marks it dead and the shard's *remaini
 endpoint; what the shard already received is kept (``serve``).
 
 Health = ``GET <base>/health`` answering 200 within ``health_timeout_s`` (vLLM's OpenAI server answers 200 once its
-engine is up, 5xx once the engine died; ``infra.devstack.vllm_server.VLLMServer`` waits on the same route). A dead endpoint
-is probed again once ``cooldown_s`` has passed and comes back when it answers.
+engine is up, 5xx once the engine died; ``infra.devstack.vllm_server.VLLMServer`` waits on the same route). A dead
+endpoint is probed again once ``cooldown_s`` has passed and comes back when it answers.
 
 No coordinator: the state is per process (``pool_for`` gives every shard of one process the same pool for one
 endpoint list) and cheap to rebuild, so shards running on Ray workers each find out for themselves. Two processes
@@ -26,8 +26,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from rlt_core.generation import EndpointUnavailable, GenerationError, GenRequest, GenResult
+
+if TYPE_CHECKING:
+    from infra.engine.context import RunContext
 
 log = logging.getLogger("rlt")
 
@@ -39,7 +43,7 @@ RECHECK_S = 5.0
 RAY_RESOURCE = re.compile(r"^vllm_endpoint_(\d{1,5})$")
 
 
-def endpoints_from_nodes(nodes: Iterable[dict]) -> list[str]:
+def endpoints_from_nodes(nodes: Iterable[dict[str, Any]]) -> list[str]:
     """The vLLM servers a Ray node table advertises: a live node holding the custom resource
     ``vllm_endpoint_<port>`` (``ray start --resources '{"vllm_endpoint_8000": 1}'``, one per server it runs)
     serves ``http://<node address>:<port>``. Sorted, so every reader spreads shards the same way."""
@@ -54,14 +58,15 @@ def endpoints_from_nodes(nodes: Iterable[dict]) -> list[str]:
     return sorted(urls)
 
 
-def discover(ctx) -> list[str]:
+def discover(ctx: RunContext) -> list[str]:
     """``generate.endpoints: [ray]``: the endpoints the run's Ray cluster advertises (executor.kind must be ray)."""
     from infra.engine.executor import cluster_nodes
 
     nodes = cluster_nodes(ctx)
     urls = endpoints_from_nodes(nodes)
     if not urls:
-        raise NoHealthyEndpoint(f"generate.endpoints [ray]: none of the cluster's {sum(bool(n.get('Alive')) for n in nodes)} "
+        raise NoHealthyEndpoint("generate.endpoints [ray]: none of the cluster's "
+                                f"{sum(bool(n.get('Alive')) for n in nodes)} "
                                 "live node(s) advertises a vLLM server; start each node with a resource "
                                 "vllm_endpoint_<port> per server it runs (ray start --resources "
                                 "'{\"vllm_endpoint_8000\": 1}') or list the endpoints in the recipe")
@@ -181,7 +186,7 @@ class EndpointPool:
             log.warning("vLLM endpoint %s marked dead for %.0fs: %s", url, self.cooldown_s, error)
 
 
-_POOLS: dict[tuple, EndpointPool] = {}
+_POOLS: dict[tuple[tuple[str, ...], tuple[tuple[str, float], ...]], EndpointPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
@@ -212,7 +217,7 @@ def endpoint_failure(pool: EndpointPool, url: str, exc: Exception) -> str | None
 
 
 def serve(pool: EndpointPool, shard_index: int, requests: Sequence[GenRequest], stream: StreamFn,
-          sink: Callable[[list[GenResult]], None], part_size: int) -> Counter:
+          sink: Callable[[list[GenResult]], None], part_size: int) -> Counter[str]:
     """Run ``requests`` on ``pool`` and hand the results to ``sink`` in lists of at most ``part_size``.
 
     Starts on ``pool.pick(shard_index)``; when that endpoint fails (``endpoint_failure``) it is marked dead, the
@@ -221,7 +226,7 @@ def serve(pool: EndpointPool, shard_index: int, requests: Sequence[GenRequest], 
     Returns how many requests each endpoint served.
     """
     todo = {r.request_id: r for r in requests}
-    served: Counter = Counter()
+    served: Counter[str] = Counter()
     failed: list[str] = []
     while todo:
         try:
@@ -243,7 +248,7 @@ def serve(pool: EndpointPool, shard_index: int, requests: Sequence[GenRequest], 
     return served
 
 
-def _drain(results: Iterator[GenResult], todo: dict[str, GenRequest], served: Counter, url: str,
+def _drain(results: Iterator[GenResult], todo: dict[str, GenRequest], served: Counter[str], url: str,
            sink: Callable[[list[GenResult]], None], part_size: int) -> Exception | None:
     """Hand ``results`` to ``sink`` in parts until they end (None) or the stream fails (its error, returned after
     what was received before it went to ``sink``). Errors of ``sink`` propagate."""
@@ -276,7 +281,7 @@ def _drain(results: Iterator[GenResult], todo: dict[str, GenRequest], served: Co
             close()
 
 
-def describe_counts(served: Counter) -> str:
+def describe_counts(served: Counter[str]) -> str:
     """``url: n, url: n`` in descending order (for a shard's log line)."""
     return ", ".join(f"{u}: {n}" for u, n in served.most_common()) or "none"
 

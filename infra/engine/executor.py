@@ -30,11 +30,15 @@ import logging
 import os
 import socket
 from concurrent.futures import Future
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_contracts.errors import ExpectedError
+
+if TYPE_CHECKING:
+    from infra.engine.context import RunContext
+    from infra.engine.shard_job import ShardJob, ShardResult
 
 log = logging.getLogger("rlt")
 
@@ -83,31 +87,37 @@ def _options(cfg: ExecutorConfig, stage: str) -> dict[str, Any]:
     return {**opts, "max_retries": cfg.max_retries}
 
 
-def _ray_config(ctx, stage: str) -> ExecutorConfig | None:
+def _ray_config(ctx: RunContext, stage: str) -> ExecutorConfig | None:
     if not ctx.executor:
         return None
     cfg = ExecutorConfig.model_validate(ctx.executor)
     return cfg if cfg.kind == "ray" and stage in cfg.stages else None
 
 
-def shard_executor(ctx, stage: str):
+def shard_executor(ctx: RunContext, stage: str) -> RayShards | None:
     """A RayShards for ``stage`` when the run's executor sends its shards to Ray, else None (run them here)."""
     cfg = _ray_config(ctx, stage)
     return RayShards(cfg, stage) if cfg is not None else None
 
 
-def cluster_nodes(ctx) -> list[dict]:
+def cluster_nodes(ctx: RunContext) -> list[dict[str, Any]]:
     """``ray.nodes()`` of the run's cluster (the executor must be ray: its address and token are used)."""
     import ray
 
     if not ctx.executor or ctx.executor.get("kind") != "ray":
         raise ExecutorError("this needs the Ray cluster (executor.kind: ray, or --executor ray); the run is local")
-    cfg = ExecutorConfig.model_validate(ctx.executor)
-    _connect(_address(cfg), _freeze(_runtime_env(cfg)))
-    return ray.nodes()
+    ray_cluster_for(ctx)
+    return cast(list[dict[str, Any]], ray.nodes())  # type: ignore[no-untyped-call]
 
 
-def run_stage(ctx, stage, task, parameters: dict):
+def ray_cluster_for(ctx: RunContext) -> dict[str, float]:
+    """Connect this process to the run's Ray cluster and return its resources: the executor's cluster (address,
+    runtime_env), else ``$RLT_RAY_ADDRESS`` (a training gang on Ray needs no ray executor for the other stages)."""
+    cfg = ExecutorConfig.model_validate(ctx.executor or {})
+    return _connect(_address(cfg), _freeze(_runtime_env(cfg)))
+
+
+def run_stage(ctx: RunContext, stage: Any, task: Any, parameters: dict[str, Any]) -> Any:
     """Run a whole (non-sharded) stage's Prefect task on the cluster when the executor says so, else here.
 
     On the cluster the stage's runner (key, lock, MLflow run, commit) runs on one worker with the stage's
@@ -122,13 +132,13 @@ def run_stage(ctx, stage, task, parameters: dict):
 
         log.info("%s: runs whole on the Ray cluster at %s with %s", stage.name, remote.address, remote.options)
         with remote_options(**remote.options):
-            return remote._runner.submit(task, parameters).result()
+            return remote.runner.submit(task, parameters).result()
 
 
 def _prefect_api_url() -> str:
     from prefect.settings import PREFECT_API_URL
 
-    url = PREFECT_API_URL.value()
+    url: str | None = PREFECT_API_URL.value()
     if not url:
         raise ExecutorError("executor ray: Ray workers run each shard as a Prefect task run and need a Prefect API "
                             "they can reach, but PREFECT_API_URL is not set (this run uses an ephemeral in-process "
@@ -147,13 +157,13 @@ def _address(cfg: ExecutorConfig) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _connect(address: str, runtime_env_json: str = "{}") -> dict:
+def _connect(address: str, runtime_env_json: str = "{}") -> dict[str, float]:
     """``ray.init`` once per process and cluster; returns the cluster's resources. Clear errors for the usual
     ways this fails (unreachable address, missing or wrong token)."""
     import ray
 
     if ray.is_initialized():
-        return dict(ray.cluster_resources())
+        return dict(ray.cluster_resources())  # type: ignore[no-untyped-call]
     runtime_env = json.loads(runtime_env_json)
     try:
         ray.init(address=address, namespace="rlt", runtime_env=runtime_env or None, log_to_driver=False,
@@ -172,10 +182,11 @@ def _connect(address: str, runtime_env_json: str = "{}") -> dict:
                     "RAY_AUTH_TOKEN (eval \"$(rlt stack env)\" for the local stack)")
         raise ExecutorError(f"cannot connect to the Ray cluster at {address}: {type(exc).__name__}: "
                             f"{text[:300]}{hint}") from exc
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
     log.info("executor ray: connected to %s (%d live node(s), resources %s)", address, len(nodes),
-             {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")})
-    return dict(ray.cluster_resources())
+             {k: v for k, v in ray.cluster_resources().items()  # type: ignore[no-untyped-call]
+              if not k.startswith("node:")})
+    return dict(ray.cluster_resources())  # type: ignore[no-untyped-call]
 
 
 def disconnect() -> None:
@@ -189,7 +200,7 @@ def disconnect() -> None:
         _connect.cache_clear()
 
 
-def _runtime_env(cfg: ExecutorConfig) -> dict:
+def _runtime_env(cfg: ExecutorConfig) -> dict[str, Any]:
     env = dict(cfg.runtime_env)
     copied = {name: os.environ[name] for name in cfg.env if name in os.environ}
     missing = [n for n in cfg.env if n not in os.environ]
@@ -200,7 +211,7 @@ def _runtime_env(cfg: ExecutorConfig) -> dict:
     return env
 
 
-def _freeze(d: dict) -> str:
+def _freeze(d: dict[str, Any]) -> str:
     """A runtime_env as a cache key for ``_connect`` that turns back into the same nested dicts and lists (a
     tuple-of-pairs key once reached Ray as ``env_vars=((k, v),)`` and was refused)."""
     return json.dumps(d, sort_keys=True)
@@ -219,7 +230,7 @@ class RayShards:
         resources = _connect(self.address, frozen)
         self._runtime_env = env
         self.in_flight = cfg.shards_in_flight or max(1, 2 * _slots(resources, self.options))
-        self._runner = None
+        self._runner: Any = None   # the entered prefect_ray RayTaskRunner (inside ``with``)
 
     def __enter__(self) -> "RayShards":
         from prefect_ray import RayTaskRunner
@@ -229,33 +240,40 @@ class RayShards:
                  self.in_flight, {k: v for k, v in self.options.items() if k != "max_retries"})
         return self
 
-    def __exit__(self, *exc) -> None:
+    @property
+    def runner(self) -> Any:
+        if self._runner is None:
+            raise RuntimeError(f"{self.stage}: the Ray task runner is used outside ``with RayShards(...)``")
+        return self._runner
+
+    def __exit__(self, *exc: object) -> None:
         if self._runner is not None:
             self._runner.__exit__(*exc)
             self._runner = None
 
-    def submit(self, task, fn, job, args: tuple):
+    def submit(self, task: Any, fn: Callable[..., ShardResult], job: ShardJob, args: tuple[Any, ...]
+               ) -> RayShardFuture:
         """Run ``fn(job, *args)`` as the Prefect task ``task`` on a Ray worker; a future the shard loop settles."""
         from prefect_ray.context import remote_options
 
         named = task.with_options(task_run_name=f"{self.stage}-shard-{job.shard_id}")
         with remote_options(**self.options):
-            fut = self._runner.submit(named, {"fn": fn, "job": job, "args": tuple(args)})
+            fut = self.runner.submit(named, {"fn": fn, "job": job, "args": tuple(args)})
         return RayShardFuture(fut)
 
 
 class RayShardFuture:
     """A Prefect-on-Ray future with the ``wrapped_future`` (a concurrent Future) the shard loop waits on."""
 
-    def __init__(self, fut):
+    def __init__(self, fut: Any):
         self._fut = fut
-        self.wrapped_future: Future = fut.wrapped_future.future()
+        self.wrapped_future: Future[Any] = fut.wrapped_future.future()
 
-    def result(self):
+    def result(self) -> Any:
         return self._fut.result()
 
 
-def _slots(resources: dict, options: dict) -> int:
+def _slots(resources: dict[str, float], options: dict[str, Any]) -> int:
     """How many shard tasks with ``options`` the cluster can run at once (by its total resources)."""
     need = {"CPU": options.get("num_cpus", 1), "GPU": options.get("num_gpus", 0),
             **options.get("resources", {})}
@@ -263,7 +281,7 @@ def _slots(resources: dict, options: dict) -> int:
     return max(1, min(counts)) if counts else 1
 
 
-def run_remote_shard(fn, job, args: tuple):
+def run_remote_shard(fn: Callable[..., ShardResult], job: ShardJob, args: tuple[Any, ...]) -> ShardResult:
     """The shard task's body on a Ray worker: the parts an earlier attempt left (a worker or node killed
     mid-shard) are listed here, so their ids are skipped and the dead attempt's parts are kept, not duplicated."""
     from infra.engine.shard_job import done_ids

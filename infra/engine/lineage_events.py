@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, ParamSpec, cast
 
 from data_contracts import ArtifactRef, registry
 from infra.engine.stage import StageRun
@@ -26,12 +26,13 @@ log = logging.getLogger("rlt")
 _QUALITY_KEYS = ("rows_in", "problems", "quarantined", "candidates", "kept", "kept_teacher", "kept_reference",
                  "yield")
 _WARNED: set[str] = set()
+P = ParamSpec("P")
 
 
-def _never_raises(fn):
+def _never_raises(fn: Callable[P, None]) -> Callable[P, None]:
     """Lineage is a record of the work, never a condition for it: one warning per kind of failure."""
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs) -> None:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
         try:
             fn(*args, **kwargs)
         except Exception as exc:
@@ -62,7 +63,7 @@ def reused(run: StageRun, refs: Mapping[str, ArtifactRef]) -> None:
 
 
 @_never_raises
-def committed(run: StageRun, records: Mapping[str, dict]) -> None:
+def committed(run: StageRun, records: Mapping[str, dict[str, Any]]) -> None:
     """After the commit: COMPLETE (inputs -> outputs) and the MLflow dataset inputs/outputs of the nested run."""
     emitter, tracked = run.ctx.lineage, run.ctx.tracking and bool(run.mlflow_run)
     if not (emitter.enabled or tracked):
@@ -159,8 +160,8 @@ def _size(run: StageRun, files: list[str]) -> int | None:
         return None
 
 
-def _loads(text: str | None) -> dict:
+def _loads(text: str | None) -> dict[str, Any]:
     try:
-        return json.loads(text or "{}")
+        return cast(dict[str, Any], json.loads(text or "{}"))
     except ValueError:
         return {}

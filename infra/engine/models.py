@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import threading
+from typing import Any
 
 import torch
 
@@ -30,34 +31,34 @@ class CheckpointCorrupt(ExpectedError, RuntimeError):
 def checkpoint_snapshot(ctx: RunContext, ref: ArtifactRef | str) -> ModelSnapshot:
     """A local, digest-verified folder for a checkpoint artifact (or its key), downloaded once when the store is
     remote."""
-    ref = ref if isinstance(ref, ArtifactRef) else _KeyOnly(ref)
-    rec = ctx.catalog.artifact(ref.key)
+    r: ArtifactRef | _KeyOnly = ref if isinstance(ref, ArtifactRef) else _KeyOnly(ref)
+    rec = ctx.catalog.artifact(r.key)
     if rec is None:
-        raise KeyError(f"checkpoint {ref.key} is not committed")
+        raise KeyError(f"checkpoint {r.key} is not committed")
     row = json.loads(rec["stats_json"])["checkpoint"]
     if row["phase"] == "base":  # no training happened: the base model itself is the checkpoint
         return resolve_model(row["base_model"])
     files = [f for f in rec["files"] if not f.endswith(".parquet")]
     folders = {os.path.dirname(f) for f in files}
     if len(folders) != 1:
-        raise CheckpointCorrupt(f"checkpoint {ref.key}: its files span {sorted(folders)}; expected one folder")
+        raise CheckpointCorrupt(f"checkpoint {r.key}: its files span {sorted(folders)}; expected one folder")
     src = ctx.store.path(folders.pop())
     with _LOCK:
         if ctx.store.local:
             path = src
         else:
             path = os.path.join(os.path.expanduser("~"), ".cache", "rlt-factory", "checkpoints",
-                                f"{ref.key}-{rec['digest']}")
+                                f"{r.key}-{rec['digest']}")
             ctx.store.get_dir(src, [os.path.basename(f) for f in files], path)
         if (path, rec["digest"]) not in _VERIFIED:
             got = weights_digest(path)
             if got != rec["digest"]:
                 if not ctx.store.local:
                     shutil.rmtree(path, ignore_errors=True)
-                raise CheckpointCorrupt(f"checkpoint {ref.key}: files at {src} hash to {got}, but the catalog "
+                raise CheckpointCorrupt(f"checkpoint {r.key}: files at {src} hash to {got}, but the catalog "
                                         f"records {rec['digest']}; refusing to use them")
             _VERIFIED.add((path, rec["digest"]))
-    return ModelSnapshot(f"artifact:{ref.key}", path, rec["digest"])
+    return ModelSnapshot(f"artifact:{r.key}", path, rec["digest"])
 
 
 class _KeyOnly:
@@ -89,22 +90,22 @@ def compute_device() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, dtype: str):
+def _load(path: str, dtype: str) -> Any:
     return load_causal_lm(path, DTYPES[dtype], device=compute_device())
 
 
 @functools.lru_cache(maxsize=4)
-def _tok(path: str, padding_side: str):
+def _tok(path: str, padding_side: str) -> Any:
     return load_tokenizer(path, padding_side)
 
 
-def model_and_tokenizer(path: str, dtype: str = "float32", padding_side: str = "left"):
+def model_and_tokenizer(path: str, dtype: str = "float32", padding_side: str = "left") -> tuple[Any, Any]:
     """A loaded (shared, eval-mode) model and tokenizer for a local model folder: loaded once per process."""
     with _LOCK:
         return _load(path, dtype), _tok(path, padding_side)
 
 
-def tokenizer(path: str, padding_side: str = "left"):
+def tokenizer(path: str, padding_side: str = "left") -> Any:
     """Only the tokenizer of a model folder (a server backend needs no weights in this process)."""
     with _LOCK:
         return _tok(path, padding_side)
@@ -117,6 +118,6 @@ def engine_lock(path: str) -> threading.Lock:
         return _ENGINE_LOCKS.setdefault(path, threading.Lock())
 
 
-def fresh_model(path: str, dtype: str = "float32"):
+def fresh_model(path: str, dtype: str = "float32") -> Any:
     """A private copy for training (never the shared cached instance)."""
     return load_causal_lm(path, DTYPES[dtype]).train()

@@ -29,12 +29,16 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import pyarrow.parquet as pq
 
 from infra.catalog.artifacts import KeyParts
 from infra.engine.shard_job import chunks
+
+if TYPE_CHECKING:
+    from infra.catalog.artifacts import ArtifactWriter
+    from infra.catalog.lake import Catalog
 
 log = logging.getLogger("rlt")
 MAX_DONORS = 16
@@ -70,7 +74,8 @@ class Incremental:
     key, the output contract's id column, the input's table."""
 
     input: str                # the input whose rows drive the work (it may grow from night to night)
-    ids: Callable[[Any, KeyParts, list[dict]], dict[str, str]]   # (cfg, key parts, input rows) -> id -> fingerprint
+    # (cfg, key parts, input rows) -> id -> fingerprint
+    ids: Callable[[Any, KeyParts, list[dict[str, Any]]], dict[str, str]]
     fingerprint_sql: str = ""   # the same fingerprint in SQL over the donor's input row ``i`` ("" = none)
     one_to_one: bool = False    # one output row per input row, with the input row's id (score)
     select: Callable[[Any], Selection] = lambda cfg: Selection()   # which input rows the stage works on
@@ -92,7 +97,7 @@ def md5(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
-def find_donors(catalog, stage_name: str, output: str, spec: Incremental, parts: KeyParts,
+def find_donors(catalog: Catalog, stage_name: str, output: str, spec: Incremental, parts: KeyParts,
                 own_key: str = "") -> list[Donor]:
     """Committed artifacts whose key parts equal ``parts`` except the ``spec.role`` input, newest first."""
     recs = catalog.rows("SELECT key, inputs_json, models_json, config_hash, stage_version, num_rows, run_id "
@@ -118,8 +123,8 @@ def _ph(n: int) -> str:
     return ", ".join("?" * n)
 
 
-def donor_rows(catalog, table: str, spec: Incremental, donors: list[Donor], want: Mapping[str, str]
-               ) -> list[dict]:
+def donor_rows(catalog: Catalog, table: str, spec: Incremental, donors: list[Donor], want: Mapping[str, str]
+               ) -> list[dict[str, Any]]:
     """The newest donor's row for each wanted id (whose input fingerprint matches, where one is declared)."""
     if not donors or not want:
         return []
@@ -138,7 +143,7 @@ def donor_rows(catalog, table: str, spec: Incremental, donors: list[Donor], want
         params = [*keys, *ids]
     rank = {d.key: n for n, d in enumerate(donors)}
     input_of = {d.key: d.input_key for d in donors}
-    best: dict[str, dict] = {}
+    best: dict[str, dict[str, Any]] = {}
     for r in catalog.rows(sql, params):
         donor = r["artifact_key"]
         if spec.fingerprint_sql:
@@ -160,7 +165,9 @@ class Reuser:
     """One stage run's donors, fixed when the run starts (donor artifacts are immutable, so every pass over the
     input gives the same answer); splits the input into rows to copy and rows that need the engine."""
 
-    def __init__(self, run):
+    spec: Incremental
+
+    def __init__(self, run: Any):   # a StageRun (not imported here: that would close an import cycle)
         self.run, self.spec = run, run.stage.incremental
         self.table = run.stage.primary
         self.donors = find_donors(run.ctx.catalog, run.stage.name, self.table, self.spec, run.parts, run.key)
@@ -169,14 +176,14 @@ class Reuser:
             log.info("%s: looking for rows in %d earlier artifact(s) with the same config (newest %s, run %s)",
                      run.stage.name, len(self.donors), self.donors[0].key[:12], self.donors[0].run_id)
 
-    def need(self, rows: Iterable[dict], copy: bool, progress: Callable[[int], Any] = lambda n: None,
-             lookup: int = 512) -> Iterator[dict]:
+    def need(self, rows: Iterable[dict[str, Any]], copy: bool, progress: Callable[[int], Any] = lambda n: None,
+             lookup: int = 512) -> Iterator[dict[str, Any]]:
         """The input rows some of whose output rows no donor holds, in input order. An input row is reused whole
         or not at all (all K explanations of a problem), so the rows that need work can be cut into full shards
         and batched together. With ``copy`` (the first pass only), the donors' rows for the others are written as
         parts of this run's artifact (under its run prefix: nothing is shared with another run)."""
         cfg, parts, writer = self.run.cfg, self.run.parts, self.run.writer()
-        buf: list[dict] = []
+        buf: list[dict[str, Any]] = []
         for chunk in chunks(rows, lookup):
             per_row = [self.spec.ids(cfg, parts, [r]) for r in chunk]
             want = {i: fp for ids in per_row for i, fp in ids.items()}
@@ -191,14 +198,15 @@ class Reuser:
                 self._flush(writer, buf, copy, progress)
         self._flush(writer, buf, copy, progress)
 
-    def _flush(self, writer, buf: list[dict], copy: bool, progress) -> None:
+    def _flush(self, writer: ArtifactWriter, buf: list[dict[str, Any]], copy: bool, progress: Callable[[int], Any]
+               ) -> None:
         if buf and copy:
             writer.write_part(buf, folder=f"{writer.run_prefix}/{REUSED_DIR}")
             self.copied += len(buf)
             progress(len(buf))
         buf.clear()
 
-    def shard_id(self, index: int, rows: list[dict]) -> str:
+    def shard_id(self, index: int, rows: list[dict[str, Any]]) -> str:
         """With donors, the rows that need work depend on what they hold: name each shard by its rows' ids (a
         resumed run with the same donors finds its finished shards; other donors mean other shards)."""
         from infra.catalog.artifacts import digest
@@ -206,9 +214,9 @@ class Reuser:
         return "c" + digest([r[self.spec.columns[0]] for r in rows], 12)
 
 
-def reuse_stats(writer) -> dict:
+def reuse_stats(writer: ArtifactWriter) -> dict[str, Any]:
     """From the artifact's own parts: rows computed vs copied, and from which artifacts."""
-    origins: Counter = Counter()
+    origins: Counter[str] = Counter()
     total = 0
     for path in writer.parquet_parts():
         with writer.store.fs.open(path, "rb") as f:
@@ -219,13 +227,13 @@ def reuse_stats(writer) -> dict:
     return {"rows_reused": reused, "rows_computed": total - reused, "reused_from": dict(origins)}
 
 
-def reuse_lineage(writer, stats: Mapping[str, Any]) -> list[dict]:
+def reuse_lineage(writer: ArtifactWriter, stats: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One ``reused`` lineage edge per artifact that gave rows."""
     return [dict(child_key=writer.key, parent_key=k, role=LINEAGE_ROLE, run_id=writer.run_id)
             for k in sorted(stats.get("reused_from") or {})]
 
 
-def count_reusable(catalog, table: str, id_col: str, donors: list[Donor], ids: list[str]) -> int:
+def count_reusable(catalog: Catalog, table: str, id_col: str, donors: list[Donor], ids: list[str]) -> int:
     """How many of ``ids`` some donor holds (by id: the plan's count; fingerprints are compared when it runs)."""
     if not donors or not ids:
         return 0

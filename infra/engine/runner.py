@@ -16,9 +16,10 @@ from pydantic import BaseModel
 
 from data_contracts import ArtifactRef
 from infra import faults
-from infra.catalog.artifacts import ref_from_record
+from infra.catalog.artifacts import KeyParts, ref_from_record
 from infra.catalog.locks import acquire, describe
 from infra.engine import costs, lineage_events
+from infra.engine.config import StageConfig
 from infra.engine.context import RunContext, logger
 from infra.engine.stage import AlreadyCommitted, Input, Stage, StageRun
 from infra.settings import redact_text
@@ -28,7 +29,7 @@ def input_keys(inputs: Mapping[str, Input]) -> dict[str, Any]:
     return {role: (v.key if isinstance(v, ArtifactRef) else v) for role, v in inputs.items()}
 
 
-def _refs(stage: Stage, records: Mapping[str, dict], keys: Mapping[str, str]) -> dict[str, ArtifactRef]:
+def _refs(stage: Stage, records: Mapping[str, dict[str, Any]], keys: Mapping[str, str]) -> dict[str, ArtifactRef]:
     return {o.name: ref_from_record(records[keys[o.name]]) for o in stage.outputs}
 
 
@@ -39,8 +40,8 @@ def _record_stage(ctx: RunContext, stage: Stage, key: str, label: str, status: s
                                            detail=redact_text(detail)[:4000])])
 
 
-def execute(stage: Stage, ctx: RunContext, cfg: BaseModel | Mapping, inputs: Mapping[str, Input], label: str = "",
-            expect_key: str | None = None) -> dict[str, ArtifactRef]:
+def execute(stage: Stage, ctx: RunContext, cfg: BaseModel | Mapping[str, Any], inputs: Mapping[str, Input],
+            label: str = "", expect_key: str | None = None) -> dict[str, ArtifactRef]:
     """Make sure ``stage``'s outputs for (cfg, inputs) are committed; return them by output name."""
     cfg = cfg if isinstance(cfg, stage.config) else stage.config.model_validate(cfg)
     inputs = dict(inputs)
@@ -76,8 +77,8 @@ def execute(stage: Stage, ctx: RunContext, cfg: BaseModel | Mapping, inputs: Map
             lease.release()
 
 
-def run_stage(stage: Stage, ctx: RunContext, cfg: BaseModel | Mapping, *inputs: Input, label: str = "",
-              **named: Input):
+def run_stage(stage: Stage, ctx: RunContext, cfg: BaseModel | Mapping[str, Any], *inputs: Input, label: str = "",
+              **named: Input) -> ArtifactRef | dict[str, ArtifactRef]:
     """Run one stage outside a flow (tests, notebooks, benchmarks), its inputs in declared order or by name.
     Returns the output's ref, or ``{name: ref}`` when the stage has several outputs."""
     given = dict(zip(stage.input_names, inputs), **named)
@@ -85,7 +86,8 @@ def run_stage(stage: Stage, ctx: RunContext, cfg: BaseModel | Mapping, *inputs: 
     return refs if len(stage.outputs) > 1 else refs[stage.primary]
 
 
-def _run_body(stage, ctx, cfg, inputs, parts, keys, label, name) -> dict[str, ArtifactRef]:
+def _run_body(stage: Stage, ctx: RunContext, cfg: StageConfig, inputs: dict[str, Input], parts: KeyParts,
+              keys: dict[str, str], label: str, name: str) -> dict[str, ArtifactRef]:
     log, key, t0 = logger(), parts.key(), time.time()
     tr = ctx.tracker
     mlrun = tr.start_run(name, parent_run_id=ctx.mlflow_parent or None,
@@ -176,19 +178,20 @@ def _consolidate_and_commit(stage: Stage, run: StageRun, seconds: float) -> bool
 _TASKS: dict[str, Any] = {}
 
 
-def prefect_task(stage: Stage):
+def prefect_task(stage: Stage) -> Any:
     """The stage as a real Prefect task carrying its version; no Prefect cache (the catalog decides)."""
     if stage.name not in _TASKS:
         from prefect import task
         from prefect.cache_policies import NO_CACHE
 
-        def run_stage(ctx: RunContext, cfg: dict, inputs: dict, label: str = "", key: str = "") -> dict:
+        def run_stage(ctx: RunContext, cfg: dict[str, Any], inputs: dict[str, Input], label: str = "", key: str = ""
+                      ) -> dict[str, Any]:
             refs = execute(stage, ctx, cfg, inputs, label, expect_key=key or None)
             return {n: r.model_dump() for n, r in refs.items()}
 
         run_stage.__doc__ = stage.body.__doc__
-        _TASKS[stage.name] = task(run_stage, name=stage.name, version=stage.version, cache_policy=NO_CACHE,
+        _TASKS[stage.name] = task(name=stage.name, version=stage.version, cache_policy=NO_CACHE,
                                   persist_result=False, retries=0,
-                                  task_run_name=f"{stage.name}" + "{label}-{key}")
+                                  task_run_name=f"{stage.name}" + "{label}-{key}")(run_stage)
     return _TASKS[stage.name]
 

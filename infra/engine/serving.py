@@ -15,10 +15,14 @@ import contextlib
 import itertools
 import logging
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Optional, Sequence
 
 from infra.engine.models import engine_lock, local_model, model_and_tokenizer
-from rlt_core.generation import GenRequest, GenResult, HFGenerator, SamplingConfig
+from rlt_core.generation import Generator, GenRequest, GenResult, HFGenerator, SamplingConfig
+
+if TYPE_CHECKING:
+    from infra.engine.context import RunContext
+    from infra.engine.stage import Model, StageRun
 
 log = logging.getLogger("rlt")
 
@@ -27,7 +31,7 @@ Backend = Literal["hf", "vllm_server", "vllm"]
 # not through the client's full backoff (~7.5 s, or 5 connect timeouts for an unreachable host): the pool moves
 # the requests on and re-probes the endpoint after its cooldown; 429/5xx keep the client's full retries
 FAILOVER_CONNECT_RETRIES = 1
-_ENGINES: dict[tuple, object] = {}
+_ENGINES: dict[tuple[Any, ...], Generator] = {}
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Serving:
     dtype: str = "float32"
     parallel: int = 1           # shards in flight
 
-    def local_path(self, ctx) -> str:
+    def local_path(self, ctx: RunContext) -> str:
         """The model's folder in this process (a Ray worker on another host fetches and verifies the checkpoint)."""
         return local_model(ctx, self.model_ref, self.model_path, self.model_digest)
 
@@ -53,8 +57,8 @@ class Serving:
         """The endpoint a shard starts on (shards spread over the pool; a dead one's over the others)."""
         return self.endpoints[shard_index % len(self.endpoints)] if self.endpoints else None
 
-    def run(self, ctx, shard_id: str, requests: Sequence[GenRequest], sampling: SamplingConfig, part_size: int,
-            shard_index: int, write: Callable[[list[GenResult], str], None]) -> None:
+    def run(self, ctx: RunContext, shard_id: str, requests: Sequence[GenRequest], sampling: SamplingConfig,
+            part_size: int, shard_index: int, write: Callable[[list[GenResult], str], None]) -> None:
         """Generate ``requests``; ``write(chunk, backend name)`` receives the results ``part_size`` at a time."""
         if self.backend == "vllm_server":
             self._run_on_pool(shard_id, requests, sampling, part_size, shard_index, write)
@@ -65,7 +69,8 @@ class Serving:
         while chunk := list(itertools.islice(results, part_size)):
             write(chunk, gen.name)
 
-    def _run_on_pool(self, shard_id, requests, sampling, part_size, shard_index, write) -> None:
+    def _run_on_pool(self, shard_id: str, requests: Sequence[GenRequest], sampling: SamplingConfig, part_size: int,
+                     shard_index: int, write: Callable[[list[GenResult], str], None]) -> None:
         from infra.engine.endpoints import describe_counts, pool_for, serve
         from rlt_core.generation import VLLMServerGenerator
 
@@ -73,14 +78,14 @@ class Serving:
         pool = pool_for(urls)
         retries = FAILOVER_CONNECT_RETRIES if len(urls) > 1 else None
 
-        def stream(url: str, todo: list[GenRequest]):
+        def stream(url: str, todo: list[GenRequest]) -> Iterator[GenResult]:
             return self._engine(self.served_model_name or self.model_path, url, retries).stream(todo, sampling)
 
         served = serve(pool, shard_index % len(urls), list(requests), stream,
                        lambda chunk: write(chunk, VLLMServerGenerator.name), part_size)
         log.info("shard %s: %d request(s) by endpoint: %s", shard_id, sum(served.values()), describe_counts(served))
 
-    def _engine(self, model: str, endpoint: Optional[str], connect_retries: Optional[int] = None):
+    def _engine(self, model: str, endpoint: Optional[str], connect_retries: Optional[int] = None) -> Generator:
         """One generator per (backend, model, endpoint) per process, reused by every shard."""
         k = (self.backend, model, endpoint, self.dtype, self.batch_size, self.concurrency, connect_retries)
         if k not in _ENGINES:
@@ -90,6 +95,8 @@ class Serving:
             elif self.backend == "vllm_server":
                 from rlt_core.generation import VLLMServerGenerator
 
+                if endpoint is None:   # run() sends a server backend's shards through _run_on_pool, with a url
+                    raise ValueError("backend vllm_server needs an endpoint")
                 _ENGINES[k] = VLLMServerGenerator(endpoint, model, self.concurrency, connect_retries=connect_retries)
             else:
                 from rlt_core.generation import VLLMOfflineGenerator
@@ -99,9 +106,9 @@ class Serving:
 
 
 @contextlib.contextmanager
-def serving(run, backend: Backend, model, *, endpoints: Sequence[str] = (), served_model_name: Optional[str] = None,
-            concurrency: int = 64, batch_size: int = 8, dtype: str = "float32", parallel: int = 1,
-            rows_per_shard: int = 1) -> Iterator[Serving]:
+def serving(run: StageRun, backend: Backend, model: Model, *, endpoints: Sequence[str] = (),
+            served_model_name: Optional[str] = None, concurrency: int = 64, batch_size: int = 8,
+            dtype: str = "float32", parallel: int = 1, rows_per_shard: int = 1) -> Iterator[Serving]:
     """Resolve where ``run``'s generation runs (see the module docstring) for ``model`` (a stage input with ``path``,
     ``digest`` and ``key``) and keep any server started here running until the block ends.
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, TypeVar
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infra.catalog.artifacts import ArtifactWriter
@@ -16,6 +17,7 @@ from infra.engine.context import RunContext
 
 _BARS: dict[str, Any] = {}   # artifact key -> its progress bar (infra/engine/shards.py opens and closes them)
 _BARS_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,16 +28,16 @@ class ShardJob:
     writer: ArtifactWriter
     stage: str
     shard_id: str
-    rows: list[dict]
+    rows: list[dict[str, Any]]
     id_col: str
     done_ids: set[str] = field(default_factory=set)
     digests: dict[str, str] = field(default_factory=dict)   # part path -> sha256 of its bytes
     written_rows: int = 0
     usage: dict[str, int] = field(default_factory=dict)   # tokens this job computed (infra/engine/costs.py)
-    _pending: list[Future] = field(default_factory=list)
+    _pending: list[Future[str]] = field(default_factory=list)
     _io: ThreadPoolExecutor | None = None
 
-    def __getstate__(self):   # shippable to another worker (Ray): no threads, no futures
+    def __getstate__(self) -> dict[str, Any]:   # shippable to another worker (Ray): no threads, no futures
         d = dict(self.__dict__)
         d["_pending"], d["_io"] = [], None
         return d
@@ -48,7 +50,7 @@ class ShardJob:
     def folder(self) -> str:
         return f"{self.writer.uri}/shards/{self.shard_id}"
 
-    def write(self, rows: list[dict]) -> None:
+    def write(self, rows: list[dict[str, Any]]) -> None:
         """Append one part, written on a background thread so the engine can go on; errors surface here
         (on the next call) or in ``finish``."""
         self._raise_failed()
@@ -59,7 +61,7 @@ class ShardJob:
         self.written_rows += table.num_rows
         self.progress(table.num_rows)
 
-    def _write(self, table) -> str:
+    def _write(self, table: pa.Table) -> str:
         import uuid
 
         path = f"{self.folder}/part-{uuid.uuid4().hex[:12]}.parquet"
@@ -73,7 +75,8 @@ class ShardJob:
             f.result()
 
     def count_tokens(self, **counts: int | None) -> None:
-        """Add the tokens this shard computed (see infra/engine/costs.add_tokens); summed into the stage's cost record."""
+        """Add the tokens this shard computed (see infra/engine/costs.add_tokens); summed into the stage's cost
+        record."""
         from infra.engine.costs import add_tokens
 
         add_tokens(self.usage, **counts)
@@ -130,9 +133,9 @@ def done_ids(ctx: RunContext, job: ShardJob) -> set[str]:
     return ids
 
 
-def chunks(rows: Iterable, size: int) -> Iterator[list]:
+def chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
     """Consecutive lists of ``size`` items (the last may be shorter), streamed."""
-    buf: list[dict] = []
+    buf: list[T] = []
     for r in rows:
         buf.append(r)
         if len(buf) == size:

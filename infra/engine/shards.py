@@ -14,11 +14,11 @@ import sys
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence, cast
 
 from tqdm.auto import tqdm
 
-from infra.catalog.locks import acquire, describe
+from infra.catalog.locks import Lease, acquire, describe
 from infra.engine.context import RunContext, StageFailed, host
 from infra.engine.shard_job import _BARS, _BARS_LOCK, ShardJob, ShardResult, chunks, done_ids
 from infra.settings import redact_text
@@ -35,7 +35,7 @@ class ShardSummary:
     resumed_rows: int = 0
     copied_rows: int = 0   # rows copied from earlier artifacts by this run (infra/engine/reuse.py)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         return {"shards_run": self.done, "shards_reused": self.reused, "shards_waited": self.waited,
                 "rows_resumed": self.resumed_rows, "rows_copied": self.copied_rows}
 
@@ -48,7 +48,8 @@ def _in_prefect() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Callable, args, id_col: str,
+def run_shards(run: Any, rows: Callable[[], Iterable[dict[str, Any]]], shard_size: int,
+               fn: Callable[..., ShardResult], args: tuple[Any, ...] | Callable[[int], tuple[Any, ...]], id_col: str,
                parallel: int = 1, expected_per_row: int = 1, total_rows: int | None = None) -> ShardSummary:
     """Run every shard of ``run``'s primary artifact that is not done yet, at most ``parallel`` at once.
 
@@ -67,8 +68,11 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
     ctx: RunContext = run.ctx
     writer, stage = run.writer(), run.stage.name
     states = ctx.catalog.shard_states(writer.key)
+    deferred: set[str]
     summary, deferred = ShardSummary(), set()
-    inflight: deque = deque()
+    inflight: deque[tuple[ShardJob, Lease, Any]] = deque()   # (job, its lease, its future)
+    pool: ThreadPoolExecutor | None
+    task: Any   # the shard function as a Prefect task
     pool = task = None
     from infra.engine.executor import shard_executor
 
@@ -86,11 +90,12 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
         from infra.engine.reuse import Reuser
 
         reuser = Reuser(run)
+    shard_id: Callable[[int, list[dict[str, Any]]], str]
     if reuser is not None and reuser.donors:
         first_pass = iter([True])
         shard_id = reuser.shard_id
 
-        def source() -> Iterable[dict]:
+        def source() -> Iterable[dict[str, Any]]:
             return reuser.need(rows(), copy=next(first_pass, False), progress=lambda n: bar.update(n))
     else:
         source, shard_id = rows, (lambda i, chunk: f"{i:05d}")
@@ -99,7 +104,7 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
     with _BARS_LOCK:
         _BARS[writer.key] = bar
 
-    def record(sid: str, status: str, files: list[str], n: int, error: str = "", digests=(),
+    def record(sid: str, status: str, files: list[str], n: int, error: str = "", digests: Sequence[str] = (),
                where: ShardResult | None = None) -> None:
         ctx.catalog.append("shards", [dict(artifact_key=writer.key, stage=stage, shard_id=sid, status=status,
                                            num_rows=n, files=[ctx.store.rel(f) for f in files],
@@ -108,13 +113,13 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
                                            run_id=ctx.run_id, host=(where and where.host) or host(),
                                            pid=(where and where.pid) or _pid(), node=(where and where.node) or "")])
 
-    def reuse(st: dict) -> None:
+    def reuse(st: dict[str, Any]) -> None:
         files = [ctx.store.path(f) for f in st["files"]]
         digests = st.get("digests") or []
         writer.add_files(files, int(st["num_rows"]), digests if len(digests) == len(files) else None)
         bar.update(int(st["num_rows"]) * (1 if total_rows else 0))
 
-    def settle(job, lease, fut) -> None:
+    def settle(job: ShardJob, lease: Lease, fut: Any) -> None:
         try:
             res: ShardResult = fut.result()
         except Exception as exc:  # recorded as failed; the other shards go on
@@ -140,15 +145,16 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
                 inflight.remove(item)
                 settle(*item)
 
-    def consider(i: int, chunk: list[dict], wait: bool) -> None:
+    def consider(i: int, chunk: list[dict[str, Any]], wait: bool) -> None:
         sid = shard_id(i, chunk)
         st = states.get(sid)
         if st is not None and st["status"] == "done":
             summary.reused += 1
             return reuse(st)
         name = f"shard:{writer.key}:{sid}"
+        lease: Lease | None
         if wait:
-            def told(holder):
+            def told(holder: dict[str, Any] | None) -> None:
                 log.info("%s shard %s: waiting for %s, which is working on it", stage, sid, describe(holder))
             lease = acquire(ctx.locks, name, ctx.owner(), on_wait=told, poll_s=1.0)
         else:
@@ -169,6 +175,7 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
             bar.update(len(job.done_ids))
             log.info("%s shard %s: resuming, %d rows already written", stage, sid, len(job.done_ids))
         a = args(i) if callable(args) else args
+        fut: Any   # a concurrent Future, a Prefect future or a RayShardFuture: settled alike
         if remote is not None:
             fut = remote.submit(task, fn, job, a)
         elif parallel <= 1:
@@ -213,24 +220,24 @@ def run_shards(run, rows: Callable[[], Iterable[dict]], shard_size: int, fn: Cal
     return summary
 
 
-_SHARD_TASKS: dict[tuple, Any] = {}
+_SHARD_TASKS: dict[tuple[str, Callable[..., Any]], Any] = {}
 
 
-def shard_task(fn: Callable, name: str, version: str):
+def shard_task(fn: Callable[..., Any], name: str, version: str) -> Any:
     """A stage's shard function as a Prefect task carrying the stage version (built on first use, once)."""
     key = (name, fn)   # one name, two bodies: the shard function here, or its Ray wrapper (infra/engine/executor.py)
     if key not in _SHARD_TASKS:
         from prefect import task
         from prefect.cache_policies import NO_CACHE
 
-        _SHARD_TASKS[key] = task(fn, name=name, version=version, cache_policy=NO_CACHE, persist_result=False,
-                                 retries=0)
+        _SHARD_TASKS[key] = task(name=name, version=version, cache_policy=NO_CACHE, persist_result=False,
+                                 retries=0)(fn)
     return _SHARD_TASKS[key]
 
 
-def _inline(fn: Callable, job: ShardJob, args: tuple) -> Future:
+def _inline(fn: Callable[..., Any], job: ShardJob, args: tuple[Any, ...]) -> Future[Any]:
     """Run ``fn(job, *args)`` now, on this thread; its outcome as a finished future (settled like the others)."""
-    fut: Future = Future()
+    fut: Future[Any] = Future()
     try:
         fut.set_result(fn(job, *args))
     except Exception as exc:  # re-raised by settle's fut.result(), like a failed task
@@ -238,9 +245,9 @@ def _inline(fn: Callable, job: ShardJob, args: tuple) -> Future:
     return fut
 
 
-def _concurrent(fut) -> Future:
+def _concurrent(fut: Any) -> Future[Any]:
     """The concurrent.futures.Future behind a Prefect future (or the future itself)."""
-    return getattr(fut, "wrapped_future", fut)
+    return cast("Future[Any]", getattr(fut, "wrapped_future", fut))
 
 
 def _pid() -> int:

@@ -24,7 +24,7 @@ import logging
 import os
 import typing
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union, cast
 
 from data_contracts import ArtifactRef, Contract
 from infra.catalog.artifacts import ArtifactWriter, KeyParts, secondary_key
@@ -32,7 +32,12 @@ from infra.engine.config import StageConfig
 from infra.engine.context import RunContext
 from infra.models import ModelSnapshot, resolve_model
 
+if TYPE_CHECKING:
+    from infra.engine.shard_job import ShardResult
+    from infra.engine.shards import ShardSummary
+
 log = logging.getLogger("rlt")
+WORK_DIR_ENV = "RLT_WORK_DIR"
 
 Input = Union[ArtifactRef, ModelSnapshot]   # what the runner is given for an input: an artifact, or a model
 
@@ -57,7 +62,8 @@ class Artifact:
     def num_rows(self) -> int:
         return self.ref.num_rows
 
-    def rows(self, columns: Sequence[str] | None = None, where: str = "", batch_size: int = 512) -> Iterator[dict]:
+    def rows(self, columns: Sequence[str] | None = None, where: str = "", batch_size: int = 512
+             ) -> Iterator[dict[str, Any]]:
         from data_contracts import registry
 
         contract = registry().get(self.ref.name)
@@ -68,7 +74,7 @@ class Artifact:
     def count(self, where: str = "") -> int:
         return self.ctx.catalog.count(self.ref.name, self.ref.key, where)
 
-    def distinct(self, column: str) -> list:
+    def distinct(self, column: str) -> list[Any]:
         """The distinct values of one column (small: a config value the rows were made with)."""
         return [r["v"] for r in self.ctx.catalog.rows(
             f'SELECT DISTINCT "{column}" AS v FROM lake.data.{self.ref.name} WHERE artifact_key = ? ORDER BY 1',
@@ -91,14 +97,15 @@ class Model:
     @property
     def ref(self) -> str:
         """``artifact:<key>`` for a checkpoint, else the model reference."""
-        return f"artifact:{self.key}" if self.key else self.value.ref
+        return f"artifact:{self.key}" if self.key else cast(ModelSnapshot, self.value).ref   # no key: a snapshot
 
     @property
     def snapshot(self) -> ModelSnapshot:
         if self._snapshot is None:
             from infra.engine.models import checkpoint_snapshot
 
-            self._snapshot = checkpoint_snapshot(self.ctx, self.value)
+            # a snapshot was set in __init__; what remains is a checkpoint artifact
+            self._snapshot = checkpoint_snapshot(self.ctx, cast(ArtifactRef, self.value))
         return self._snapshot
 
     @property
@@ -129,7 +136,8 @@ class Stage:
     outputs: tuple[Contract, ...]
     body: Callable[..., Mapping[str, Any] | None]
     sharded: bool = False
-    incremental: Any = None   # infra.engine.reuse.Incremental: rows an earlier artifact holds are copied, not recomputed
+    # infra.engine.reuse.Incremental: rows an earlier artifact holds are copied, not recomputed
+    incremental: Any = None
 
     @property
     def primary(self) -> str:
@@ -206,7 +214,7 @@ class StageRun:
     usage: dict[str, int] = field(default_factory=dict)   # tokens this run computed (infra/engine/costs.py)
     meter: Any = None   # infra.engine.costs.Meter: the runner measures the body's seconds and memory
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for c in self.stage.outputs:
             self.writers[c.name] = ArtifactWriter(self.ctx.store, c.name, self.keys[c.name], self.parts,
                                                   self.ctx.run_id, c, self.label)
@@ -223,7 +231,7 @@ class StageRun:
         return self.keys[self.stage.primary]
 
     @property
-    def log(self):
+    def log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         from infra.engine.context import logger
 
         return logger()
@@ -242,20 +250,28 @@ class StageRun:
         if self.ctx.catalog.committed(self.keys.values()) is not None:
             raise AlreadyCommitted(self.key)
 
-    def map_shards(self, rows: Callable[[], Iterator[dict]], shard_size: int, fn: Callable, args, *,
-                   parallel: int = 1, per_row: int = 1, total_rows: int | None = None):
+    def map_shards(self, rows: Callable[[], Iterator[dict[str, Any]]], shard_size: int,
+                   fn: Callable[..., ShardResult], args: tuple[Any, ...] | Callable[[int], tuple[Any, ...]], *,
+                   parallel: int = 1, per_row: int = 1, total_rows: int | None = None) -> ShardSummary:
         """Run ``fn(job, *args(i))`` on every shard of ``rows()`` exactly once across the runs that need this key
         (infra/engine/shards.py: locks, resume, retries on the executor, reuse of earlier rows); the shard's
         output rows are identified by the output contract's id column. Returns the shards' summary."""
         from infra.engine.shards import run_shards
 
-        return run_shards(self, rows, shard_size, fn, args, self.stage.outputs[0].id_col, parallel=parallel,
+        id_col = self.stage.outputs[0].id_col
+        if id_col is None:   # shards resume by the ids their parts hold
+            raise ValueError(f"{self.stage.name}: a sharded stage's output needs an id column "
+                             f"({self.stage.outputs[0].name} has none)")
+        return run_shards(self, rows, shard_size, fn, args, id_col, parallel=parallel,
                           expected_per_row=per_row, total_rows=total_rows)
 
     def work_dir(self, sub: str = "") -> str:
-        """A local folder for training state keyed by the artifact key (a crashed run resumes from it)."""
+        """A folder for training state keyed by the artifact key (a crashed run resumes from it): ``$RLT_WORK_DIR``
+        when set (a training gang across hosts needs a folder every rank reaches: a shared file system), else the
+        data root when it is a local folder, else ``~/.cache/rlt-factory``."""
         ctx = self.ctx
-        base = ctx.store.root if ctx.store.local else os.path.join(os.path.expanduser("~"), ".cache", "rlt-factory")
+        base = os.environ.get(WORK_DIR_ENV) or (
+            ctx.store.root if ctx.store.local else os.path.join(os.path.expanduser("~"), ".cache", "rlt-factory"))
         return os.path.join(base, "_work", self.stage.name, self.key, sub)
 
     def count_tokens(self, **counts: int | None) -> None:
@@ -268,13 +284,13 @@ class StageRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         self.ctx.tracker.log_metrics(self.mlflow_run, metrics, step)
 
-    def metric_logger(self):
+    def metric_logger(self) -> Callable[[str, float, int], None]:
         return self.ctx.tracker.metric_logger(self.mlflow_run)
 
-    def text_logger(self):
+    def text_logger(self) -> Callable[[str, str, int], None]:
         return self.ctx.tracker.text_logger(self.mlflow_run)
 
-    def save_checkpoint(self, model_dir: str | None, row: dict, name: str | None = None) -> None:
+    def save_checkpoint(self, model_dir: str | None, row: dict[str, Any], name: str | None = None) -> None:
         from infra.engine.checkpoints import store_checkpoint
 
         store_checkpoint(self, self.writer(name), model_dir, row)

@@ -115,6 +115,28 @@ def broadcast_from_main(value: Any) -> Any:
     return box[0]
 
 
+def gather_all(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank; ``[value]`` outside a gang."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+NODE_ENV = "RLT_RANK_NODE"   # set by a launcher that knows the node's name (infra/engine/gang.py under Ray)
+
+
+def placement() -> dict[str, Any]:
+    """Where this rank runs: the launcher's node name (``$RLT_RANK_NODE``) else the host name, and the pid."""
+    import socket
+
+    return {"node": os.environ.get(NODE_ENV) or socket.gethostname(), "host": socket.gethostname(),
+            "pid": os.getpid()}
+
+
 def deepspeed_zero3_config() -> dict[str, Any]:
     """A DeepSpeed ZeRO-3 config for ``TrainingArguments(deepspeed=...)`` ("auto" values are filled in by
     transformers from the Trainer's own arguments, so the global batch stays the recipe's)."""

@@ -56,7 +56,9 @@ from rlt_core.training.common import MODEL_SUBDIR, TrainResult, last_logged_loss
 from rlt_core.training.distributed import (
     barrier,
     broadcast_from_main,
+    gather_all,
     init_process_group,
+    placement,
     resolve_backend,
     trainer_args,
     world,
@@ -130,6 +132,7 @@ def run_rank(job: TrainJob) -> Optional[dict]:
             os.makedirs(job.output_dir, exist_ok=True)
             remove_file(os.path.join(job.output_dir, RESULT_FILE))   # a failed run leaves no result behind
         barrier()
+        places = gather_all(dict(placement(), rank=rank))   # where each rank ran, for the record
         results, model_path = {}, None
         for phase in job.phases:
             out = job.phase_dir(phase.kind)
@@ -147,7 +150,7 @@ def run_rank(job: TrainJob) -> Optional[dict]:
         result = {"phases": results, "model_dir": model_path, "steps": sum(r["steps"] for r in results.values()),
                   "steps_run": sum(r["steps_run"] for r in results.values()), "ranks": size,
                   "strategy": job.launch.strategy, "backend": backend, "threads_per_rank": torch.get_num_threads(),
-                  "host": socket.gethostname()}
+                  "host": socket.gethostname(), "placement": places}
         barrier()
         if main:
             write_json(os.path.join(job.output_dir, RESULT_FILE), result)

@@ -9,6 +9,7 @@ catalog, MLflow and Prefect servers, a Ray head and two worker nodes with token 
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 
 import psutil
 import pytest
+import torch
 
 from infra.engine.context import RunContext
 from tests.flows.test_factory import tiny_recipe
@@ -38,6 +40,7 @@ def ray_stack(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     for k, v in env.items():
         mp.setenv(k, v)
+    mp.setenv("RLT_WORK_DIR", str(root / "work"))   # training state of this stack's keys, not ~/.cache's
     # Prefect read its settings when this process first used them (an earlier test's ephemeral server): point this
     # process's flows at the stack's server, as a CLI started with `rlt stack env` would be
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
@@ -92,9 +95,20 @@ def test_tiny_factory_on_two_nodes_equals_local(ray_stack, tiny_model_dir, tmp_p
     root, env = ray_stack
     recipe = tiny_recipe(tiny_model_dir, generate={"shard_size": 1}, score={"shard_size": 2})
     ray_root = env["RLT_DATA_ROOT"]   # one store per PostgreSQL catalog
-    out = _run(_ray_recipe(recipe, ["train_teacher", "generate", "score", "evaluate"]), ray_root)
+    # a trained checkpoint's bits depend on torch's intra-op thread count (float sums in another order): a Ray task
+    # with num_cpus 1 runs torch on one thread (Ray sets OMP_NUM_THREADS to the task's CPUs), so what trains here
+    # (distill in the Ray run, everything in the local one) trains on one thread too; both record it
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = _run(_ray_recipe(recipe, ["train_teacher", "generate", "score", "evaluate"]), ray_root)
+        local_out, lctx = _local(recipe, tmp_path, monkeypatch)
+    finally:
+        torch.set_num_threads(before)
     ctx = RunContext(ray_root, tracking=False)
-    local_out, lctx = _local(recipe, tmp_path, monkeypatch)
+    for name in ("teacher_checkpoint", "student_checkpoint"):
+        for c, o in ((ctx, out), (lctx, local_out)):
+            assert json.loads(c.catalog.artifact(o[name]["key"])["stats_json"])["torch_threads"] == 1, name
     assert _keys(out) == _keys(local_out)
     keys = _keys(out)
     for name, order, art in (("explanations", "explanation_id", "explanations"),
@@ -188,6 +202,30 @@ def test_driver_without_the_token_is_refused_clearly(ray_stack):
     assert "REFUSED:" in res.stdout, res.stdout + res.stderr[-2000:]
     assert "authentication token" in res.stdout and "RAY_AUTH_TOKEN" in res.stdout
     assert time.time() - t0 < 120
+
+
+def test_training_gang_on_ray_train_one_rank_per_node(ray_stack, tiny_model_dir):
+    """train_teacher (SFT + GRPO) as 2 ranks of Ray Train's TorchTrainer on the 2-node cluster (gloo); the
+    stage's own process, here, stays the owner and commits the checkpoint through the stack's catalog."""
+    from tests.flows.test_train_gang import gang_recipe
+
+    root, env = ray_stack
+    launch = {"launcher": "ray", "ranks": 2, "threads_per_rank": 1, "resources": {"CPU": 1},
+              "collective_timeout_s": 120}
+    recipe = gang_recipe(tiny_model_dir, launch=launch)
+    recipe["train_teacher"]["sft"]["max_steps"] = 4   # another key than the other tests' teachers: it trains
+    out = _run(recipe, env["RLT_DATA_ROOT"], until="train_teacher")
+    ctx = RunContext(env["RLT_DATA_ROOT"], tracking=False)
+    rec = ctx.catalog.artifact(out["teacher_checkpoint"]["key"])
+    stats = json.loads(rec["stats_json"])
+    assert (stats["steps"], stats["steps_run"], stats["ranks"], stats["torch_threads"]) == (4 + 1, 4 + 1, 2, 1)
+    # one rank per node (every node offers 1 CPU, the head none, and each rank asks for 1): the ranks' placement,
+    # gathered by rank 0 into the gang's result in the stage's work folder
+    with open(os.path.join(os.environ["RLT_WORK_DIR"], "_work", "train_teacher", out["teacher_checkpoint"]["key"],
+                           "result.json")) as f:
+        result = json.load(f)
+    assert sorted(p["node"] for p in result["placement"]) == ["node_a", "node_b"], result["placement"]
+    assert (result["ranks"], result["backend"]) == (2, "gloo")
 
 
 def test_vllm_endpoints_advertised_by_nodes_are_discovered(ray_stack):

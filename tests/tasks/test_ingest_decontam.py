@@ -37,7 +37,7 @@ def _source(tmp_path) -> tuple[str, dict[int, str]]:
         7: (ar[4], lambda q: "Solve the following. " + q + " Show all steps."),            # embedded short item
         8: (cd[20], lambda q: q.replace("You can", "You may").replace("basic", "simple")),
     }
-    for _, ((item_id, row), edit) in sorted(planted.items()):
+    for _, ((_, row), edit) in sorted(planted.items()):
         rows.append({"question": edit(row["question"]), "solution": row["solution"]})
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
