@@ -151,6 +151,7 @@ def _launch_ray(run: StageRun, job: TrainJob, launch: LaunchConfig) -> dict[str,
     from rlt_core.training.gang import RESULT_FILE, GangFailed
 
     ray_cluster_for(run.ctx)   # connected (with the recipe's runtime_env), or a one-line error
+    check_room(launch)
     gpus = bool(launch.resources.get("GPU") or launch.resources.get("num_gpus"))
     trainer = TorchTrainer(
         _ray_rank, train_loop_config={"job": job.model_dump_json()},
@@ -168,6 +169,27 @@ def _launch_ray(run: StageRun, job: TrainJob, launch: LaunchConfig) -> dict[str,
     with open(os.path.join(job.output_dir, RESULT_FILE), encoding="utf-8") as f:
         result: dict[str, Any] = json.load(f)
     return result
+
+
+def check_room(launch: LaunchConfig, nodes: Optional[list[dict[str, Any]]] = None) -> None:
+    """Refuse, in one line, a gang the live nodes cannot hold whatever else runs (a lost node, resources no node
+    has): Ray Train would otherwise wait for them without end. Counts each node's total resources, not what is
+    free now (a busy cluster is worth waiting for)."""
+    from rlt_core.training.gang import GangFailed
+
+    if nodes is None:
+        import ray
+
+        nodes = ray.nodes()   # type: ignore[no-untyped-call]
+    alias = {"num_cpus": "CPU", "num_gpus": "GPU"}
+    need = {alias.get(k, k): float(v) for k, v in (launch.resources or {"CPU": 1}).items() if float(v) > 0}
+    live = [n for n in nodes if n.get("Alive")]
+    room = sum(min((int(n.get("Resources", {}).get(k, 0) // v) for k, v in need.items()), default=launch.ranks)
+               for n in live)
+    if room < launch.ranks:
+        raise GangFailed(f"training gang cannot start on Ray: its {len(live)} live node(s) hold {room} of the "
+                         f"{launch.ranks} ranks of {need} each (launch.resources); start more nodes or ask for fewer "
+                         "ranks")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -207,9 +207,12 @@ def test_driver_without_the_token_is_refused_clearly(ray_stack):
 def test_training_gang_on_ray_train_one_rank_per_node(ray_stack, tiny_model_dir):
     """train_teacher (SFT + GRPO) as 2 ranks of Ray Train's TorchTrainer on the 2-node cluster (gloo); the
     stage's own process, here, stays the owner and commits the checkpoint through the stack's catalog."""
+    from infra.devstack import stack
     from tests.flows.test_train_gang import gang_recipe
 
     root, env = ray_stack
+    # both nodes up (the kill test above leaves node_b dead): `up` reuses what runs and starts what does not
+    assert stack.up(root, stack.StackConfig(ray_nodes=2))["RLT_RAY_ADDRESS"] == env["RLT_RAY_ADDRESS"]
     launch = {"launcher": "ray", "ranks": 2, "threads_per_rank": 1, "resources": {"CPU": 1},
               "collective_timeout_s": 120}
     recipe = gang_recipe(tiny_model_dir, launch=launch)

@@ -66,6 +66,23 @@ def test_a_launch_shape_that_breaks_the_global_batch_is_refused_naming_the_field
     assert "train_teacher." in str(err.value) and "batch" in str(err.value)
 
 
+def test_a_gang_the_ray_nodes_cannot_hold_is_refused_in_one_line():
+    from infra.engine.gang import LaunchConfig, check_room
+    from rlt_core.training.gang import GangFailed
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 1.0, "node_a": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 1.0, "node_b": 1.0}},   # lost
+             {"Alive": True, "Resources": {"CPU": 0.0}}]                   # the head
+    launch = LaunchConfig(launcher="ray", ranks=2, resources={"CPU": 1})
+    with pytest.raises(GangFailed) as err:
+        check_room(launch, nodes)
+    assert "\n" not in str(err.value) and "hold 1 of the 2 ranks" in str(err.value)
+    nodes[1]["Alive"] = True
+    check_room(launch, nodes)   # one rank per node fits
+    with pytest.raises(GangFailed, match="hold 0 of the 2 ranks"):
+        check_room(LaunchConfig(launcher="ray", ranks=2, resources={"num_gpus": 1}), nodes)
+
+
 def _artifact(ctx: RunContext, key: str) -> dict:
     rec = ctx.catalog.artifact(key)
     assert rec is not None, key
