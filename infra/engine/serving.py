@@ -83,7 +83,8 @@ class Serving:
 
         served = serve(pool, shard_index % len(urls), list(requests), stream,
                        lambda chunk: write(chunk, VLLMServerGenerator.name), part_size)
-        log.info("shard %s: %d request(s) by endpoint: %s", shard_id, sum(served.values()), describe_counts(served))
+        log.info("generate shard %s: %d request(s) by endpoint: %s", shard_id, sum(served.values()),
+                 describe_counts(served))
 
     def _engine(self, model: str, endpoint: Optional[str], connect_retries: Optional[int] = None) -> Generator:
         """One generator per (backend, model, endpoint) per process, reused by every shard."""

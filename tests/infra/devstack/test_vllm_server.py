@@ -16,7 +16,9 @@ from infra.devstack.vllm_server import ENV_PYTHON, REPO_ROOT, VLLMServer, vllm_a
 from infra.engine.runner import run_stage
 from rlt_core.generation import GenRequest, SamplingConfig
 
-needs_vllm = pytest.mark.skipif(not vllm_available(),
+# `make test-vllm` sets RLT_REQUIRE_VLLM=1: there a missing interpreter fails these tests instead of skipping them
+# (after the rooms moved, a wrong repository root made the whole vllm suite skip while CI said "passed")
+needs_vllm = pytest.mark.skipif(not vllm_available() and not os.environ.get("RLT_REQUIRE_VLLM"),
                                 reason="no vLLM interpreter: run scripts/setup_vllm.sh or set RLT_VLLM_PYTHON")
 
 
