@@ -237,16 +237,11 @@ def pass_at_1(correct: list[list[bool]], n_boot: int = 2000, seed: int = 0) -> t
     Returns:
         (mean, ci_low, ci_high), each in [0, 1].
     """
-    import numpy as np
+    from rlt_core.eval_metrics import bootstrap_ci
 
     if not correct:
         raise ValueError("pass_at_1 needs at least one item")
     empty = [i for i, samples in enumerate(correct) if len(samples) == 0]
     if empty:
         raise ValueError(f"items {empty[:5]} have no samples")
-    scores = np.array([float(np.mean(np.asarray(s, dtype=float))) for s in correct])
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(scores), size=(n_boot, len(scores)))
-    boot = scores[draws].mean(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return float(scores.mean()), float(low), float(high)
+    return bootstrap_ci([sum(map(float, s)) / len(s) for s in correct], n_boot, seed)

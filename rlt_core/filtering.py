@@ -1,4 +1,5 @@
-"""Filter scored explanations: best-of-K per problem, thresholds, format and length rules, reference fallback.
+"""Filter scored explanations: best-of-K per problem, thresholds, format and length rules, reference fallback,
+and (when a recipe sets them) the text rules of rlt_core/text_rules.py.
 
 Pure functions over ledger rows (dicts with the reward terms), so re-filtering with new rules, or re-weighting
 the reward's coefficients, needs no forward pass (rlt-method.md section 4 and "what a faithful reimplementation
@@ -10,11 +11,13 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rlt_core import text_rules
 from rlt_core.reward import RewardConfig, combine
+from rlt_core.text_rules import TextFeatures, TextRules
 
 
 class Reweight(BaseModel):
@@ -40,6 +43,15 @@ class FilterRules(BaseModel):
     def digest(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def rules_digest(rules: FilterRules, text: Optional[TextRules] = None) -> str:
+    """The digest a decision records: the rules', joined by the text rules' when they are on (so a ledger filtered
+    before text rules existed keeps its digest)."""
+    if text is None:
+        return rules.digest()
+    blob = json.dumps([rules.digest(), text.model_dump(mode="json")], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -77,26 +89,38 @@ def _rule_violation(row: dict, reward: float, rules: FilterRules) -> Optional[st
     return None
 
 
-def decide_problem(problem_id: str, candidates: Iterable[dict], rules: FilterRules) -> list[Decision]:
+def decide_problem(problem_id: str, candidates: Iterable[dict], rules: FilterRules,
+                   text: Optional[TextRules] = None, feats: Optional[Mapping[str, TextFeatures]] = None
+                   ) -> list[Decision]:
     """Decisions for every candidate of one problem, plus a reference row when it falls back.
 
     Candidates are ranked by (effective) reward, ties broken by sample index. Eligible candidates are kept
-    in rank order up to ``top_k``; each dropped one gets the first rule it broke, or ``not_top_k``.
+    in rank order up to ``top_k``; each dropped one gets the first rule it broke (the reward rules, then the text
+    rules when ``text`` is given with each candidate's ``feats`` by explanation id), ``near_duplicate`` when it
+    repeats a better-ranked kept one, or ``not_top_k``.
     """
+    if text is not None and feats is None:
+        raise ValueError("text rules need the candidates' text features")
     scored = [(effective_reward(c, rules), c) for c in candidates]
     scored.sort(key=lambda t: (-t[0] if math.isfinite(t[0]) else math.inf, t[1]["sample_index"]))
     out: list[Decision] = []
-    kept = 0
+    kept: list[Optional[TextFeatures]] = []
     for rank, (reward, c) in enumerate(scored):
         reason = _rule_violation(c, reward, rules)
-        keep = reason is None and kept < rules.top_k
+        f = feats[c["explanation_id"]] if text is not None and feats is not None else None
+        if reason is None and f is not None and text is not None:
+            reason = text_rules.violation(f, text)
+            if reason is None and len(kept) < rules.top_k and \
+                    text_rules.near_duplicate(f, [k for k in kept if k is not None], text):
+                reason = "near_duplicate"
+        keep = reason is None and len(kept) < rules.top_k
         if keep:
-            kept += 1
+            kept.append(f)
             reason = "best_of_k" if rules.top_k == 1 else "top_k"
         elif reason is None:
             reason = "not_top_k"
         out.append(Decision(problem_id, c["explanation_id"], c["sample_index"], keep, rank, reason,
                             reward if math.isfinite(reward) else None))
-    if kept == 0 and rules.fallback_to_reference:
+    if not kept and rules.fallback_to_reference:
         out.append(Decision(problem_id, None, -1, True, len(scored), "reference_fallback", None))
     return out

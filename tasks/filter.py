@@ -5,15 +5,18 @@ Needs no model: re-filtering with new rules or re-weighted coefficients reuses t
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import Annotated, Optional
 
 from pydantic import Field
 
 from data_contracts import distill_set, filter_decisions
 from infra.catalog.artifacts import digest
-from infra.engine.config import StageConfig
+from infra.engine.config import KEY_IF_SET, StageConfig
 from infra.engine.stage import Artifact, StageRun, declare
-from rlt_core.filtering import FilterRules, decide_problem
+from rlt_core import text_rules
+from rlt_core.filtering import FilterRules, decide_problem, rules_digest
 from rlt_core.prompts import PromptStyle, parse_teacher_completion, student_assistant_content
+from rlt_core.text_rules import TextFeatures, TextRules
 
 PART_ROWS = 2000
 LEDGER_COLS = ["explanation_id", "problem_id", "sample_index", "reward", "answer_logprob_mean",
@@ -23,6 +26,10 @@ LEDGER_COLS = ["explanation_id", "problem_id", "sample_index", "reward", "answer
 class FilterConfig(StageConfig):
     rules: FilterRules = Field(default_factory=FilterRules)
     style: PromptStyle = Field(default_factory=PromptStyle)
+    # added after keys were recorded: a recipe without text rules keeps its keys
+    text: Annotated[Optional[TextRules], KEY_IF_SET] = Field(
+        default=None, description="rules on the explanation's text (rlt_core/text_rules.py); `text: {}` turns "
+        "them on at their defaults, None leaves them off")
 
 
 def _row(style: PromptStyle, problem_id: str, explanation_id: str | None, origin: str, question: str,
@@ -38,17 +45,27 @@ def _write(writer, rows: list[dict]) -> None:
         writer.write_part(rows[i:i + PART_ROWS])
 
 
+def _text_features(rules: TextRules, style: PromptStyle, explanations: Artifact) -> dict[str, TextFeatures]:
+    """One streaming pass over the explanations: each candidate's text features (small; no text kept)."""
+    return {e["explanation_id"]: text_rules.features(
+                parse_teacher_completion(e["completion"], style).explanation, e["question"], e["solution"],
+                e["finish_reason"], rules)
+            for e in explanations.rows(["explanation_id", "question", "solution", "completion", "finish_reason"])}
+
+
 def filter_(run: StageRun, cfg: FilterConfig, scored_explanations: Artifact, explanations: Artifact,
             problems: Artifact) -> dict:
     """Best-of-K (and the other rules) per problem from the reward ledger; winners become student-format examples."""
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for row in scored_explanations.rows(LEDGER_COLS):
         by_problem[row["problem_id"]].append(row)
-    decisions = [d for pid in sorted(by_problem) for d in decide_problem(pid, by_problem[pid], cfg.rules)]
-    rules_digest = cfg.rules.digest()
+    feats = _text_features(cfg.text, cfg.style, explanations) if cfg.text is not None else None
+    decisions = [d for pid in sorted(by_problem)
+                 for d in decide_problem(pid, by_problem[pid], cfg.rules, cfg.text, feats)]
+    digest_ = rules_digest(cfg.rules, cfg.text)
     _write(run.writer("filter_decisions"), [
         dict(problem_id=d.problem_id, explanation_id=d.explanation_id, sample_index=d.sample_index, kept=d.kept,
-             rank=d.rank, reason=d.reason, reward=d.reward, rules_digest=rules_digest) for d in decisions])
+             rank=d.rank, reason=d.reason, reward=d.reward, rules_digest=digest_) for d in decisions])
     kept = {d.explanation_id: d for d in decisions if d.kept and d.explanation_id}
     fallback = {d.problem_id for d in decisions if d.kept and d.explanation_id is None}
     rows = []

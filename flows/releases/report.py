@@ -359,7 +359,8 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
             st = json.loads(ctx.reader.artifact(keys[key])["stats_json"])
             ours[st.get("label", key)] = {b: 100 * s["pass@1"] for b, s in st.get("benchmarks", {}).items()}
             evaluation += [dict(label=st.get("label"), benchmark=b, pass1=s["pass@1"], ci_low=s["ci_low"],
-                                ci_high=s["ci_high"], n_items=s["items"], k=s["k"])
+                                ci_high=s["ci_high"], n_items=s["items"], k=s["k"], sampled=s.get("sampled", {}),
+                                greedy=s.get("greedy"), warning=s.get("warning"))
                            for b, s in st.get("benchmarks", {}).items()]
     acc = _accuracy_history(ctx)
     if acc:

@@ -6,6 +6,11 @@ part of the key; a field marks itself out of it, or as a model whose digest join
     class GenerateConfig(StageConfig):
         batch_size: Annotated[int, NOT_IN_KEY] = 8                    # how fast, not what
         student_model: Annotated[str, KeyModel("student")] = "builtin:..."   # its digest is in the key
+        text: Annotated[Optional[TextRules], KEY_IF_SET] = None   # added later: in the key only when set
+
+A field added to a config after keys were recorded is marked ``KEY_IF_SET``: at its default it is left out of
+the key, so every artifact made before the field existed keeps its key (users keep their cached nights); set to
+anything else, it joins the key like any other field.
 
 A config whose identity is not a field list (ingest: the source's fingerprint; train_teacher: no phase, no
 training settings) overrides ``key_config`` / ``key_extra`` / ``key_inputs``. That is the one place: the engine
@@ -25,6 +30,14 @@ class _NotInKey:
 
 
 NOT_IN_KEY = _NotInKey()   # Annotated[...] marker: where or how fast the work runs, not what it produces
+
+
+class _KeyIfSet:
+    def __repr__(self) -> str:
+        return "KEY_IF_SET"
+
+
+KEY_IF_SET = _KeyIfSet()   # Annotated[...] marker: a field added later; at its default it stays out of the key
 
 
 @dataclass(frozen=True)
@@ -48,9 +61,17 @@ class StageConfig(BaseModel):
         """The fields that change where or how fast a stage runs, not what it produces."""
         return frozenset(cls._marked(_NotInKey))
 
+    @classmethod
+    def key_if_set(cls) -> frozenset[str]:
+        """The fields added after keys were recorded: part of the key only when not at their default."""
+        return frozenset(cls._marked(_KeyIfSet))
+
     def key_config(self) -> dict[str, Any]:
-        """The config's part of the artifact key: every field but those marked ``NOT_IN_KEY``."""
-        return self.model_dump(mode="json", exclude=set(self.not_in_key()))
+        """The config's part of the artifact key: every field but those marked ``NOT_IN_KEY``, and those marked
+        ``KEY_IF_SET`` that are at their default."""
+        at_default = {name for name in self.key_if_set()
+                      if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True)}
+        return self.model_dump(mode="json", exclude=set(self.not_in_key()) | at_default)
 
     def key_models(self) -> dict[str, str]:
         """Key role -> the model reference whose digest is part of the key (fields marked ``KeyModel``)."""

@@ -167,3 +167,42 @@ def test_filter_best_of_k_reasons_and_reference_fallback(tmp_path, monkeypatch):
     kept = ctx.catalog.sql(f"SELECT explanation_id FROM data_filter_decisions WHERE kept AND artifact_key = "
                             f"'{out2['filter_decisions'].key}' ORDER BY 1").to_pylist()
     assert [k["explanation_id"] for k in kept] == ["e_0000000000000000", "e_1000000000000000"]  # lowest KL wins
+
+
+def test_filter_text_rules_reasons_counted_and_keys_kept_when_off(tmp_path):
+    """Text rules (rlt_core/text_rules.py) drop what reward alone keeps, each with its reason, counted in the
+    stage's stats; a config without them keeps the key it had before they existed."""
+    from data_contracts import explanations, problems, scored_explanations
+
+    solution = "First compute 3 * 5 = 15. Then add 7 to get 15 + 7 = 22. So the answer is 22."
+    good = "Multiply the two small numbers, 3 * 5 = 15, then add the last one: 15 + 7 = 22."
+    texts = [(good, "length"), ("so 3 * 5 = 15 " * 20, "stop"), (solution, "stop"),
+             (good + " 所以答案是二十二，因为三乘五等于十五再加七。", "stop"), (good, "stop")]
+    pid = "p_" + "0" * 16
+    probs = [dict(problems.EXAMPLE, problem_id=pid, question="Q?", solution=solution)]
+    expl, scored = [], []
+    for k, (text, finish) in enumerate(texts):
+        eid = f"e_{k:016d}"
+        expl.append(dict(explanations.EXAMPLE, explanation_id=eid, problem_id=pid, sample_index=k, question="Q?",
+                         solution=solution, completion=text + "\n\n<|end_of_explanation|>", finish_reason=finish))
+        scored.append(dict(scored_explanations.EXAMPLE, explanation_id=eid, problem_id=pid, sample_index=k,
+                           reward=-0.1 * (k + 1), format_penalty=0.0))
+    ctx = RunContext(str(tmp_path), tracking=False)
+    refs = _ledger(ctx, {"problems": probs, "explanations": expl, "scored": scored})
+    args = (refs["scored_explanations"], refs["explanations"], refs["problems"])
+    off = run_stage(filter_.STAGE, ctx, filter_.FilterConfig(), *args)
+    on = run_stage(filter_.STAGE, ctx, filter_.FilterConfig(text={}), *args)
+    assert on["distill_set"].key != off["distill_set"].key
+    reasons = {r["explanation_id"]: r["reason"] for r in ctx.catalog.sql(
+        f"SELECT explanation_id, reason FROM data_filter_decisions WHERE artifact_key = "
+        f"'{on['filter_decisions'].key}'").to_pylist()}
+    assert reasons == {"e_0000000000000000": "truncated", "e_0000000000000001": "degenerate_repetition",
+                       "e_0000000000000002": "solution_copied", "e_0000000000000003": "language_mixing",
+                       "e_0000000000000004": "best_of_k"}
+    stats = ctx.catalog.artifact(on["filter_decisions"].key)
+    assert {k: v for k, v in json.loads(stats["stats_json"]).items() if k.startswith("reason.")} == {
+        "reason.best_of_k": 1, "reason.degenerate_repetition": 1, "reason.language_mixing": 1,
+        "reason.solution_copied": 1, "reason.truncated": 1}
+    # off: the config's key part is what it was before text rules existed (no "text" in it)
+    assert "text" not in filter_.FilterConfig().key_config()
+    assert filter_.FilterConfig(text={}).key_config()["text"]["max_char_run"] == 50
