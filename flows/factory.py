@@ -31,12 +31,24 @@ log = logging.getLogger("rlt")
 def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | None = None,
                  fail_shards: list[str] | None = None, recipe_path: str = "", tracking_uri: str | None = None,
                  tracking: bool = True, catalog_url: str | None = None, with_report: bool = True) -> dict:
-    """Plan, then run every planned node in order; record the run; keep the catalog tidy afterwards."""
+    """Plan, then run every planned node in order; record the run; keep the catalog tidy afterwards. A run that
+    fails or crashes sends one alert (flows/alerts.py; a failed audit: ``audit_failed``, anything else:
+    ``run_failed``) to the recipe's channels, if any, then fails as before."""
     r = Recipe.model_validate(recipe)
     ctx = RunContext(root=root, fail_shards=tuple(fail_shards or ()), tracking_uri=tracking_uri, tracking=tracking,
                      catalog_url=catalog_url, prices=r.costs.model_dump(exclude_none=True),
                      executor=r.executor.model_dump(mode="json") if r.executor.kind != "local" else {})
     ctx.flow_name, ctx.recipe_name = flow_name, r.name   # OpenLineage job and parent-run names
+    where = {"step": "plan", "report": ""}   # what the run is doing, for the alert of a failure
+    try:
+        return _run(ctx, r, flow_name, recipe, targets, recipe_path, with_report, where)
+    except BaseException as exc:
+        _alert(ctx, r, flow_name, where, exc)
+        raise
+
+
+def _run(ctx: RunContext, r: Recipe, flow_name: str, recipe: dict, targets: list[str] | None, recipe_path: str,
+         with_report: bool, where: dict[str, str]) -> dict:
     lg = logger()
     _log_prices(r)
     plans = annotate(ctx, stage_keys(r, targets))
@@ -48,10 +60,13 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
     _record_run(ctx, flow_name, r, recipe, "running")
     out: dict[str, Any] = {"run_id": ctx.run_id}
     try:
-        out.update(_run_nodes(ctx, plans))
+        out.update(_run_nodes(ctx, plans, where))
         if with_report:
+            where["step"] = "audit"
             audits, failed = _audit(ctx, r, out)   # write-audit-publish: a failed audit leaves the release in place
+            where["step"] = "report"
             out["report"] = report.write_report(ctx, out, plans, r.name, audits=audits)
+            where["report"] = f"{out['report'].uri}/index.html"
             if failed is not None:
                 raise failed   # the flow run fails visibly: Prefect state, the runs record, exit code 2
     except BaseException as exc:
@@ -65,6 +80,7 @@ def run_pipeline(flow_name: str, recipe: dict, root: str, targets: list[str] | N
             from infra.engine.executor import disconnect
 
             disconnect()   # a driver left attached to a cluster that goes away is ended by Ray
+    where["step"] = "finish"
     ctx.tracker.set_tags(ctx.mlflow_parent, {f"rlt.artifact.{k}": v.key for k, v in out.items()
                                              if isinstance(v, ArtifactRef)})
     ctx.tracker.end_run(ctx.mlflow_parent)
@@ -99,10 +115,11 @@ def _audit(ctx: RunContext, r: Recipe, out: dict[str, Any]) -> tuple[dict, Excep
         return {"passed": False, "published": False, "results": exc.results, "alias": exc.alias}, exc
 
 
-def _run_nodes(ctx: RunContext, plans: list[Planned]) -> dict[str, ArtifactRef]:
+def _run_nodes(ctx: RunContext, plans: list[Planned], where: dict[str, str]) -> dict[str, ArtifactRef]:
     refs: dict[tuple[str, str], ArtifactRef] = {}
     out: dict[str, ArtifactRef] = {}
     for p, inputs in walk(plans):
+        where["step"] = p.node.id
         resolved = {role: (refs[(v.node, v.output)] if isinstance(v, From) else v) for role, v in inputs.items()}
         task = prefect_task(p.node.stage).with_options(
             task_run_name=f"{p.node.id}-{p.key[:10]}", tags=[f"stage:{p.stage}", f"key:{p.key}"])
@@ -113,6 +130,23 @@ def _run_nodes(ctx: RunContext, plans: list[Planned]) -> dict[str, ArtifactRef]:
             refs[(p.node.id, name)] = ref
             out[p.node.out_name(name)] = ref
     return out
+
+
+def _alert(ctx: RunContext, r: Recipe, flow_name: str, where: dict[str, str], exc: BaseException) -> None:
+    """One alert per failed run: ``audit_failed`` for a failed audit, ``run_failed`` for anything else."""
+    from flows import alerts
+    from flows.releases.audit import AuditFailed
+
+    if not r.alerts.channels_env:
+        return
+    try:
+        if isinstance(exc, AuditFailed):
+            alert = alerts.audit_failed(r.name, ctx.run_id, exc.alias, exc.results, where["report"], ctx.root)
+        else:
+            alert = alerts.run_failed(r.name, ctx.run_id, flow_name, where["step"], exc, ctx.root)
+        alerts.send(r.alerts, alert)
+    except Exception as err:   # the run's own error is what must surface
+        log.warning("alert for run %s not sent: %s", ctx.run_id, type(err).__name__)
 
 
 def _maintain(ctx: RunContext) -> None:

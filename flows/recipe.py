@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data_contracts.errors import ExpectedError
+from flows.alerts import AlertsConfig
 from infra.engine.costs import CostsConfig
 from infra.engine.executor import ExecutorConfig
 from rlt_core.method import TEMPERATURE
@@ -151,6 +152,8 @@ class Recipe(BaseModel):
                                "RLT_PRICE_* environment variables win)")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="where shard work runs (not a "
                                      "stage: no key depends on it); `rlt factory --executor ray` sets kind")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="notifications of failed runs, failed "
+                                 "audits, a stale release (not a stage; flows/alerts.py); off without channels")
 
     @model_validator(mode="before")
     @classmethod
@@ -170,11 +173,11 @@ class RecipeError(ExpectedError, ValueError):
 
 
 def recipe_digest(recipe: dict) -> str:
-    """The runs record's recipe hash: what the recipe computes, so the executor (where work runs) is left out
-    (a night run locally and again on Ray is the same night)."""
+    """The runs record's recipe hash: what the recipe computes, so the executor (where work runs) and the alerts
+    (who hears about it) are left out (a night run locally and again on Ray is the same night)."""
     from infra.catalog.artifacts import digest
 
-    return digest({k: v for k, v in recipe.items() if k != "executor"})
+    return digest({k: v for k, v in recipe.items() if k not in ("executor", "alerts")})
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

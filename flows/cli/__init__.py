@@ -4,6 +4,7 @@
 - flows/cli/catalog.py: catalog (ls, sql, snapshots, info, verify, maintain, import), lineage
 - flows/cli/releases.py: releases, promote, rollback, export, report
 - flows/cli/ops.py: tracking, stack, models
+- flows/cli/check.py: check (freshness)
 - flows/cli/common.py: what they share (environment, console tables, run context, recipe, catalog reader)
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.cli import catalog, ops, releases, run
+from flows.cli import catalog, check, ops, releases, run
 from flows.cli.common import Parser, _setup_env
 from flows.errors import expected_message
 
@@ -28,7 +29,8 @@ EPILOG = (
     "  rlt catalog sql \"SELECT stage, label, status, seconds FROM stage_runs\"\n"
     "  rlt catalog snapshots; rlt catalog sql --snapshot 12 \"SELECT count(*) FROM data_explanations\"\n"
     "  rlt lineage d_0123abcd...\n"
-    "  rlt export latest --format hf --out ./release   # the newest distill set, with a dataset card\n\n"
+    "  rlt export latest --format hf --out ./release   # the newest distill set, with a dataset card\n"
+    "  rlt check freshness --alias current --max-age 26h   # exit 2 when the release is stale (docs/alerts.md)\n\n"
     "catalog: $RLT_CATALOG_URL (postgresql://... for many machines; default: a SQLite file in the data root);\n"
     "         read-only queries connect as $RLT_CATALOG_READER_URL where set (docs/catalog-roles.md);\n"
     "         `rlt catalog --help` lists its actions and the tables a query sees")
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="show tracebacks of expected errors (bad input, recipe errors, failed shards) too")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")   # each a Parser too
-    for module in (run, catalog, releases, ops):
+    for module in (run, catalog, releases, check, ops):
         module.add_commands(sub)
     return p
 
