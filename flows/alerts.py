@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 log = logging.getLogger("rlt")
 
-Event = Literal["run_failed", "audit_failed", "stale_release"]
-EVENTS: tuple[Event, ...] = ("run_failed", "audit_failed", "stale_release")
+Event = Literal["run_failed", "audit_failed", "stale_release", "review_pending"]
+EVENTS: tuple[Event, ...] = ("run_failed", "audit_failed", "stale_release", "review_pending")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # loggers that print a channel's full URL (apprise at DEBUG/INFO, urllib3's connection lines): silenced while sending
 _CHATTY = ("apprise", "urllib3")
@@ -39,6 +39,8 @@ class AlertsConfig(BaseModel):
     on: list[Event] = Field(default_factory=lambda: list(EVENTS), description="events that notify")
     max_release_age_h: Optional[float] = Field(default=None, gt=0, description="`rlt check freshness --recipe R`'s "
                                                "default --max-age, in hours")
+    max_review_wait_h: Optional[float] = Field(default=None, gt=0, description="`rlt check reviews --recipe R`'s "
+                                               "default --max-wait, in hours")
 
     @field_validator("channels_env")
     @classmethod
@@ -102,7 +104,8 @@ def _notify(url: str, alert: Alert) -> str:
             box = apprise.Apprise()
             if not box.add(url):
                 return "not an Apprise URL Apprise can use"
-            kind = apprise.NotifyType.WARNING if alert.event == "stale_release" else apprise.NotifyType.FAILURE
+            kind = (apprise.NotifyType.WARNING if alert.event in ("stale_release", "review_pending")
+                    else apprise.NotifyType.FAILURE)
             title, body = (redact_text(t).replace(url, "***") for t in (alert.title, alert.body))
             ok = box.notify(title=title, body=body, notify_type=kind)
         return "" if ok else "the channel did not accept it (unreachable or refused)"

@@ -51,7 +51,7 @@ def _run(ctx: RunContext, r: Recipe, flow_name: str, recipe: dict, targets: list
          with_report: bool, where: dict[str, str]) -> dict:
     lg = logger()
     _log_prices(r)
-    plans = annotate(ctx, stage_keys(r, targets))
+    plans = annotate(ctx, stage_keys(_with_reviews(ctx, r), targets))
     for p in plans:
         lg.info("plan %-20s %-8s %s  %s", p.node.id, p.status, p.key[:12], p.reason)
     ctx.mlflow_parent = ctx.tracker.start_run(f"{flow_name}:{r.name}", tags={"rlt.run_id": ctx.run_id,
@@ -109,10 +109,29 @@ def _audit(ctx: RunContext, r: Recipe, out: dict[str, Any]) -> tuple[dict, Excep
     if "distill_set" not in out:
         return {"passed": True, "published": False, "results": [], "alias": r.audits.publish_alias}, None
     refs = {k: v.key for k, v in out.items() if isinstance(v, ArtifactRef)}
+    _log_review_sample(ctx, r, refs["distill_set"])
     try:
         return audit_and_publish(ctx.catalog, r.audits, refs, ctx.run_id), None
     except AuditFailed as exc:
         return {"passed": False, "published": False, "results": exc.results, "alias": exc.alias}, exc
+
+
+def _log_review_sample(ctx: RunContext, r: Recipe, distill_key: str) -> None:
+    """Human spot-check (recipe `review:`): the night's sample into an MLflow review queue, before the audits that
+    may wait for it (flows/releases/review.py; never fails the night)."""
+    if r.review is not None:
+        from flows.releases.review import log_night_safely
+
+        log_night_safely(ctx.catalog, r, ctx.tracker.uri, distill_key, ctx.run_id, ctx.mlflow_parent)
+
+
+def _with_reviews(ctx: RunContext, r: Recipe) -> Recipe:
+    """``filter.reject_reviewed``: the explanations people rejected join the filter's config (and key)."""
+    if not r.filter.reject_reviewed:
+        return r
+    from flows.releases.review import with_rejections
+
+    return with_rejections(ctx.catalog, r)
 
 
 def _run_nodes(ctx: RunContext, plans: list[Planned], where: dict[str, str]) -> dict[str, ArtifactRef]:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from data_contracts.errors import ExpectedError
 from flows.alerts import AlertsConfig
+from flows.releases.review_config import HumanReviewAudit, ReviewConfig
 from infra.engine.costs import CostsConfig
 from infra.engine.executor import ExecutorConfig
 from rlt_core.method import TEMPERATURE
@@ -123,6 +124,8 @@ class AuditsConfig(BaseModel):
     max_eval_regression: Optional[float] = Field(default=None, ge=0, description="per benchmark: fail when the "
                                                  "release's CI low - the night's CI high exceeds this (0: fail when "
                                                  "the 95% CIs are disjoint with the night below)")
+    human_review: Optional[HumanReviewAudit] = Field(default=None, description="the night's sample reviewed by "
+                                                     "people (recipe `review:`) rejects at most max_reject_rate")
 
     @field_validator("publish_alias")
     @classmethod
@@ -154,11 +157,19 @@ class Recipe(BaseModel):
                                      "stage: no key depends on it); `rlt factory --executor ray` sets kind")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="notifications of failed runs, failed "
                                  "audits, a stale release (not a stage; flows/alerts.py); off without channels")
+    review: Optional[ReviewConfig] = Field(default=None, description="log a sample of each night's kept examples "
+                                           "to an MLflow review queue (not a stage; flows/releases/review.py)")
 
     @model_validator(mode="before")
     @classmethod
     def _derive(cls, data):
         return derive_shared(data) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _review_logged(self) -> "Recipe":
+        if self.audits.human_review is not None and self.audits.human_review.wait != "skip" and self.review is None:
+            raise ValueError("audits.human_review needs a sample to review: set `review:` (e.g. `review: {}`)")
+        return self
 
     @model_validator(mode="after")
     def _known_stages(self) -> "Recipe":

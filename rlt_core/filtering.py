@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
+from typing import Container, Iterable, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -90,14 +90,15 @@ def _rule_violation(row: dict, reward: float, rules: FilterRules) -> Optional[st
 
 
 def decide_problem(problem_id: str, candidates: Iterable[dict], rules: FilterRules,
-                   text: Optional[TextRules] = None, feats: Optional[Mapping[str, TextFeatures]] = None
-                   ) -> list[Decision]:
+                   text: Optional[TextRules] = None, feats: Optional[Mapping[str, TextFeatures]] = None,
+                   rejected: Container[str] = frozenset()) -> list[Decision]:
     """Decisions for every candidate of one problem, plus a reference row when it falls back.
 
     Candidates are ranked by (effective) reward, ties broken by sample index. Eligible candidates are kept
-    in rank order up to ``top_k``; each dropped one gets the first rule it broke (the reward rules, then the text
-    rules when ``text`` is given with each candidate's ``feats`` by explanation id), ``near_duplicate`` when it
-    repeats a better-ranked kept one, or ``not_top_k``.
+    in rank order up to ``top_k``; each dropped one gets the first rule it broke (``human_rejected`` when its
+    explanation id is in ``rejected``: people reviewed and failed it; then the reward rules, then the text rules
+    when ``text`` is given with each candidate's ``feats`` by explanation id), ``near_duplicate`` when it repeats a
+    better-ranked kept one, or ``not_top_k``.
     """
     if text is not None and feats is None:
         raise ValueError("text rules need the candidates' text features")
@@ -106,7 +107,7 @@ def decide_problem(problem_id: str, candidates: Iterable[dict], rules: FilterRul
     out: list[Decision] = []
     kept: list[Optional[TextFeatures]] = []
     for rank, (reward, c) in enumerate(scored):
-        reason = _rule_violation(c, reward, rules)
+        reason = "human_rejected" if c["explanation_id"] in rejected else _rule_violation(c, reward, rules)
         f = feats[c["explanation_id"]] if text is not None and feats is not None else None
         if reason is None and f is not None and text is not None:
             reason = text_rules.violation(f, text)

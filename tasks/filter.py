@@ -11,7 +11,7 @@ from pydantic import Field
 
 from data_contracts import distill_set, filter_decisions
 from infra.catalog.artifacts import digest
-from infra.engine.config import KEY_IF_SET, StageConfig
+from infra.engine.config import KEY_IF_SET, NOT_IN_KEY, StageConfig
 from infra.engine.stage import Artifact, StageRun, declare
 from rlt_core import text_rules
 from rlt_core.filtering import FilterRules, decide_problem, rules_digest
@@ -30,6 +30,17 @@ class FilterConfig(StageConfig):
     text: Annotated[Optional[TextRules], KEY_IF_SET] = Field(
         default=None, description="rules on the explanation's text (rlt_core/text_rules.py); `text: {}` turns "
         "them on at their defaults, None leaves them off")
+    # human review (flows/releases/review.py): the flow fills rejected_ids from the catalog's `reviews` when
+    # reject_reviewed is on; their digest is the key (key_extra), so a recipe without it keeps its keys
+    reject_reviewed: Annotated[bool, NOT_IN_KEY] = Field(
+        default=False, description="drop explanations people rejected in review (reason human_rejected)")
+    rejected_ids: Annotated[tuple[str, ...], NOT_IN_KEY] = Field(
+        default=(), description="explanation ids to drop as human_rejected (filled from `reviews` when "
+        "reject_reviewed is on; may be set by hand)")
+
+    def key_extra(self) -> dict[str, str]:
+        """The rejected explanations' digest, when there are any (none: the key is what it always was)."""
+        return {"human_rejected": digest(sorted(set(self.rejected_ids)))} if self.rejected_ids else {}
 
 
 def _row(style: PromptStyle, problem_id: str, explanation_id: str | None, origin: str, question: str,
@@ -60,8 +71,9 @@ def filter_(run: StageRun, cfg: FilterConfig, scored_explanations: Artifact, exp
     for row in scored_explanations.rows(LEDGER_COLS):
         by_problem[row["problem_id"]].append(row)
     feats = _text_features(cfg.text, cfg.style, explanations) if cfg.text is not None else None
+    rejected = frozenset(cfg.rejected_ids)
     decisions = [d for pid in sorted(by_problem)
-                 for d in decide_problem(pid, by_problem[pid], cfg.rules, cfg.text, feats)]
+                 for d in decide_problem(pid, by_problem[pid], cfg.rules, cfg.text, feats, rejected)]
     digest_ = rules_digest(cfg.rules, cfg.text)
     _write(run.writer("filter_decisions"), [
         dict(problem_id=d.problem_id, explanation_id=d.explanation_id, sample_index=d.sample_index, kept=d.kept,

@@ -5,6 +5,7 @@
 - flows/cli/releases.py: releases, promote, rollback, export, report
 - flows/cli/ops.py: tracking, stack, models
 - flows/cli/check.py: check (freshness)
+- flows/cli/review.py: review (status, pull): human spot-checks on MLflow
 - flows/cli/common.py: what they share (environment, console tables, run context, recipe, catalog reader)
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows.cli import catalog, check, ops, releases, run
+from flows.cli import catalog, check, ops, releases, review, run
 from flows.cli.common import Parser, _setup_env
 from flows.errors import expected_message
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="show tracebacks of expected errors (bad input, recipe errors, failed shards) too")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")   # each a Parser too
-    for module in (run, catalog, releases, check, ops):
+    for module in (run, catalog, releases, review, check, ops):
         module.add_commands(sub)
     return p
 

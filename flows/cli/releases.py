@@ -31,10 +31,16 @@ REASON_HELP = "why (recorded in the alias history)"
 def cmd_releases(args) -> int:
     from flows.releases import aliases as releases
 
-    rows = releases.history(_reader(args), args.alias)
+    reader = _reader(args)
+    rows = releases.history(reader, args.alias)
+    held = releases.holds(reader, "pending", args.alias)
     if args.json:
-        print(json.dumps(rows, default=str, indent=1))
+        print(json.dumps(rows + [{"pending": True, **h} for h in held], default=str, indent=1))
         return 0
+    if held:   # nights committed and audited, waiting for human review (audits.human_review.wait: hold)
+        _table([{"since": str(h["ts"])[:19], "alias": h["alias"], "action": "pending", "key": h["key"][:16],
+                 "run": h["run_id"], "waiting for": h["detail"]} for h in held],
+               "pending: held for human review (`rlt review status`, then `rlt review pull`)")
     _table([_release_row(r) for r in rows], f"releases{' of ' + args.alias if args.alias else ''} (newest first)")
     return 0
 

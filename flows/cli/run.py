@@ -86,9 +86,11 @@ def _summary(args, out: dict, seconds: float) -> None:
 
 def cmd_plan(args) -> int:
     from flows.plan import annotate, count_reuse, stage_keys
+    from flows.releases.review import with_rejections
 
     ctx = _ctx(args)
-    plans = count_reuse(ctx, annotate(ctx, stage_keys(_recipe(args), [args.stage] if args.stage else None)))
+    recipe = with_rejections(ctx.catalog, _recipe(args))   # filter.reject_reviewed: the rejected ids join its key
+    plans = count_reuse(ctx, annotate(ctx, stage_keys(recipe, [args.stage] if args.stage else None)))
     _table([{"stage": p.node.id, "will": p.status, "key": p.key[:16], "why": p.reason} for p in plans], "plan")
     return 0
 

@@ -166,3 +166,31 @@ def rollback(catalog: Catalog, alias: str = DEFAULT_ALIAS, reason: str = "") -> 
     if target is None:
         raise ReleaseError(f"alias {alias!r} has no earlier release than {rows[0]['key']}: nothing to roll back to")
     return move_alias(catalog, alias, target, "rollback", expected=rows[0]["key"], reason=reason.strip())
+
+
+# -- nights held for human review (audits.human_review.wait: hold; flows/releases/review.py publishes them) -------
+HOLD_STATES = ("pending", "published", "failed", "superseded")
+
+
+def record_hold(catalog: Catalog, alias: str, key: str, run_id: str, state: str, baseline: str | None,
+                detail: str = "", audits: dict | None = None) -> None:
+    """Append a state of the night ``run_id``'s hold of ``alias`` at distill set ``key`` to ``release_holds``."""
+    if state not in HOLD_STATES:
+        raise ReleaseError(f"hold state {state!r}: one of {', '.join(HOLD_STATES)}")
+    catalog.append("release_holds", [dict(alias=alias, key=key, run_id=run_id, state=state, baseline=baseline,
+                                          detail=detail[:2000], audits_json=json.dumps(audits or {}, default=str,
+                                                                                       sort_keys=True))],
+                   message="release hold")
+
+
+def holds(catalog: Catalog, state: str | None = "pending", alias: str | None = None) -> list[dict]:
+    """The latest state of every hold (only those in ``state``; None: all), oldest first, audits decoded."""
+    if not catalog.rows("SELECT count(*) AS n FROM duckdb_views() WHERE view_name = 'release_holds_latest'")[0]["n"]:
+        return []   # a read-only handle on a catalog written before holds existed
+    rows = catalog.rows("SELECT * FROM release_holds_latest ORDER BY ts")
+    out = []
+    for r in rows:
+        if (state is None or r["state"] == state) and (alias is None or r["alias"] == alias):
+            r["audits"] = json.loads(r.pop("audits_json") or "{}")
+            out.append(r)
+    return out

@@ -10,6 +10,11 @@ Each audit gives one row ``{name, figure, bound, passed, detail}``. Figures come
   (how far the night's 95% CI lies below the release's); it fails when that gap exceeds the bound (bound 0: fail
   as soon as the CIs are disjoint with the night below).
 
+- ``human_review``: the reject rate of the night's sample as people reviewed it (flows/releases/review.py: the
+  sample in ``review_samples``, the verdicts ``rlt review pull`` read into ``reviews``); an unreviewed sample is
+  *pending* with ``wait: hold`` (the night is committed, the alias waits: ``release_holds``), failed with
+  ``wait: fail``, and not gated with ``wait: skip``.
+
 Audits that compare with the current release pass with detail "no baseline" when the alias is not set yet (or the
 release has no evaluation). A contamination audit does not exist yet (issue 14 part 3).
 """
@@ -23,6 +28,7 @@ import numpy as np
 
 from data_contracts.errors import ExpectedError
 from flows.recipe import AuditsConfig
+from flows.releases.review_config import HumanReviewAudit
 from infra.catalog.lake import Catalog
 
 log = logging.getLogger("rlt")
@@ -33,7 +39,7 @@ class AuditFailed(ExpectedError, RuntimeError):
 
     def __init__(self, alias: str, results: list[dict]):
         self.alias, self.results = alias, results
-        failed = [r for r in results if not r["passed"]]
+        failed = [r for r in results if not r["passed"] and not r.get("pending")]
         super().__init__(f"audit failed, {alias!r} not moved: " + "; ".join(
             f"{r['name']} {_fmt(r['figure'])} vs bound {_fmt(r['bound'])}" + (f" ({r['detail']})" if r["detail"]
                                                                                else "") for r in failed))
@@ -143,16 +149,44 @@ def run_audits(catalog: Catalog, cfg: AuditsConfig, distill_key: str, problems_k
             out.append(_row(f"max_eval_regression[{bench}]", gap, bound, gap <= bound,
                             f"pass@1 {n['pass@1']:.3f} [{n['ci_low']:.3f}, {n['ci_high']:.3f}] vs release "
                             f"{o['pass@1']:.3f} [{o['ci_low']:.3f}, {o['ci_high']:.3f}]"))
+    if cfg.human_review is not None:
+        out.append(human_review_row(catalog, cfg.human_review, distill_key))
     for r in out:
-        log.info("audit %-28s %s (figure %s, bound %s) %s", r["name"], "pass" if r["passed"] else "FAIL",
+        log.info("audit %-28s %s (figure %s, bound %s) %s", r["name"],
+                 "pending" if r.get("pending") else "pass" if r["passed"] else "FAIL",
                  _fmt(r["figure"]), _fmt(r["bound"]), r["detail"])
     return out
 
 
-def audit_and_publish(catalog: Catalog, cfg: AuditsConfig, refs: dict[str, str], run_id: str) -> dict:
+def human_review_row(catalog: Catalog, cfg: HumanReviewAudit, distill_key: str) -> dict:
+    """The ``human_review`` audit: failed verdicts / verdicts of the distill set's logged sample (declined items
+    are not needed); ``pending`` when too few verdicts are in and ``wait`` is hold."""
+    verdicts = [r["verdict"] for r in catalog.rows(
+        "SELECT v.verdict FROM review_samples s LEFT JOIN reviews_latest v USING (queue_id, trace_id) "
+        "WHERE list_contains(?, s.distill_key)", [[distill_key]])]
+    n, declined = len(verdicts), verdicts.count("declined")
+    judged, failed = verdicts.count("pass") + verdicts.count("fail"), verdicts.count("fail")
+    needed = min(cfg.sample or n, n - declined)
+    rate = failed / judged if judged else None
+    if n == 0:
+        return _row("human_review", None, cfg.max_reject_rate, cfg.wait == "skip",
+                    "no sample logged for review (recipe `review:` off, or MLflow was unreachable)")
+    detail = f"{judged} of {needed} verdicts in, {failed} fail ({n} sampled, {declined} declined)"
+    if judged >= needed:
+        return _row("human_review", rate, cfg.max_reject_rate, rate is None or rate <= cfg.max_reject_rate, detail)
+    if cfg.wait == "skip":
+        return _row("human_review", rate, cfg.max_reject_rate, True, detail + "; not gated (wait: skip)")
+    row = _row("human_review", rate, cfg.max_reject_rate, False, detail + f"; waiting for review (wait: {cfg.wait})")
+    row["pending"] = cfg.wait == "hold"
+    return row
+
+
+def audit_and_publish(catalog: Catalog, cfg: AuditsConfig, refs: dict[str, str], run_id: str,
+                      record_hold: bool = True) -> dict:
     """Audit the night (``refs``: output name -> artifact key of the flow's result); when every audit passes and
     publishing is on, move the alias (compare-and-set against the release the audits compared with). Raises
-    AuditFailed when an audit fails (the alias stays where it is)."""
+    AuditFailed when an audit fails (the alias stays where it is). An audit still pending (human review with
+    ``wait: hold``) leaves the alias too, and records the night as held (``record_hold``) for `rlt review pull`."""
     from flows.releases import aliases as releases
 
     distill_key = refs["distill_set"]
@@ -160,10 +194,20 @@ def audit_and_publish(catalog: Catalog, cfg: AuditsConfig, refs: dict[str, str],
         cur = releases.current(catalog, cfg.publish_alias)
         base = cur["key"] if cur else None
         results = run_audits(catalog, cfg, distill_key, refs.get("problems"), refs.get("eval_distilled"), base)
+        pending = [r for r in results if r.get("pending")]
         summary: dict[str, Any] = {"alias": cfg.publish_alias, "baseline": base, "results": results,
-                                   "passed": all(r["passed"] for r in results), "published": False}
+                                   "passed": all(r["passed"] or r.get("pending") for r in results),
+                                   "published": False, "pending": bool(pending)}
         if not summary["passed"]:
             raise AuditFailed(cfg.publish_alias, results)
+        if pending and cfg.publish and base != distill_key:
+            if record_hold:
+                releases.record_hold(catalog, cfg.publish_alias, distill_key, run_id, "pending", base,
+                                     "; ".join(r["detail"] for r in pending),
+                                     {"results": results, "refs": refs, "audits": cfg.model_dump(mode="json")})
+            log.info("release: %s held for human review (%s); `rlt review pull` publishes once the sample is "
+                     "reviewed", cfg.publish_alias, "; ".join(r["detail"] for r in pending))
+            return summary
         if cfg.publish and base == distill_key:
             log.info("release: %s already points to %s; not moved", cfg.publish_alias, distill_key[:12])
             summary["published"] = "unchanged"
@@ -173,7 +217,8 @@ def audit_and_publish(catalog: Catalog, cfg: AuditsConfig, refs: dict[str, str],
                                                                        "student_checkpoint")}}
             try:
                 releases.move_alias(catalog, cfg.publish_alias, distill_key, "publish", expected=base, run_id=run_id,
-                                    reason="all audits passed" if results else "no audits declared", audits=audits)
+                                    reason=("all audits passed" if results else "no audits declared") +
+                                    ("" if record_hold else " once reviewed (rlt review pull)"), audits=audits)
             except releases.AliasConflict:
                 if attempt == 2:
                     raise

@@ -213,8 +213,9 @@ def check_sources(nights: list[Night]) -> None:
 # -- one night -------------------------------------------------------------------------------------------
 def _plan(ctx, night: Night) -> list:
     from flows.plan import annotate, stage_keys
+    from flows.releases.review import with_rejections
 
-    return annotate(ctx, stage_keys(night.recipe))
+    return annotate(ctx, stage_keys(with_rejections(ctx.catalog, night.recipe)))
 
 
 def _recipe_dict(night: Night) -> dict:

@@ -73,6 +73,18 @@ RELATIONS: dict[str, str] = {
     # append-only history of named release aliases (flows/releases/aliases.py): action publish | promote | rollback
     "releases": "alias VARCHAR, key VARCHAR, previous_key VARCHAR, action VARCHAR, run_id VARCHAR, actor VARCHAR, "
                 "reason VARCHAR, audits_json VARCHAR, ts TIMESTAMPTZ",
+    # human spot-checks (flows/releases/review.py): the examples a night logged to an MLflow review queue ...
+    "review_samples": "run_id VARCHAR, distill_key VARCHAR, queue_id VARCHAR, queue_name VARCHAR, trace_id VARCHAR, "
+                      "example_id VARCHAR, explanation_id VARCHAR, problem_id VARCHAR, origin VARCHAR, "
+                      "stratum VARCHAR, reward DOUBLE, tracking_uri VARCHAR, ts TIMESTAMPTZ",
+    # ... the verdicts `rlt review pull` read back (a row per change; view reviews_latest) ...
+    "reviews": "run_id VARCHAR, queue_id VARCHAR, trace_id VARCHAR, example_id VARCHAR, explanation_id VARCHAR, "
+               "verdict VARCHAR, reason VARCHAR, comment VARCHAR, reviewer VARCHAR, reviewed_at TIMESTAMPTZ, "
+               "ts TIMESTAMPTZ",   # verdict: pass | fail | declined
+    # ... and nights whose publish waits for that review (audits.human_review.wait: hold): pending -> published |
+    # failed | superseded (view release_holds_latest)
+    "release_holds": "alias VARCHAR, key VARCHAR, run_id VARCHAR, state VARCHAR, baseline VARCHAR, detail VARCHAR, "
+                     "audits_json VARCHAR, ts TIMESTAMPTZ",
 }
 # What a reader should usually look at; the raw relations stay queryable too.
 VIEWS = {
@@ -81,6 +93,10 @@ VIEWS = {
     "shards_latest": ("SELECT * FROM shards QUALIFY row_number() OVER "
                       "(PARTITION BY artifact_key, shard_id ORDER BY ts DESC) = 1"),
     "aliases_current": "SELECT * FROM releases QUALIFY row_number() OVER (PARTITION BY alias ORDER BY ts DESC) = 1",
+    "reviews_latest": ("SELECT * FROM reviews QUALIFY row_number() OVER (PARTITION BY queue_id, trace_id "
+                       "ORDER BY ts DESC) = 1"),
+    "release_holds_latest": ("SELECT * FROM release_holds QUALIFY row_number() OVER (PARTITION BY alias, key, run_id "
+                             "ORDER BY ts DESC) = 1"),
     # cost per run and stage (every attempt of the stage in that run, failed ones included)
     "costs_by_stage": (
         "SELECT run_id, stage, label, count(*) AS attempts, count(*) FILTER (WHERE status = 'failed') AS failed, "

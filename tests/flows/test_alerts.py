@@ -69,7 +69,7 @@ def _alert_warnings(logs: _Records) -> list[str]:
 def test_alerts_config_names_variables_not_urls_and_is_off_by_default():
     r = Recipe.model_validate({"name": "x"})
     assert r.alerts.channels_env == [] and not r.alerts.wants("run_failed")
-    assert set(r.alerts.on) == {"run_failed", "audit_failed", "stale_release"}
+    assert set(r.alerts.on) == {"run_failed", "audit_failed", "stale_release", "review_pending"}
     with pytest.raises(ValidationError, match="names of environment variables, not URLs"):
         alerts.AlertsConfig(channels_env=["json://127.0.0.1/hook"])
     with pytest.raises(ValidationError, match="not an environment variable name"):

@@ -79,7 +79,7 @@ def test_manifest_is_a_deprecated_alias_of_catalog(store, capsys):
 
 
 COMMANDS = {"factory", "backfill", "run", "plan", "deploy", "serve", "catalog", "lineage", "releases", "promote",
-            "rollback", "export", "report", "check", "tracking", "stack", "models"}
+            "rollback", "export", "report", "check", "review", "tracking", "stack", "models"}
 
 
 def _commands(parser) -> dict:

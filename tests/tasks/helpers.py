@@ -28,3 +28,22 @@ def commit_rows(ctx: RunContext, name: str, contract, rows: list[dict], seed: st
     w.write_part(rows)
     assert ctx.catalog.commit([w.commit_spec()])
     return ref_from_record(ctx.catalog.artifact(w.key))
+
+
+def catalog_written_before(root: str, relations: tuple[str, ...]):
+    """A catalog at ``root`` written (one ``runs`` row) by code that did not know ``relations`` yet, then opened
+    again for writing by today's code (which adds them): the reopened Catalog."""
+    from infra.catalog import lake as cat_mod
+    from infra.catalog.store import Store
+
+    saved = dict(cat_mod.RELATIONS)
+    try:
+        for name in relations:
+            del cat_mod.RELATIONS[name]
+        old = cat_mod.Catalog(Store(root))
+        old.append("runs", [dict(run_id="r0", flow="test", status="done")])
+        old.close()
+    finally:
+        cat_mod.RELATIONS.clear()
+        cat_mod.RELATIONS.update(saved)
+    return cat_mod.Catalog(Store(root))

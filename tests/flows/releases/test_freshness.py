@@ -120,3 +120,39 @@ def test_freshness_check_flow(released, monkeypatch):
         with pytest.raises(freshness.StaleRelease, match="stale: current -> .* alert sent"):
             state.result()
     assert len(rec.posts) == 1
+
+
+def test_check_reviews_overdue_hold_alerts_once_then_ok_once_published(released, capsys, monkeypatch):
+    """`rlt check reviews`: a night held for human review (release_holds, flows/releases/aliases.py) past
+    --max-wait is exit 2 with one `review_pending` alert across hourly checks; published, it is exit 0."""
+    from flows.releases.aliases import record_hold
+
+    root, recipe, ctx = released["root"], released["recipe"], released["ctx"]
+
+    def check(*args: str) -> tuple[int, str]:
+        rc = main(["--data-root", root, "check", "reviews", *args])
+        out = capsys.readouterr()
+        return rc, out.out + out.err
+
+    rc, out = check("--max-wait", "24h")
+    assert rc == 0 and out.strip() == "ok: no night is waiting for review", out
+    record_hold(ctx.catalog, "current", "k" * 16, "run-held-1", "pending", released["key"])
+    with PostRecorder() as rec:
+        monkeypatch.setenv("RLT_TEST_ALERT_URL", rec.url(f"hook/{SECRET}"))
+        rc, out = check("--max-wait", "24h", "--notify", "--recipe", recipe)
+        assert rc == 0 and "1 night(s) held for review, none for more than 24 h" in out and rec.posts == [], out
+        _later(monkeypatch, 2)
+        rc, out = check("--max-wait", "24h", "--notify", "--recipe", recipe)
+        assert rc == 2 and out.startswith("overdue: 1 night(s) held for review longer than 24 h") and \
+            "run run-held-1" in out and "alert sent" in out, out
+        assert len(rec.posts) == 1 and rec.posts[0][1]["title"] == "rlt: 1 night(s) wait for review (fresh-test)"
+        assert "run-held-1" in rec.posts[0][1]["message"] and SECRET not in out
+        rc, out = check("--max-wait", "24h", "--notify", "--recipe", recipe)   # the next hourly cron
+        assert rc == 2 and "alert already sent for these nights" in out and len(rec.posts) == 1, out
+        rc, out = check("--json", "--max-wait", "24h")
+        assert rc == 2 and json.loads(out)["overdue"][0]["run_id"] == "run-held-1"
+        record_hold(ctx.catalog, "current", "k" * 16, "run-held-1", "published", released["key"])
+        rc, out = check("--max-wait", "24h", "--notify", "--recipe", recipe)
+        assert rc == 0 and len(rec.posts) == 1, out
+    rc, out = check()
+    assert rc == 2 and "give a maximum wait (--max-wait 24h)" in out, out

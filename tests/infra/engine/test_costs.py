@@ -220,19 +220,9 @@ def test_failed_stage_records_what_it_used(tmp_path, tiny_model_dir):
 
 def test_existing_catalog_gains_the_relation(tmp_path):
     """A catalog written before stage_costs existed gets the relation (and the views) when opened for writing."""
-    from infra.catalog import lake as cat_mod
-    from infra.catalog.store import Store
+    from tests.tasks.helpers import catalog_written_before
 
-    saved = dict(cat_mod.RELATIONS)
-    try:
-        del cat_mod.RELATIONS["stage_costs"]
-        old = cat_mod.Catalog(Store(str(tmp_path)))
-        old.append("runs", [dict(run_id="r0", flow="test", status="done")])
-        old.close()
-    finally:
-        cat_mod.RELATIONS.clear()
-        cat_mod.RELATIONS.update(saved)
-    new = cat_mod.Catalog(Store(str(tmp_path)))
+    new = catalog_written_before(str(tmp_path), ("stage_costs",))
     assert new.rows("SELECT count(*) AS n FROM stage_costs")[0]["n"] == 0
     assert new.rows("SELECT run_id, stages_run, kept FROM costs_by_run") == [
         {"run_id": "r0", "stages_run": 0, "kept": None}]
