@@ -126,13 +126,39 @@ def run_stage(ctx: RunContext, stage: Any, task: Any, parameters: dict[str, Any]
     """
     cfg = None if stage.sharded else _ray_config(ctx, stage.name)
     if cfg is None:
-        return task(**parameters)
+        return _call_here(task, parameters)
     with RayShards(cfg, stage.name) as remote:
         from prefect_ray.context import remote_options
 
         log.info("%s: runs whole on the Ray cluster at %s with %s", stage.name, remote.address, remote.options)
         with remote_options(**remote.options):
             return remote.runner.submit(task, parameters).result()
+
+
+ORCHESTRATION_RETRIES = 3   # Prefect's own slot acquisition failing before a stage's body ran: tries after the first
+
+
+def _call_here(task: Any, parameters: dict[str, Any], backoff_s: float = 2.0) -> Any:
+    """The stage's Prefect task in this process. Before the body starts, Prefect acquires the task's tag concurrency
+    slots (tags ``stage:<name>``, ``key:<key>``) from its API; on a loaded server that request can fail
+    (``ConcurrencySlotAcquisitionError``: seen with 4 factory runs on one 2-core machine) before any of our code
+    ran, so the call is made again after 2, 4, 8 s. An error of the stage's body is not retried here (it is the
+    stage's failure: rerun the command, which resumes from what was committed)."""
+    import time
+
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+
+    for attempt in range(ORCHESTRATION_RETRIES + 1):
+        try:
+            return task(**parameters)
+        except ConcurrencySlotAcquisitionError as exc:
+            if attempt == ORCHESTRATION_RETRIES:
+                raise
+            wait = backoff_s * 2 ** attempt
+            log.warning("%s: Prefect could not start the task (%s); trying again in %.0f s (%d of %d)",
+                        parameters.get("key", "")[:12] or "stage", exc, wait, attempt + 1, ORCHESTRATION_RETRIES)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def _prefect_api_url() -> str:

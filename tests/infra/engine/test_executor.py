@@ -112,3 +112,42 @@ def test_runtime_env_reaches_ray_as_the_nested_dicts_it_was():
 
     env = {"env_vars": {"B": "2", "A": "1"}, "pip": ["x", "y"], "working_dir": "."}
     assert json.loads(_freeze(env)) == env and _freeze(env) == _freeze(dict(reversed(list(env.items()))))
+
+
+def test_prefect_slot_acquisition_failure_before_the_body_is_retried_and_a_body_error_is_not(caplog):
+    """Seen in the slow suite (4 overlapping factory runs, 2 cores): Prefect's tag-slot acquisition for a stage's
+    task failed against its loaded API before the body ran and failed the whole night. Such a failure is retried
+    (with backoff); the body's own error is raised at once; a lasting acquisition failure surfaces after 3 retries."""
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+
+    calls = []
+
+    def flaky(**params):   # stands in for the Prefect task: fails like Prefect's engine twice, then runs
+        calls.append(params)
+        if len(calls) <= 2:
+            raise ConcurrencySlotAcquisitionError("Unable to acquire concurrency slots on ['tag:stage:evaluate']")
+        return {"ok": params["key"]}
+
+    with caplog.at_level("WARNING", logger="rlt"):
+        assert executor._call_here(flaky, {"key": "abcdef123456789"}, backoff_s=0.01) == {"ok": "abcdef123456789"}
+    assert len(calls) == 3
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == \
+        ["abcdef123456: Prefect could not start the task"] * 2
+
+    def body_error(**params):
+        calls.append(params)
+        raise ValueError("the stage's own failure")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="own failure"):
+        executor._call_here(body_error, {"key": "k"}, backoff_s=0.01)
+    assert len(calls) == 1
+
+    def never(**params):
+        calls.append(params)
+        raise ConcurrencySlotAcquisitionError("down")
+
+    calls.clear()
+    with pytest.raises(ConcurrencySlotAcquisitionError):
+        executor._call_here(never, {"key": "k"}, backoff_s=0.01)
+    assert len(calls) == 1 + executor.ORCHESTRATION_RETRIES
