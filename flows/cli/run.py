@@ -6,6 +6,7 @@ import os
 import time
 
 from flows.cli.common import _console, _ctx, _executor_overrides, _recipe, _table, recipe_args
+from flows.ephemeral import own_ephemeral_server
 from tasks import STAGE_NAMES
 
 BACKFILL_DESCRIPTION = (
@@ -27,6 +28,7 @@ def cmd_factory(args) -> int:
     from infra.settings import data_root
 
     recipe = _recipe(args)
+    own_ephemeral_server()
     t0 = time.time()
     out = factory_flow(recipe=recipe.model_dump(mode="json"), root=data_root(args.data_root),
                        fail_shards=args.inject_failure or None, recipe_path=os.path.abspath(args.recipe))
@@ -42,6 +44,8 @@ def cmd_backfill(args) -> int:
     req = BackfillRequest(recipe=args.recipe, root=data_root(args.data_root),
                           overrides=args.set + _executor_overrides(args), nights=args.nights, sources=args.sources,
                           keep_going=args.keep_going, dry_run=args.dry_run)
+    if not args.dry_run:
+        own_ephemeral_server()
     t0 = time.time()
     results = run_backfill(req)
     counts = {s: sum(r.status == s for r in results) for s in dict.fromkeys(r.status for r in results)}
@@ -59,6 +63,7 @@ def cmd_run(args) -> int:
     from infra.settings import data_root
 
     recipe = _recipe(args)
+    own_ephemeral_server()
     t0 = time.time()
     out = STAGE_FLOWS[args.stage](recipe=recipe.model_dump(mode="json"), root=data_root(args.data_root),
                                   fail_shards=args.inject_failure or None, recipe_path=os.path.abspath(args.recipe))
