@@ -431,6 +431,7 @@ ids = torch.tensor([[1, 2, 3, 4, 5]])
 loss = teacher(input_ids=ids, labels=ids).loss   # a sharded training step still works afterwards
 loss.backward()
 json.dump({"got": got, "want": want, "sharded": sharded, "loss": float(loss)}, open(f"{out}/rank{rank}.json", "w"))
+dist.barrier()   # as rlt_core/training/launch.py ends: no rank tears gloo down while its peer's last collective runs
 dist.destroy_process_group()
 '''
 
