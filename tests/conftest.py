@@ -14,6 +14,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = ["tests.infra.devstack.services_fixtures"]
 
 
+def pytest_configure(config):
+    """Each test session gets a Prefect home of its own (unless one is given): the in-process flows and every
+    `rlt` subprocess share it, and the user's ~/.prefect neither grows with test runs nor leaks old runs into the
+    tests' Prefect queries (the server answers 200 rows at most)."""
+    if "PREFECT_HOME" not in os.environ:
+        import tempfile
+
+        home = tempfile.mkdtemp(prefix="rlt-tests-prefect-")
+        os.environ["PREFECT_HOME"] = home
+        config._rlt_prefect_home = home
+
+
+def pytest_unconfigure(config):
+    home = getattr(config, "_rlt_prefect_home", None)
+    if home:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir() -> str:
     from infra.models import builtin_tokenizer_dir

@@ -2,6 +2,7 @@
 errors, and the parser: every command listed in `rlt --help`."""
 from __future__ import annotations
 
+import datetime
 import json
 
 import pytest
@@ -152,13 +153,16 @@ def test_run_one_stage_is_its_own_flow(tmp_path, tiny_model_dir, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     root = str(tmp_path / "data")
+    t0 = datetime.datetime.now(datetime.timezone.utc)
     assert main(["--data-root", root, "run", "ingest", "--recipe", str(path)]) == 0
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
 
-    with get_client(sync_client=True) as client:
-        flows = {f.id: f.name for f in client.read_flows()}
-        runs = [(flows[r.flow_id], r.state.type.value) for r in client.read_flow_runs()]
-    assert ("rlt-ingest", "COMPLETED") in runs
+    with get_client(sync_client=True) as client:   # this run is the newest rlt-ingest flow run
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["rlt-ingest"])),
+                                     sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)
+    assert runs and runs[0].expected_start_time >= t0 and runs[0].state.type.value == "COMPLETED"
     from infra.catalog.lake import Catalog
     from infra.catalog.store import Store
 

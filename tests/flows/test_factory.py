@@ -62,12 +62,13 @@ def test_factory_end_to_end_cached_rerun_and_failed_only_rerun(tmp_path, tiny_mo
 
     # each stage ran as a real Prefect task carrying its stage version (shards as tasks of their own)
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
 
     from tasks import generate as gen_stage
     from tasks import score as score_stage
 
-    with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs()
+    with get_client(sync_client=True) as client:   # newest first: the server answers 200 rows at most
+        task_runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
     by_name = {tr.name.split("-")[0]: tr for tr in task_runs}
     assert by_name["generate"].task_version == gen_stage.STAGE.version
     assert by_name["score"].task_version == score_stage.STAGE.version

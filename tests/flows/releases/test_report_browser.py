@@ -90,11 +90,15 @@ def test_report_renders_in_a_real_browser_with_trends_over_nights(two_nights):
 def test_report_tables_are_prefect_artifacts_of_the_flow_run(two_nights):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     _, _, second = two_nights
+    # newest first: the server answers at most PREFECT_API_DEFAULT_LIMIT (200) rows, in id (uuid) order unless
+    # asked; a Prefect home that has seen 100+ nights of this recipe would otherwise leave this night out at random
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["rlt-tiny-test-night", "rlt-tiny-test-trends"])))
+            key=ArtifactFilterKey(any_=["rlt-tiny-test-night", "rlt-tiny-test-trends"])),
+            sort=ArtifactSort.CREATED_DESC, limit=20)
     by_key: dict[str, list] = {}
     for a in arts:
         by_key.setdefault(a.key, []).append(a)
