@@ -76,7 +76,7 @@ bench: setup
 	$(PY) bench/generate.py
 	$(PY) scripts/render_docs.py --write bench/README.md
 
-# the method evidence of docs/results.md (~3 h on a quiet 2-core machine; resumable: rerun to continue); every phase
+# the method evidence of docs/results.md (round 2: many hours on 2 cores; resumable: rerun to continue); every phase
 # writes its record to docs/results/evidence/, from which scripts/render_docs.py renders the page
 evidence: setup
 	$(PY) experiments/evidence.py --out .scratch/evidence

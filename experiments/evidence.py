@@ -1,6 +1,6 @@
 """Experiment: does the RLT method work at the scale of a 2-core CPU? One command, resumable, every phase on disk.
 
-    python experiments/evidence.py --out .scratch/evidence                 # the measurement (~3 h on 2 cores)
+    python experiments/evidence.py --out .scratch/evidence                 # the measurement (round 2: many hours on 2 cores; resumable)
     python experiments/evidence.py --profile smoke --out /tmp/evidence     # tiny random models, minutes (CI)
 
 It measures the three claims of the RLT paper with the builtin SmolLM2-135M-Instruct as teacher and student, on
@@ -18,9 +18,15 @@ held-out accuracy sits inside 5-60%: 9% on 64 items when the task was chosen):
    ``trained`` (sample 0 of the trained teacher) and ``trained_best_of_k`` (the highest-reward of K samples).
    Each is evaluated greedily on ``eval_items`` held-out items (the ``arithmetic-easy-heldout`` partition; never in
    any training set) with a 95% bootstrap CI, plus the paired difference to ``reference``.
-3. *Reward vs teaching.* The trained teacher's K x M explanations sorted by reward into quartiles; one student per
-   quartile (same budget); held-out accuracy per quartile and its Spearman/Pearson correlation with the bin's mean
-   reward.
+3. *Reward vs teaching.* The trained teacher's K x M explanations sorted by reward into ``reward_bins`` bins of
+   equal size; one student per bin (same budget); held-out accuracy per bin and its Spearman/Pearson correlation
+   (with p) with the bin's mean reward.
+
+Round 2 (issue 24) made the arms fair: every arm of claim 2 is trained with ``distill_seeds`` seeds (CIs over seeds
+and items, :func:`seeds_items_ci`; paired differences seed against seed); a ``reference_thought`` arm puts the
+reference solution inside the thought block (the explanation arms' format); random-, best- and worst-of-K arms;
+sampled evaluation (``eval_samples`` at ``eval_temperature``: avg@k, pass@k) beside greedy; the training tokens of
+every arm are reported beside its rows.
 
 Every phase writes its result to ``--out`` and is skipped when the file is there, so a killed run resumes at the
 phase it was in. ``results.json`` gathers everything; ``report.md`` holds the tables.
@@ -48,6 +54,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 log = logging.getLogger("experiments.evidence")
 
 BOXED = "Return your final response within \\boxed{}. "
+# The distillation arms (claim 2), each trained with ``distill_seeds`` seeds on the same problems, steps and batch:
+# the reference solution as the answer with no thought block (the round-1 arm), the reference solution inside the
+# thought block (the same student format as the explanation arms), and explanations of the teacher before GRPO
+# (one per problem) and after it (sample 0; a random / the best / the worst of K by RLT reward).
+ARMS = ("reference", "reference_thought", "untrained", "trained", "trained_random_of_k", "trained_best_of_k",
+        "trained_worst_of_k")
 PROFILES: dict[str, dict[str, Any]] = {
     # the measurement on 2 cores: ~78 min for the teacher side (--stop-after teacher), ~96 more for the students
     # (docs/results.md has the wall times)
@@ -56,12 +68,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": dict(tiny=False, task="arithmetic-easy", train_problems=400, sft_steps=8, sft_lr=2e-5, grpo_steps=100,
                  group=4, prompts_per_step=2, max_new_tokens=96, lr=1e-4, beta=0.04, lora_r=16,
                  heldout_prompts=64, heldout_samples=4, distill_problems=128, best_of_k=4, distill_steps=32,
-                 distill_batch=8, distill_lr=5e-5, eval_items=200, eval_max_new_tokens=200, batch=16, eval_batch=32),
+                 distill_batch=8, distill_lr=5e-5, eval_items=200, eval_max_new_tokens=200, batch=16, eval_batch=32,
+                 arms=list(ARMS), distill_seeds=3, eval_samples=8, eval_temperature=0.7, reward_bins=8),
     # plumbing only (tiny random models): what CI runs
     "smoke": dict(tiny=True, task="arithmetic-easy", train_problems=16, sft_steps=2, sft_lr=5e-5, grpo_steps=2,
                   group=2, prompts_per_step=2, max_new_tokens=12, lr=5e-5, beta=0.04, lora_r=4,
                   heldout_prompts=4, heldout_samples=2, distill_problems=8, best_of_k=4, distill_steps=2,
-                  distill_batch=4, distill_lr=5e-5, eval_items=8, eval_max_new_tokens=12, batch=8, eval_batch=8),
+                  distill_batch=4, distill_lr=5e-5, eval_items=8, eval_max_new_tokens=12, batch=8, eval_batch=8,
+                  arms=list(ARMS), distill_seeds=2, eval_samples=2, eval_temperature=0.7, reward_bins=4),
 }
 SHORT_TEACHER = ("You are given a question and its solution. Explain step by step how to reach the solution, "
                  "inside the explanation tags.")
@@ -273,40 +287,137 @@ def student_prompt(tok, text: str, style) -> str:
                                     {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
 
-def evaluate_student(model, tok, items: list, cfg: dict, style) -> dict:
-    """Greedy answers to the held-out items (student system prompt + the boxed instruction), graded."""
+def evaluate_student(model, tok, items: list, cfg: dict, style, sampled: bool = True) -> dict:
+    """Greedy answers to the held-out items (student system prompt + the boxed instruction), graded; with
+    ``sampled`` and ``eval_samples`` > 0 also ``eval_samples`` answers per item at ``eval_temperature`` (request
+    seeds ``30_000 + 1000*item + j``, the same for every student): per item the number correct, for avg@k and
+    pass@k. Greedy decoding alone cannot tell an explanation that teaches from a student stuck in the empty-thought
+    trap (docs/results.md, round 1); the samples can."""
     from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
     from rlt_core.grading import get_grader
 
-    reqs = [GenRequest(it.item_id, student_prompt(tok, it.prompt, style), 0) for it in items]
-    results = HFGenerator(model, tok, cfg["eval_batch"]).generate(
-        reqs, SamplingConfig(temperature=0.0, max_new_tokens=cfg["eval_max_new_tokens"]))
+    prompts = [student_prompt(tok, it.prompt, style) for it in items]
+    gen = HFGenerator(model, tok, cfg["eval_batch"])
+    results = gen.generate([GenRequest(it.item_id, p, 0) for it, p in zip(items, prompts)],
+                           SamplingConfig(temperature=0.0, max_new_tokens=cfg["eval_max_new_tokens"]))
     grader = get_grader(items[0].grader)
     graded = [grader(r.text, it.reference, **it.grader_args) for r, it in zip(results, items)]
     correct = [bool(g.correct) for g in graded]
-    return {"accuracy": mean_ci([float(c) for c in correct]), "correct": correct,
-            "truncated": sum(r.finish_reason == "length" for r in results),
-            "mean_completion_tokens": sum(r.completion_tokens for r in results) / len(results),
-            "examples": [{"prompt": it.prompt, "response": r.text, "reference": it.reference, "correct": c}
-                         for it, r, c in list(zip(items, results, correct))[:3]]}
+    out = {"accuracy": mean_ci([float(c) for c in correct]), "correct": correct,
+           "truncated": sum(r.finish_reason == "length" for r in results),
+           "mean_completion_tokens": sum(r.completion_tokens for r in results) / len(results),
+           "examples": [{"prompt": it.prompt, "response": r.text, "reference": it.reference, "correct": c}
+                        for it, r, c in list(zip(items, results, correct))[:3]]}
+    k = int(cfg.get("eval_samples", 0)) if sampled else 0
+    if k > 0:
+        reqs = [GenRequest(f"{it.item_id}#{j}", p, 30_000 + 1000 * i + j)
+                for i, (it, p) in enumerate(zip(items, prompts)) for j in range(k)]
+        sampled_res = gen.generate(reqs, SamplingConfig(temperature=cfg["eval_temperature"], top_p=1.0,
+                                                        max_new_tokens=cfg["eval_max_new_tokens"]))
+        ok = [bool(grader(r.text, items[n // k].reference, **items[n // k].grader_args).correct)
+              for n, r in enumerate(sampled_res)]
+        out["sampled_correct"] = [sum(ok[i * k:(i + 1) * k]) for i in range(len(items))]
+        out["samples_per_item"] = k
+        out["sampled_truncated"] = sum(r.finish_reason == "length" for r in sampled_res)
+    return out
 
 
-def distill_and_eval(name: str, rows: list[dict], tok, make, items: list, cfg: dict, style, out: str) -> dict:
+def distill_and_eval(name: str, rows: list[dict], tok, make, items: list, cfg: dict, style, out: str,
+                     seed: int = 0, sampled: bool = True) -> dict:
+    """One student distilled on ``rows`` with training seed ``seed`` (data order; the tiny profile's random
+    initialisation too), then evaluated (:func:`evaluate_student`). Its model is kept in ``out/students/<name>``."""
     from rlt_core.training.distill import DistillConfig, distill_student
 
-    student = make(None, 1)
+    student = make(None, 1 + seed)
     dcfg = DistillConfig(learning_rate=cfg["distill_lr"], lr_scheduler_type="cosine", warmup_ratio=0.1,
                          batch_size=cfg["distill_batch"], per_device_batch_size=cfg["distill_batch"],
-                         max_length=768, max_steps=cfg["distill_steps"], style=style, runtime=_runtime(cfg["seed"]))
+                         max_length=768, max_steps=cfg["distill_steps"], style=style, runtime=_runtime(seed))
     res = distill_student(student, tok, rows, dcfg, os.path.join(out, "students", name), resume=False)
-    result = evaluate_student(student.eval(), tok, items, cfg, style)
-    return {"name": name, "rows": len(rows), "steps": res.steps, "final_loss": res.final_loss,
+    result = evaluate_student(student.eval(), tok, items, cfg, style, sampled=sampled)
+    return {"name": name, "seed": seed, "rows": len(rows), "steps": res.steps, "final_loss": res.final_loss,
             "train_tokens_in": res.tokens_in, "train_tokens_out": res.tokens_out, **result}
 
 
 def paired_difference(a: list[bool], b: list[bool]) -> dict:
     """accuracy(a) - accuracy(b) on the same items, with a bootstrap CI over items."""
     return mean_ci([float(x) - float(y) for x, y in zip(a, b)])
+
+
+def seeds_items_ci(matrix: list[list[float]], n_boot: int = 4000, seed: int = 0) -> dict:
+    """Mean of a seeds x items matrix with a 95% CI that covers training and items: each bootstrap draw resamples
+    the seeds (training runs) and, independently, the items (the same drawn items for every seed, so a paired
+    matrix keeps its pairing). ``per_seed``: each seed's mean over items."""
+    import numpy as np
+
+    x = np.asarray(matrix, dtype=float)
+    if x.ndim != 2 or x.size == 0:
+        raise ValueError(f"expected a non-empty seeds x items matrix, got shape {x.shape}")
+    n_seeds, n_items = x.shape
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for b in range(n_boot):   # (a (n_boot, seeds, items) gather would hold 4000 x 3 x 200 floats: fine, but slower)
+        boot[b] = x[rng.integers(0, n_seeds, n_seeds)][:, rng.integers(0, n_items, n_items)].mean()
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"mean": float(x.mean()), "ci95_bootstrap": [float(lo), float(hi)], "n": int(n_items),
+            "seeds": int(n_seeds), "per_seed": [float(v) for v in x.mean(axis=1)]}
+
+
+def arm_stats(runs: dict[str, list[dict]], base: dict, baselines: tuple[str, ...] = ("reference",
+                                                                                     "reference_thought")) -> dict:
+    """Per arm, over its seeds: greedy accuracy, avg@k and pass@k (k = every sample of an item), each with
+    :func:`seeds_items_ci`; paired differences to the baseline arms (seed i against seed i, item against item) and
+    to the base student; the training budget (rows, tokens) and truncation, averaged over seeds."""
+    from rlt_core.eval_metrics import pass_at_k
+
+    def greedy(rs: list[dict]) -> list[list[float]]:
+        return [[float(c) for c in r["correct"]] for r in rs]
+
+    def sampled(rs: list[dict], kind: str) -> Optional[list[list[float]]]:
+        if not all("sampled_correct" in r for r in rs):
+            return None
+        k = rs[0]["samples_per_item"]
+        return [[c / k if kind == "avg" else pass_at_k(k, c, k) for c in r["sampled_correct"]] for r in rs]
+
+    def diff(a: list[list[float]], b: list[list[float]]) -> list[list[float]]:
+        n = min(len(a), len(b))
+        return [[x - y for x, y in zip(a[i], b[i])] for i in range(n)]
+
+    def mean(rs: list[dict], key: str) -> Optional[float]:
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    base_row = [float(c) for c in base["correct"]]
+    out = {}
+    for name, rs in runs.items():
+        g = greedy(rs)
+        s: dict[str, Any] = {"accuracy": seeds_items_ci(g), "vs_base": seeds_items_ci([[x - y for x, y in
+                                                                                       zip(row, base_row)]
+                                                                                      for row in g])}
+        for kind in ("avg", "pass"):
+            m = sampled(rs, kind)
+            if m is not None:
+                s[f"{kind}_at_k"] = seeds_items_ci(m)
+                s["k"] = rs[0]["samples_per_item"]
+        for ref in baselines:
+            if ref in runs and ref != name:
+                s[f"vs_{ref}"] = seeds_items_ci(diff(g, greedy(runs[ref])))
+                m, mr = sampled(rs, "avg"), sampled(runs[ref], "avg")
+                if m is not None and mr is not None:
+                    s[f"avg_at_k_vs_{ref}"] = seeds_items_ci(diff(m, mr))
+        s.update({key: mean(rs, key) for key in ("final_loss", "truncated", "rows", "train_tokens_in",
+                                                 "train_tokens_out", "mean_completion_tokens")})
+        out[name] = s
+    return out
+
+
+def reward_bins(rows: list[dict], n_bins: int) -> list[list[dict]]:
+    """The rows sorted by reward, cut into ``n_bins`` bins of equal size (the ``len % n_bins`` highest-reward rows
+    are left out, so every bin's student gets the same number of rows)."""
+    if n_bins < 2 or len(rows) < n_bins:
+        raise ValueError(f"{len(rows)} rows cannot make {n_bins} reward bins (need at least 2 bins, 1 row each)")
+    ranked = sorted(rows, key=lambda r: r["reward"])
+    q = len(ranked) // n_bins
+    return [ranked[i * q:(i + 1) * q] for i in range(n_bins)]
 
 
 # ----------------------------------------------------------------------------------------------------------- flow
@@ -417,36 +528,51 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     by_problem: dict[int, list[dict]] = {}
     for r in expl_t["rows"]:
         by_problem.setdefault(r["problem"], []).append(r)
-    best = [max(v, key=lambda r: r["reward"]) for _, v in sorted(by_problem.items())]
+    groups = [v for _, v in sorted(by_problem.items())]
+    pick = random.Random(seed + 7)   # the random-of-K arm's draw: seeded, independent of the sample order
     from rlt_core.prompts import wrap_solution
 
-    datasets = {
-        "reference": [{"system": style.student_system_prompt, "question": p["question"],
-                       "assistant": wrap_solution(p["solution"], style)} for p in distill_problems],
-        "untrained": rows_of(expl_u["rows"]),
-        "trained": rows_of([v[0] for _, v in sorted(by_problem.items())]),
-        "trained_best_of_k": rows_of(best),
+    builders: dict[str, Callable[[], list[dict]]] = {
+        "reference": lambda: [{"system": style.student_system_prompt, "question": p["question"],
+                               "assistant": wrap_solution(p["solution"], style)} for p in distill_problems],
+        # the same student format as the explanation arms: the reference solution is the thought, then the solution
+        "reference_thought": lambda: [{"question": p["question"], "solution": p["solution"],
+                                       "explanation": p["solution"]} for p in distill_problems],
+        "untrained": lambda: rows_of(expl_u["rows"]),
+        "trained": lambda: rows_of([g[0] for g in groups]),
+        "trained_random_of_k": lambda: rows_of([pick.choice(g) for g in groups]),
+        "trained_best_of_k": lambda: rows_of([max(g, key=lambda r: r["reward"]) for g in groups]),
+        "trained_worst_of_k": lambda: rows_of([min(g, key=lambda r: r["reward"]) for g in groups]),
     }
-    ranked = sorted(expl_t["rows"], key=lambda r: r["reward"])
-    q = len(ranked) // 4
-    quartiles = [ranked[i * q:(i + 1) * q] for i in range(4)]
-    for i, bin_rows in enumerate(quartiles):
-        datasets[f"quartile_{i + 1}"] = rows_of(bin_rows)
-    students = {}
-    for name, rows in datasets.items():
-        students[name] = _phase(records, f"student_{name}",
-                                lambda rows=rows, name=name: distill_and_eval(name, rows, tok, make, items, cfg,
-                                                                             style, out))
+    unknown = [a for a in cfg["arms"] if a not in builders]
+    if unknown or "reference" not in cfg["arms"]:
+        raise ValueError(f"arms {cfg['arms']}: expected 'reference' and names from {sorted(builders)}")
+    runs: dict[str, list[dict]] = {}
+    for name in cfg["arms"]:
+        rows = builders[name]()
+        for i in range(cfg["distill_seeds"]):
+            runs.setdefault(name, []).append(_phase(
+                records, f"student_{name}_s{i}", lambda rows=rows, name=name, i=i: distill_and_eval(
+                    f"{name}_s{i}", rows, tok, make, items, cfg, style, out, seed=seed + i)))
+    # claim 3: one student per reward bin of the trained teacher's K x M explanations (training seed 0, greedy)
+    bins = reward_bins(expl_t["rows"], cfg["reward_bins"])
+    bin_students = [_phase(records, f"student_bin_{i + 1}of{len(bins)}",
+                           lambda b=b, i=i: distill_and_eval(f"bin_{i + 1}of{len(bins)}", rows_of(b), tok, make,
+                                                             items, cfg, style, out, seed=seed, sampled=False))
+                    for i, b in enumerate(bins)]
     base = _phase(records, "base_student", lambda: {})
-    results = {**teacher_results, "base_student": {"accuracy": base["accuracy"]},
-               "students": {n: {"accuracy": s["accuracy"], "vs_reference": paired_difference(
-                   s["correct"], students["reference"]["correct"]), "vs_base": paired_difference(
-                   s["correct"], base["correct"]), "final_loss": s["final_loss"], "truncated": s["truncated"],
-                   "train_tokens_in": s["train_tokens_in"], "mean_completion_tokens": s["mean_completion_tokens"]}
-                   for n, s in students.items()},
-               "quartiles": _quartile_stats(quartiles, [students[f"quartile_{i + 1}"] for i in range(4)]),
+    results = {**teacher_results, "base_student": {k: base[k] for k in ("accuracy", "truncated")},
+               "students": arm_stats(runs, base),
+               "bins": _bin_stats(bins, bin_students),
                "phase_seconds": {f[:-5]: json.load(open(os.path.join(out, f)))["seconds"]
                                  for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in NOT_PHASES}}
+    if "sampled_correct" in base:
+        k = base["samples_per_item"]
+        from rlt_core.eval_metrics import pass_at_k
+
+        results["base_student"].update(
+            k=k, avg_at_k=mean_ci([c / k for c in base["sampled_correct"]]),
+            pass_at_k=mean_ci([pass_at_k(k, c, k) for c in base["sampled_correct"]]))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     records.write(summary, _summary_numbers(results, out))
@@ -464,15 +590,19 @@ def _summary_numbers(results: dict, out: str) -> dict:
     return {**{k: v for k, v in results.items() if k != "config"}, "phase_seconds": phases}
 
 
-def _quartile_stats(quartiles: list[list[dict]], students: list[dict]) -> dict:
+def _bin_stats(bins: list[list[dict]], students: list[dict]) -> dict:
+    """Claim 3: each reward bin's mean reward against its student's greedy accuracy (CI over items); Pearson and
+    Spearman over the bins, each with its p-value (None when every bin's student has the same accuracy)."""
     from scipy import stats
 
-    rewards = [sum(r["reward"] for r in b) / len(b) for b in quartiles]
+    rewards = [sum(r["reward"] for r in b) / len(b) for b in bins]
     accs = [s["accuracy"]["mean"] for s in students]
     pearson = stats.pearsonr(rewards, accs) if len(set(accs)) > 1 else None
     spearman = stats.spearmanr(rewards, accs) if len(set(accs)) > 1 else None
-    return {"mean_reward": rewards, "reward_range": [[b[0]["reward"], b[-1]["reward"]] for b in quartiles],
+    return {"n_bins": len(bins), "rows_per_bin": len(bins[0]), "mean_reward": rewards,
+            "reward_range": [[b[0]["reward"], b[-1]["reward"]] for b in bins],
             "accuracy": accs, "accuracy_ci": [s["accuracy"]["ci95_bootstrap"] for s in students],
+            "truncated": [s["truncated"] for s in students],
             "pearson": None if pearson is None else [float(pearson[0]), float(pearson[1])],
             "spearman": None if spearman is None else [float(spearman[0]), float(spearman[1])]}
 
@@ -502,20 +632,27 @@ def report_markdown(r: dict) -> str:
               " s/step)."]
     if "students" not in r:
         return "\n".join(lines + [""])
-    lines += ["", "### Students: held-out accuracy (greedy, 95% bootstrap CI over items)", "",
-              "| student | accuracy | vs reference (paired) | final train loss |", "|---|---|---|---|",
-              f"| base (no distillation) | {_fmt_ci(r['base_student']['accuracy'], True)} | | |"]
+    b = r["base_student"]
+    seeds = next(iter(r["students"].values()))["accuracy"]["seeds"]
+    lines += ["", f"### Students: held-out accuracy ({seeds} training seeds per arm; 95% CI over seeds and items)",
+              "", "| student | greedy | avg@k | pass@k | greedy vs reference | greedy vs reference as thought | "
+                  "train tokens |", "|---|---|---|---|---|---|---|",
+              f"| base (no distillation) | {_fmt_ci(b['accuracy'], True)} | "
+              f"{_fmt_ci(b['avg_at_k'], True) if 'avg_at_k' in b else '-'} | "
+              f"{_fmt_ci(b['pass_at_k'], True) if 'pass_at_k' in b else '-'} | | | |"]
     for name, s in r["students"].items():
-        lines.append(f"| {name} | {_fmt_ci(s['accuracy'], True)} | {_fmt_ci(s['vs_reference'], True)} | "
-                     f"{s['final_loss'] if s['final_loss'] is None else round(s['final_loss'], 3)} |")
-    qs = r["quartiles"]
-    lines += ["", "### Reward quartiles of the trained teacher's explanations", "",
-              "| quartile | mean reward | student accuracy |", "|---|---|---|"]
-    for i in range(4):
+        cells = [_fmt_ci(s[key], True) if key in s else "-" for key in ("accuracy", "avg_at_k", "pass_at_k",
+                                                                           "vs_reference", "vs_reference_thought")]
+        lines.append(f"| {name} | {' | '.join(cells)} | {(s['train_tokens_in'] or 0) / 1000:.1f}k |")
+    qs = r["bins"]
+    lines += ["", f"### {qs['n_bins']} reward bins of the trained teacher's explanations ({qs['rows_per_bin']} rows "
+                  "each, one student per bin)", "", "| bin | mean reward | student accuracy |", "|---|---|---|"]
+    for i in range(qs["n_bins"]):
         lo, hi = qs["accuracy_ci"][i]
-        lines.append(f"| Q{i + 1} | {qs['mean_reward'][i]:.3f} | {100 * qs['accuracy'][i]:.1f}% "
+        lines.append(f"| {i + 1} | {qs['mean_reward'][i]:.3f} | {100 * qs['accuracy'][i]:.1f}% "
                      f"[{100 * lo:.1f}, {100 * hi:.1f}] |")
-    lines += ["", f"Correlation of the bins' mean reward with their student's accuracy (4 bins): {_corr(qs)}", ""]
+    lines += ["", f"Correlation of the bins' mean reward with their student's accuracy ({qs['n_bins']} bins): "
+                  f"{_corr(qs)}", ""]
     return "\n".join(lines)
 
 
@@ -540,13 +677,13 @@ def _plots(r: dict, out: str) -> None:
             yerr=[[100 * (a["mean"] - a["ci95_bootstrap"][0]) for a in accs],
                   [100 * (a["ci95_bootstrap"][1] - a["mean"]) for a in accs]], capsize=3)
     ax1.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
-    ax1.set_ylabel("held-out accuracy, % (95% CI)")
+    ax1.set_ylabel("held-out greedy accuracy, %\n(95% CI over seeds and items)")
     ax1.grid(alpha=0.3, axis="y")
-    qs = r["quartiles"]
+    qs = r["bins"]
     ax2.errorbar(qs["mean_reward"], [100 * a for a in qs["accuracy"]],
                  yerr=[[100 * (a - c[0]) for a, c in zip(qs["accuracy"], qs["accuracy_ci"])],
                        [100 * (c[1] - a) for a, c in zip(qs["accuracy"], qs["accuracy_ci"])]], marker="o", capsize=3)
-    ax2.set_xlabel("mean RLT reward of the quartile's explanations")
+    ax2.set_xlabel("mean RLT reward of the bin's explanations")
     ax2.set_ylabel("student accuracy, %")
     ax2.set_title(_corr(qs), fontsize=8)
     ax2.grid(alpha=0.3)

@@ -16,7 +16,8 @@ from typing import Callable, Optional
 from bench.record import quiet
 
 EVIDENCE = "docs/results/evidence"
-EVIDENCE_CMD = ("make evidence", "~3 h on a quiet 2-core machine; resumable", EVIDENCE + "/")
+EVIDENCE_CMD = ("make evidence", "round 2: many hours on a quiet 2-core machine; resumable across sessions",
+                EVIDENCE + "/")
 
 
 def read(path: Path | str) -> Optional[dict]:
@@ -471,47 +472,64 @@ def evidence_heldout(ctx: Ctx) -> str:
         "", _evidence_source(ctx, rec, ("heldout_before", "heldout_after", "grpo"))])
 
 
-STUDENTS = (("reference", "reference"), ("untrained", "untrained teacher"), ("trained", "trained teacher, sample 0"),
-            ("trained_best_of_k", "trained teacher, best of {k} by reward"))
+STUDENTS = (("reference", "reference solution, no thought block"),
+            ("reference_thought", "reference solution as the thought"), ("untrained", "untrained teacher"),
+            ("trained", "trained teacher, sample 0"), ("trained_random_of_k", "trained teacher, random of {k}"),
+            ("trained_best_of_k", "trained teacher, best of {k} by reward"),
+            ("trained_worst_of_k", "trained teacher, worst of {k} by reward"))
 
 
 def evidence_students(ctx: Ctx) -> str:
     rec = _evidence(ctx, "students")
     if rec is None:
-        return _evidence_missing("claim 2: one student per dataset")
+        return _evidence_missing("claim 2: the distillation arms")
     n, cfg = rec["numbers"], rec.get("config", {})
-    base = ctx.record(f"{EVIDENCE}/base_student.json")
-    rows = [["base (no distillation)", _ci(n["base_student"]["accuracy"], True), "", "",
-             str(base["numbers"]["truncated"]) if base else "-", ""]]
-    for key, label in STUDENTS:
+    b = n["base_student"]
+
+    def cell(s: dict, key: str, fmt=_pp) -> str:
+        return fmt(s[key]) if key in s else "-"
+
+    rows = [["base (no distillation)", _ci(b["accuracy"], True), cell(b, "avg_at_k", lambda m: _ci(m, True)),
+             cell(b, "pass_at_k", lambda m: _ci(m, True)), "", "", "", str(b.get("truncated", "-")), ""]]
+    arms = [(key, label) for key, label in STUDENTS if key in n["students"]]
+    for key, label in arms:
         s = n["students"][key]
         rows.append([label.format(k=cfg.get("best_of_k", "K")), _ci(s["accuracy"], True),
-                     "" if key == "reference" else _pp(s["vs_reference"]),
-                     _pp(s["vs_base"]), str(s["truncated"]), f"{s['train_tokens_in'] / 1000:.1f}k"])
-    return "\n".join(table(["student", "accuracy", "vs reference (paired)", "vs base (paired)",
-                            f"truncated at {cfg.get('eval_max_new_tokens', '?')} tokens", "train tokens"], rows) + [
-        "", _evidence_source(ctx, rec, ("base_student", *[f"student_{k}" for k, _ in STUDENTS]))])
+                     cell(s, "avg_at_k", lambda m: _ci(m, True)), cell(s, "pass_at_k", lambda m: _ci(m, True)),
+                     cell(s, "vs_reference"), cell(s, "vs_reference_thought"), cell(s, "vs_base"),
+                     f"{s['truncated']:.1f}", f"{s['rows']:.0f} / {s['train_tokens_in'] / 1000:.1f}k"])
+    k, temp = cfg.get("eval_samples", "?"), cfg.get("eval_temperature", "?")
+    seeds = [f"student_{key}_s{i}" for key, _ in arms for i in range(int(cfg.get("distill_seeds", 1)))]
+    return "\n".join(table(["student", "greedy", f"avg@{k} (T={temp})", f"pass@{k}", "greedy vs reference (pp)",
+                            "vs reference as thought (pp)", "vs base (pp)",
+                            f"truncated at {cfg.get('eval_max_new_tokens', '?')} tokens", "train rows / tokens"],
+                           rows) + [
+        "", f"{cfg.get('distill_seeds', '?')} training seeds per arm; every CI is a 95% bootstrap over seeds and "
+            f"items; paired differences compare seed i with seed i on the same items.",
+        "", _evidence_source(ctx, rec, ("base_student", *seeds))])
 
 
-def evidence_quartiles(ctx: Ctx) -> str:
-    rec = _evidence(ctx, "quartiles")
+def evidence_bins(ctx: Ctx) -> str:
+    rec = _evidence(ctx, "bins")
     if rec is None:
-        return _evidence_missing("claim 3: one student per reward quartile")
-    q, s = rec["numbers"]["quartiles"], rec["numbers"]["students"]
+        return _evidence_missing("claim 3: one student per reward bin")
+    q = rec["numbers"]["bins"]
     rows = []
-    for i in range(4):
+    for i in range(q["n_bins"]):
         lo, hi = q["accuracy_ci"][i]
-        rows.append([f"Q{i + 1}", f"{q['reward_range'][i][0]:.2f} .. {q['reward_range'][i][1]:.2f}",
+        rows.append([str(i + 1), f"{q['reward_range'][i][0]:.2f} .. {q['reward_range'][i][1]:.2f}",
                      f"{q['mean_reward'][i]:.2f}", f"{100 * q['accuracy'][i]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]",
-                     str(s[f"quartile_{i + 1}"]["truncated"])])
+                     str(q["truncated"][i])])
     if q["pearson"] is None:
         corr = "undefined (every bin's student has the same accuracy)"
     else:
         corr = (f"Pearson r = {q['pearson'][0]:.2f} (p = {q['pearson'][1]:.2g}), Spearman rho = "
                 f"{q['spearman'][0]:.2f} (p = {q['spearman'][1]:.2g})")
-    return "\n".join(table(["quartile", "reward range", "mean reward", "student accuracy", "truncated"], rows) + [
-        "", f"Correlation of the bins' mean reward with their student's accuracy: {corr}.",
-        "", _evidence_source(ctx, rec, ("explanations_trained", *[f"student_quartile_{i}" for i in range(1, 5)]))])
+    phases = [f"student_bin_{i}of{q['n_bins']}" for i in range(1, q["n_bins"] + 1)]
+    return "\n".join(table(["bin", "reward range", "mean reward", "student accuracy", "truncated"], rows) + [
+        "", f"{q['n_bins']} bins of {q['rows_per_bin']} explanations. Correlation of the bins' mean reward with their "
+            f"student's accuracy: {corr}.",
+        "", _evidence_source(ctx, rec, ("explanations_trained", *phases))])
 
 
 def evidence_thought_probe(ctx: Ctx) -> str:
@@ -595,6 +613,6 @@ TEMPLATES: dict[str, Callable[[Ctx], str]] = {
     "readme-incremental": readme_incremental, "readme-executor": readme_executor, "readme-decontam": readme_decontam,
     "readme-grpo-step": readme_grpo_step,
     "evidence-heldout": evidence_heldout, "evidence-students": evidence_students,
-    "evidence-quartiles": evidence_quartiles, "evidence-thought-probe": evidence_thought_probe,
+    "evidence-bins": evidence_bins, "evidence-thought-probe": evidence_thought_probe,
     "evidence-walltimes": evidence_walltimes, "warmup-probe": warmup_probe, "reliability": reliability,
 }

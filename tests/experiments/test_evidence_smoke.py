@@ -33,6 +33,44 @@ def test_paired_reward_change_is_per_problem_after_minus_before():
     assert change["diversity"]["before"]["within_problem_reward_std"] == pytest.approx(0.05)
 
 
+def test_seeds_items_ci_covers_the_spread_between_training_seeds():
+    same = evidence.seeds_items_ci([[1, 0, 1, 0]] * 3)
+    assert same["mean"] == 0.5 and same["seeds"] == 3 and same["n"] == 4 and same["per_seed"] == [0.5] * 3
+    # the same item means, but the seeds disagree: the CI over seeds and items is wider than over items alone
+    spread = evidence.seeds_items_ci([[1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 1, 0]])
+    items_only = evidence.mean_ci([2 / 3, 1 / 3, 2 / 3, 1 / 3])   # each item's mean over the seeds
+    width = spread["ci95_bootstrap"][1] - spread["ci95_bootstrap"][0]
+    assert width > 0.5 > items_only["ci95_bootstrap"][1] - items_only["ci95_bootstrap"][0]
+    with pytest.raises(ValueError, match="seeds x items"):
+        evidence.seeds_items_ci([])
+
+
+def test_arm_stats_pairs_seed_with_seed_and_item_with_item():
+    def run(correct, sampled):
+        return {"correct": correct, "sampled_correct": sampled, "samples_per_item": 2, "truncated": 1, "rows": 8,
+                "final_loss": 1.0, "train_tokens_in": 100, "train_tokens_out": 10, "mean_completion_tokens": 5}
+
+    runs = {"reference": [run([True, False, False, False], [2, 0, 0, 0]), run([False, False, True, False], [0, 0, 2, 0])],
+            "trained": [run([True, True, False, False], [2, 1, 0, 0]), run([False, True, True, False], [1, 2, 2, 0])]}
+    stats = evidence.arm_stats(runs, {"correct": [False] * 4})
+    t = stats["trained"]
+    assert t["accuracy"]["mean"] == 0.5 and t["vs_reference"]["mean"] == 0.25 and t["vs_base"]["mean"] == 0.5
+    # seed i against seed i, item against item: each seed gains item 1 and loses nothing (crossed pairs would give
+    # seed 0 a loss on item 2), so every resample's difference is >= 0
+    assert t["vs_reference"]["per_seed"] == [0.25, 0.25] and t["vs_reference"]["ci95_bootstrap"][0] >= 0.0
+    assert t["avg_at_k"]["mean"] == pytest.approx(8 / 16) and t["pass_at_k"]["mean"] == pytest.approx(5 / 8)
+    assert t["avg_at_k_vs_reference"]["mean"] == pytest.approx((8 - 4) / 16)
+    assert "vs_reference" not in stats["reference"] and t["k"] == 2 and t["train_tokens_in"] == 100
+
+
+def test_reward_bins_are_equal_sized_and_ordered():
+    rows = [{"reward": r} for r in (5, 1, 4, 2, 3, 0, 9)]
+    bins = evidence.reward_bins(rows, 3)
+    assert [[r["reward"] for r in b] for b in bins] == [[0, 1], [2, 3], [4, 5]]   # the top row (9) is left out
+    with pytest.raises(ValueError, match="reward bins"):
+        evidence.reward_bins(rows[:2], 3)
+
+
 def test_unknown_override_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         evidence.main(["--profile", "smoke", "--out", str(tmp_path), "--set", "nope=1"])
@@ -50,12 +88,19 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     assert results["grpo"]["steps"] == 2
     for key in ("reward", "r_ss", "r_kl", "has_format_penalty"):
         assert math.isfinite(results["heldout_reward"][key]["difference"]["mean"])
-    assert set(results["students"]) == {"reference", "untrained", "trained", "trained_best_of_k", "quartile_1",
-                                        "quartile_2", "quartile_3", "quartile_4"}
-    for s in results["students"].values():
-        assert 0.0 <= s["accuracy"]["mean"] <= 1.0 and s["accuracy"]["n"] == 8
-    q = results["quartiles"]["mean_reward"]
-    assert q == sorted(q)  # bins are ordered by reward
+    assert set(results["students"]) == set(evidence.ARMS)
+    for name, s in results["students"].items():
+        # 2 training seeds x 8 items; greedy and sampled (2 samples per item) figures, paired to both references
+        assert 0.0 <= s["accuracy"]["mean"] <= 1.0 and s["accuracy"]["n"] == 8 and s["accuracy"]["seeds"] == 2
+        assert 0.0 <= s["avg_at_k"]["mean"] <= s["pass_at_k"]["mean"] <= 1.0 and s["k"] == 2
+        assert ("vs_reference" in s) == (name != "reference") and s["rows"] == 8
+    assert {"avg_at_k", "pass_at_k", "accuracy"} <= set(results["base_student"])
+    bins = results["bins"]
+    assert bins["n_bins"] == 4 and bins["rows_per_bin"] == 8   # 8 problems x best_of_k 4 = 32 rows
+    assert bins["mean_reward"] == sorted(bins["mean_reward"])  # bins are ordered by reward
+    seeds = {json.load(open(os.path.join(out, f"student_trained_s{i}.json")))["seed"] for i in range(2)}
+    assert seeds == {0, 1}, "each seed of an arm is its own training run"
+    _render_from_the_records(out, tmp_path)
     for name in ("results.json", "report.md", "reward_terms.png", "students.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     with open(os.path.join(out, "heldout_before.json")) as f:
@@ -76,7 +121,31 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     thought_probe.main(["--out", out])
     with open(os.path.join(out, "thought_probe.json")) as f:
         probe = json.load(f)
-    assert set(probe) == set(results["students"])
+    assert set(probe) == set(os.listdir(os.path.join(out, "students")))
+    assert {f"{arm}_s{i}" for arm in evidence.ARMS for i in range(2)} <= set(probe)
     for p in probe.values():
         assert p["n"] == 8 and 0.0 <= p["p_empty_thought"] <= 1.0 and p["greedy_empty_thought"] in {
             k / 8 for k in range(9)}
+
+
+def _render_from_the_records(out: str, tmp_path) -> None:
+    """docs/results.md's evidence blocks render from this run's records (as they will from the committed ones):
+    every arm's row, every bin, each record linked, nothing left 'Not yet measured'."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import doc_templates
+
+    root = tmp_path / "repo"
+    shutil.copytree(os.path.join(out, "records"), root / "docs" / "results" / "evidence")
+    ctx = doc_templates.Ctx(root, "docs/results.md")
+    students, bins = doc_templates.evidence_students(ctx), doc_templates.evidence_bins(ctx)
+    for text in (students, bins, doc_templates.evidence_heldout(ctx), doc_templates.evidence_walltimes(ctx)):
+        assert "Not yet measured" not in text and "Record: [`summary.json`]" in text, text
+    for _, label in doc_templates.STUDENTS:
+        assert label.format(k=4) in students
+    assert "student_reference_thought_s1.json" in students and "student_bin_4of4.json" in bins
+    assert len([line for line in bins.splitlines() if line.startswith("| ") and line[2].isdigit()]) == 4
+
