@@ -95,6 +95,9 @@ BUILTIN_BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec(name="arithmetic-easy-heldout", dataset="builtin:arithmetic-easy", split="heldout",
                       grader="arithmetic", prompt_template=_BOXED + "{prompt}", question_column="question", n=200,
                       seed=HELDOUT_SEED),
+        *(BenchmarkSpec(name=f"{kind}-heldout", dataset=f"builtin:{kind}", split="heldout", grader="arithmetic",
+                        prompt_template=_BOXED + "{prompt}", question_column="question", n=200, seed=HELDOUT_SEED)
+          for kind in ("arithmetic-terse", "addition-terse")),
     )
 }
 

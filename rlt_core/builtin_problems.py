@@ -1,7 +1,10 @@
-"""Seeded offline problem generators: countdown, multi-step arithmetic and its easier variant (arithmetic-easy).
+"""Seeded offline problem generators: countdown, multi-step arithmetic and its easier variant (arithmetic-easy),
+and two tasks with terse reference solutions (arithmetic-terse, addition-terse).
 
-Both families come with worked reference solutions, so the whole factory (teacher prompt with
-question + solution, RLT reward, distillation, graded evaluation) can run without any hub.
+Countdown and arithmetic come with worked reference solutions, so the whole factory (teacher prompt with
+question + solution, RLT reward, distillation, graded evaluation) can run without any hub. The terse tasks'
+reference solution is the final answer alone: the regime the RLT method is for, where the explanation has to supply
+the steps the reference leaves out (issue 24; an answer-only reference cannot teach them, an explanation can).
 
 Every problem is built from a random expression tree, so it is solvable by construction:
 countdown targets are the value of a tree over the given numbers, arithmetic answers are the value
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Optional
 
-KINDS = ("countdown", "arithmetic", "arithmetic-easy")
+KINDS = ("countdown", "arithmetic", "arithmetic-easy", "arithmetic-terse", "addition-terse")
 PARTITIONS = ("train", "eval")
 _EVAL_SHARE = 8  # 1 in 8 canonical problems belongs to the eval partition
 
@@ -129,10 +132,10 @@ def countdown_problem(rng: random.Random, max_tries: int = 1000) -> dict:
 
 
 def arithmetic_problem(rng: random.Random, max_tries: int = 1000, sizes: tuple[int, ...] = (3, 4), high: int = 50,
-                       ops: str = "+-*", task: str = "arithmetic") -> dict:
+                       ops: str = "+-*", task: str = "arithmetic", low: int = 1) -> dict:
     """One multi-step integer arithmetic problem over 3-4 operands in [1, 50] with + - *."""
     for _ in range(max_tries):
-        operands = [rng.randint(1, high) for _ in range(rng.choice(sizes))]
+        operands = [rng.randint(low, high) for _ in range(rng.choice(sizes))]
         tree = _random_tree(rng, operands, ops)
         if tree is None:
             continue
@@ -152,9 +155,28 @@ def arithmetic_easy_problem(rng: random.Random, max_tries: int = 1000) -> dict:
     return arithmetic_problem(rng, max_tries, sizes=(3,), high=10, task="arithmetic-easy")
 
 
+def _answer_only(problem: dict) -> dict:
+    """The problem with its reference solution cut to the final answer."""
+    return {**problem, "solution": f"The answer is \\boxed{{{problem['answer']}}}."}
+
+
+def arithmetic_terse_problem(rng: random.Random, max_tries: int = 1000) -> dict:
+    """4 operands in [1, 10] with + - * (three steps), answer-only reference solution."""
+    return _answer_only(arithmetic_problem(rng, max_tries, sizes=(4,), high=10, task="arithmetic-terse"))
+
+
+def addition_terse_problem(rng: random.Random, max_tries: int = 1000) -> dict:
+    """The sum of three 2-digit numbers (carries, laid out digit by digit when explained), answer-only reference
+    solution."""
+    return _answer_only(arithmetic_problem(rng, max_tries, sizes=(3,), high=99, ops="+", task="addition-terse",
+                                           low=10))
+
+
 _MAKERS: dict[str, Callable[[random.Random], dict]] = {"countdown": countdown_problem,
                                                         "arithmetic": arithmetic_problem,
-                                                        "arithmetic-easy": arithmetic_easy_problem}
+                                                        "arithmetic-easy": arithmetic_easy_problem,
+                                                        "arithmetic-terse": arithmetic_terse_problem,
+                                                        "addition-terse": addition_terse_problem}
 
 
 def canonical_key(problem: dict) -> str:
@@ -175,14 +197,15 @@ def generate(kind: str, n: int, seed: int, partition: str = "train") -> list[dic
     """Generate ``n`` distinct problems of one kind, deterministically from ``seed``.
 
     Args:
-        kind: ``"countdown"``, ``"arithmetic"`` or ``"arithmetic-easy"``.
+        kind: one of :data:`KINDS`.
         n: number of problems (>= 0).
         seed: RNG seed; the same arguments always give the same list, and a longer list with the same
             seed starts with the shorter one.
         partition: ``"train"`` (default) or ``"eval"``; the two never share a problem.
 
     Returns:
-        A list of dicts with keys ``question``, ``solution`` (worked derivation), ``answer``
+        A list of dicts with keys ``question``, ``solution`` (worked derivation; the terse kinds: the answer),
+        ``answer``
         (countdown: the equation's expression; arithmetic: the integer as a string), ``task`` and
         ``meta`` (countdown: ``numbers``, ``target``; arithmetic: ``expression``, ``value``).
     """

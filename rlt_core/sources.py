@@ -1,7 +1,7 @@
 """Ingest: read raw rows from a source and normalise them into problem records or quarantine reasons.
 
 Sources: a Hugging Face dataset id (streamed), a local ``.parquet``/``.jsonl``/``.json``/``.csv`` file,
-or a built-in generator (``builtin:countdown``, ``builtin:arithmetic``, ``builtin:arithmetic-easy``). Layouts:
+or a built-in generator (``builtin:<kind>``, a kind of :data:`rlt_core.builtin_problems.KINDS`). Layouts:
 
 - ``sharegpt`` (Bespoke-Stratos-17k, rlt-method.md 1.1): ``conversations`` = [user question, assistant
   ``<|begin_of_thought|>…<|end_of_thought|>\\n\\n<|begin_of_solution|>…<|end_of_solution|>``]. The
@@ -95,7 +95,7 @@ class SourceSpec(BaseModel):
     """Where problems come from and how to read them.
 
     ``uri``: a Hugging Face dataset id, a local path (``.parquet``, ``.jsonl``, ``.json``, ``.csv``), or
-    ``builtin:countdown`` / ``builtin:arithmetic`` / ``builtin:arithmetic-easy``. ``columns`` maps our fields
+    ``builtin:<kind>`` (:data:`rlt_core.builtin_problems.KINDS`). ``columns`` maps our fields
     (question, solution, reasoning_trace, answer) to source column names (layout ``columns``; with ``auto`` it
     wins when set). ``split``/``subset`` select the HF split/config; ``limit`` caps the rows read; ``n``/``seed`` drive
     the built-in generators; ``max_field_chars`` is the per-field size above which a row is quarantined.

@@ -554,12 +554,17 @@ def evidence_walltimes(ctx: Ctx) -> str:
                                                             _evidence_source(ctx, rec, tuple(p))])
 
 
+def _probe(ctx: Ctx, name: str, time: str) -> tuple[str, Optional[dict], str]:
+    """(path, record or None, the 'not yet measured' line) of ``experiments/<name>.py``'s record."""
+    path = f"docs/results/{name}.json"
+    return path, ctx.record(path), (f"Not yet measured at this commit: run `python experiments/{name}.py` ({time}; "
+                                    f"writes `{path}`).")
+
+
 def warmup_probe(ctx: Ctx) -> str:
-    path = "docs/results/warmup_probe.json"
-    rec = ctx.record(path)
+    path, rec, missing = _probe(ctx, "warmup_probe", "~5 min")
     if rec is None:
-        return (f"Not yet measured at this commit: run `python experiments/warmup_probe.py` (~5 min; writes "
-                f"`{path}`).")
+        return missing
     n = rec["numbers"]
     rows = [[w["warmup"], f"{w['distinct_per_problem']:.2f}", f"{w['within_problem_reward_std']:.2f}",
              f"{100 * w['has_format_penalty']:.0f}%", f"{w['reward']:.2f}", f"{w['r_ss']:.2f}", f"{w['r_kl']:.2f}"]
@@ -567,6 +572,20 @@ def warmup_probe(ctx: Ctx) -> str:
     return "\n".join(table(["warm-up (steps@lr)", f"distinct / {n['group']}", "within-prompt reward std",
                             "format penalty", "reward", "r_SS", "r_KL"], rows)
                      + ["", f"Record: {source(ctx, path, rec)}."])
+
+
+def task_probe(ctx: Ctx) -> str:
+    path, rec, missing = _probe(ctx, "task_probe", "~10 min")
+    if rec is None:
+        return missing
+    n = rec["numbers"]
+    lo, hi = n["band"]
+    rows = [[t["task"], str(t["items"]), _ci(t["accuracy"], True), f"{t['truncated']}",
+             f"{t['mean_completion_tokens']:.0f}", "inside" if t["in_band"] else "outside"] for t in n["tasks"]]
+    return "\n".join(table(["task", "held-out items", "base accuracy (greedy)",
+                            f"truncated at {n['max_new_tokens']} tokens", "mean answer tokens",
+                            f"{100 * lo:.0f}-{100 * hi:.0f}% band"], rows)
+                      + ["", f"Model: {n['model']}. Record: {source(ctx, path, rec)}."])
 
 
 # ---------------------------------------------------------------------------------------------- reliability
@@ -614,5 +633,6 @@ TEMPLATES: dict[str, Callable[[Ctx], str]] = {
     "readme-grpo-step": readme_grpo_step,
     "evidence-heldout": evidence_heldout, "evidence-students": evidence_students,
     "evidence-bins": evidence_bins, "evidence-thought-probe": evidence_thought_probe,
-    "evidence-walltimes": evidence_walltimes, "warmup-probe": warmup_probe, "reliability": reliability,
+    "evidence-walltimes": evidence_walltimes, "warmup-probe": warmup_probe, "task-probe": task_probe,
+    "reliability": reliability,
 }

@@ -36,7 +36,7 @@ def read_jsonl(fixture: str) -> list[dict]:
 
 def test_builtin_specs_match_skythought_settings():
     assert set(BUILTIN_BENCHMARKS) == {"math500", "aime24", "gpqa_diamond", "countdown-heldout", "arithmetic-heldout",
-                                       "arithmetic-easy-heldout"}
+                                       "arithmetic-easy-heldout", "arithmetic-terse-heldout", "addition-terse-heldout"}
     m, a, g = get_benchmark("math500"), get_benchmark("aime24"), get_benchmark("gpqa_diamond")
     assert (m.dataset, m.split, m.grader) == ("qq8933/MATH500", "test", "math")
     assert (a.dataset, a.split, a.grader) == ("AI-MO/aimo-validation-aime", "train", "math")

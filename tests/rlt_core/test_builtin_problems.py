@@ -5,10 +5,11 @@ from fractions import Fraction
 
 import pytest
 
-from rlt_core.builtin_problems import Node, canonical_key, generate, partition_of, render, steps
+from rlt_core.builtin_problems import KINDS, Node, canonical_key, generate, partition_of, render, steps
 from rlt_core.grading import evaluate_expression, grade_arithmetic, grade_countdown
 
-KINDS = ["countdown", "arithmetic", "arithmetic-easy"]
+TERSE = ["arithmetic-terse", "addition-terse"]
+WORKED = [k for k in KINDS if k not in TERSE]   # the kinds whose reference solution is a worked derivation
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -64,7 +65,7 @@ def test_arithmetic_easy_has_three_small_operands_and_its_own_heldout_benchmark(
     assert len(items) == 200 and all(partition_of(r) == "eval" for r in load_benchmark_rows(spec))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WORKED)
 def test_every_worked_step_is_arithmetically_right(kind):
     step_re = re.compile(r"^\w[\w ]*, (\d+) ([-+*/]) (\d+) = (\d+)\.$")
     for p in generate(kind, 200, seed=4):
@@ -74,6 +75,23 @@ def test_every_worked_step_is_arithmetically_right(kind):
             a, op, b, r = step_re.match(line).groups()
             value, _ = evaluate_expression(f"{a} {op} {b}")
             assert value == Fraction(int(r)), line
+
+
+@pytest.mark.parametrize("kind, n_operands, low, high, ops", [("arithmetic-terse", 4, 1, 10, set("+-*")),
+                                                              ("addition-terse", 3, 10, 99, {"+"})])
+def test_terse_kinds_give_the_answer_alone_and_have_a_heldout_benchmark(kind, n_operands, low, high, ops):
+    from rlt_core.benchmarks import benchmark_items, get_benchmark, load_benchmark_rows
+
+    for p in generate(kind, 300, seed=6):
+        expr = re.fullmatch(r"Compute (.+)\.", p["question"]).group(1)
+        value, used = evaluate_expression(expr)
+        assert len(used) == n_operands and all(low <= u <= high for u in used), expr
+        assert set(re.findall(r"[-+*/]", expr)) <= ops and str(value.numerator) == p["answer"]
+        assert p["solution"] == f"The answer is \\boxed{{{p['answer']}}}." and p["task"] == kind
+        assert grade_arithmetic(p["solution"], p["answer"]).correct
+    spec = get_benchmark(f"{kind}-heldout")
+    rows = load_benchmark_rows(spec)
+    assert len(benchmark_items(spec, rows)) == 200 and all(partition_of(r) == "eval" for r in rows)
 
 
 def test_render_uses_the_parentheses_precedence_needs():
