@@ -26,7 +26,10 @@ Round 2 (issue 24) made the arms fair: every arm of claim 2 is trained with ``di
 and items, :func:`seeds_items_ci`; paired differences seed against seed); a ``reference_thought`` arm puts the
 reference solution inside the thought block (the explanation arms' format); random-, best- and worst-of-K arms;
 sampled evaluation (``eval_samples`` at ``eval_temperature``: avg@k, pass@k) beside greedy; the training tokens of
-every arm are reported beside its rows.
+every arm are reported beside its rows. Options for its other questions: ``reward_student`` (``base``, or
+``reference``: the student distilled on the reference solutions scores the teacher), ``kl_coef`` (r_KL's weights),
+``task`` (e.g. the answer-only ``arithmetic-terse``; ``experiments/task_probe.py`` says which tasks put the base
+student in the 5-60% band). One run per setting, each in its own ``--out`` and ``--records`` folder.
 
 Every phase writes its result to ``--out`` and is skipped when the file is there, so a killed run resumes at the
 phase it was in. ``results.json`` gathers everything; ``report.md`` holds the tables.
@@ -69,13 +72,15 @@ PROFILES: dict[str, dict[str, Any]] = {
                  group=4, prompts_per_step=2, max_new_tokens=96, lr=1e-4, beta=0.04, lora_r=16,
                  heldout_prompts=64, heldout_samples=4, distill_problems=128, best_of_k=4, distill_steps=32,
                  distill_batch=8, distill_lr=5e-5, eval_items=200, eval_max_new_tokens=200, batch=16, eval_batch=32,
-                 arms=list(ARMS), distill_seeds=3, eval_samples=8, eval_temperature=0.7, reward_bins=8),
+                 arms=list(ARMS), distill_seeds=3, eval_samples=8, eval_temperature=0.7, reward_bins=8,
+                 reward_student="base", kl_coef=[3.0, 0.03]),
     # plumbing only (tiny random models): what CI runs
     "smoke": dict(tiny=True, task="arithmetic-easy", train_problems=16, sft_steps=2, sft_lr=5e-5, grpo_steps=2,
                   group=2, prompts_per_step=2, max_new_tokens=12, lr=5e-5, beta=0.04, lora_r=4,
                   heldout_prompts=4, heldout_samples=2, distill_problems=8, best_of_k=4, distill_steps=2,
                   distill_batch=4, distill_lr=5e-5, eval_items=8, eval_max_new_tokens=12, batch=8, eval_batch=8,
-                  arms=list(ARMS), distill_seeds=2, eval_samples=2, eval_temperature=0.7, reward_bins=4),
+                  arms=list(ARMS), distill_seeds=2, eval_samples=2, eval_temperature=0.7, reward_bins=4,
+                  reward_student="base", kl_coef=[3.0, 0.03]),
 }
 SHORT_TEACHER = ("You are given a question and its solution. Explain step by step how to reach the solution, "
                  "inside the explanation tags.")
@@ -189,6 +194,14 @@ def _tokenizer_and_builder(cfg: dict):
     return tok, lambda path, seed=0: load_causal_lm(path or base)
 
 
+def _reward_config(cfg: dict, batch: int, style):
+    """The RLT reward of the run: the paper's recipe but for ``kl_coef`` (the weights of r_KL's mean and max terms;
+    the paper's (3.0, 0.03) by default, smaller ones for question 5 of issue 24)."""
+    from rlt_core.reward import RewardConfig
+
+    return RewardConfig(batch_size=batch, prompt_style=style, kl_coef=tuple(cfg["kl_coef"]))
+
+
 def _runtime(seed: int, save_steps: int = 100_000):
     from rlt_core.training.common import RuntimeSettings
 
@@ -215,14 +228,14 @@ def teacher_samples(teacher, student, tok, problems: list[dict], k: int, seed: i
     """``k`` explanations per problem (request seeds ``seed + 1000*i + j``), each scored with the RLT reward."""
     from rlt_core.generation import GenRequest, HFGenerator, SamplingConfig
     from rlt_core.prompts import format_teacher_prompt
-    from rlt_core.reward import RewardConfig, RLTReward
+    from rlt_core.reward import RLTReward
 
     prompts = [format_teacher_prompt(tok, p["question"], p["solution"], style) for p in problems]
     reqs = [GenRequest(f"{i}#{j}", prompts[i], seed + 1000 * i + j) for i in range(len(problems)) for j in range(k)]
     results = HFGenerator(teacher, tok, cfg["batch"]).generate(
         reqs, SamplingConfig(temperature=0.7, top_p=1.0, max_new_tokens=cfg["max_new_tokens"]))
     idx = [(i, j) for i in range(len(problems)) for j in range(k)]
-    reward = RLTReward(teacher, student, tok, RewardConfig(batch_size=cfg["batch"], prompt_style=style))
+    reward = RLTReward(teacher, student, tok, _reward_config(cfg, cfg["batch"], style))
     scored = reward.score([problems[i]["question"] for i, _ in idx], [problems[i]["solution"] for i, _ in idx],
                           [r.text for r in results], prompts=[prompts[i] for i, _ in idx])
     rows = []
@@ -334,7 +347,8 @@ def distill_and_eval(name: str, rows: list[dict], tok, make, items: list, cfg: d
                          max_length=768, max_steps=cfg["distill_steps"], style=style, runtime=_runtime(seed))
     res = distill_student(student, tok, rows, dcfg, os.path.join(out, "students", name), resume=False)
     result = evaluate_student(student.eval(), tok, items, cfg, style, sampled=sampled)
-    return {"name": name, "seed": seed, "rows": len(rows), "steps": res.steps, "final_loss": res.final_loss,
+    return {"name": name, "seed": seed, "model_dir": res.model_dir, "rows": len(rows), "steps": res.steps,
+            "final_loss": res.final_loss,
             "train_tokens_in": res.tokens_in, "train_tokens_out": res.tokens_out, **result}
 
 
@@ -427,7 +441,6 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     import torch
 
     from rlt_core.builtin_problems import generate
-    from rlt_core.reward import RewardConfig
     from rlt_core.training.common import LoraSettings
     from rlt_core.training.grpo import TeacherGRPOConfig, train_teacher_grpo
     from rlt_core.training.sft_teacher import TeacherSFTConfig, train_teacher_sft
@@ -447,6 +460,21 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     distill_problems = pool[cfg["train_problems"] + cfg["heldout_prompts"]:]
     items = eval_items(cfg)
     student = make(None, 1).eval()
+    from rlt_core.prompts import wrap_solution
+
+    reference_rows = [{"system": style.student_system_prompt, "question": p["question"],
+                       "assistant": wrap_solution(p["solution"], style)} for p in distill_problems]
+    # The reward's student (question 3 of issue 24): the base model (the paper's setup at 7B, where the student can
+    # follow an explanation), or the student distilled on the reference solutions, which can follow this task's
+    # steps better than the base model: the claim-2 arm `reference`, seed 0, trained first and reused there.
+    if cfg["reward_student"] == "reference":
+        ref = _phase(records, "student_reference_s0", lambda: distill_and_eval(
+            "reference_s0", reference_rows, tok, make, items, cfg, style, out, seed=seed))
+        reward_student = make(ref["model_dir"]).eval()
+    elif cfg["reward_student"] == "base":
+        reward_student = student
+    else:
+        raise ValueError(f"reward_student {cfg['reward_student']!r}: expected 'base' or 'reference'")
 
     sft_dir = os.path.join(out, "teacher_sft")
 
@@ -460,7 +488,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     sft_res = _phase(records, "teacher_sft", sft)
     untrained = make(sft_res["model_dir"]).eval()
     k = cfg["heldout_samples"]
-    before = _phase(records, "heldout_before", lambda: {"rows": teacher_samples(untrained, student, tok, heldout, k,
+    before = _phase(records, "heldout_before", lambda: {"rows": teacher_samples(untrained, reward_student, tok, heldout, k,
                                                                            10_000, cfg, style)})
 
     def grpo() -> dict:
@@ -487,8 +515,8 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
                                  lora=LoraSettings(r=cfg["lora_r"], alpha=2 * cfg["lora_r"]), samples_per_log=2,
                                  sample_every=10, runtime=_runtime(seed))
         t0 = time.perf_counter()
-        res = train_teacher_grpo(policy, student, tok, grpo_rows, gcfg,
-                                 RewardConfig(batch_size=n, prompt_style=style), os.path.join(out, "grpo"),
+        res = train_teacher_grpo(policy, reward_student, tok, grpo_rows, gcfg,
+                                 _reward_config(cfg, n, style), os.path.join(out, "grpo"),
                                  log_metric, lambda name, text, step: samples.append(f"=== step {step}\n{text}"),
                                  resume=False)
         summary = _summary(history, time.perf_counter() - t0, {})
@@ -500,7 +528,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
 
     grpo_res = _phase(records, "grpo", grpo)
     trained = make(grpo_res["model_dir"]).eval()
-    after = _phase(records, "heldout_after", lambda: {"rows": teacher_samples(trained, student, tok, heldout, k,
+    after = _phase(records, "heldout_after", lambda: {"rows": teacher_samples(trained, reward_student, tok, heldout, k,
                                                                          10_000, cfg, style)})
     change = paired_reward_change(before["rows"], after["rows"])
     teacher_results = {"config": cfg, "heldout_reward": change,
@@ -515,9 +543,9 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
 
     # ---- distillation data
     expl_u = _phase(records, "explanations_untrained", lambda: {"rows": teacher_samples(
-        untrained, student, tok, distill_problems, 1, 20_000, cfg, style)})
+        untrained, reward_student, tok, distill_problems, 1, 20_000, cfg, style)})
     expl_t = _phase(records, "explanations_trained", lambda: {"rows": teacher_samples(
-        trained, student, tok, distill_problems, cfg["best_of_k"], 20_000, cfg, style)})
+        trained, reward_student, tok, distill_problems, cfg["best_of_k"], 20_000, cfg, style)})
 
     def rows_of(samples: list[dict]) -> list[dict]:
         return [{"question": distill_problems[r["problem"]]["question"],
@@ -530,11 +558,8 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
         by_problem.setdefault(r["problem"], []).append(r)
     groups = [v for _, v in sorted(by_problem.items())]
     pick = random.Random(seed + 7)   # the random-of-K arm's draw: seeded, independent of the sample order
-    from rlt_core.prompts import wrap_solution
-
     builders: dict[str, Callable[[], list[dict]]] = {
-        "reference": lambda: [{"system": style.student_system_prompt, "question": p["question"],
-                               "assistant": wrap_solution(p["solution"], style)} for p in distill_problems],
+        "reference": lambda: reference_rows,
         # the same student format as the explanation arms: the reference solution is the thought, then the solution
         "reference_thought": lambda: [{"question": p["question"], "solution": p["solution"],
                                        "explanation": p["solution"]} for p in distill_problems],

@@ -71,6 +71,12 @@ def test_reward_bins_are_equal_sized_and_ordered():
         evidence.reward_bins(rows[:2], 3)
 
 
+def test_the_kl_weights_reach_the_reward():
+    cfg = dict(evidence.PROFILES["smoke"], kl_coef=[1.0, 0.01])
+    assert evidence._reward_config(cfg, 4, evidence._style()).kl_coef == (1.0, 0.01)
+    assert evidence._reward_config(evidence.PROFILES["full"], 4, evidence._style()).kl_coef == (3.0, 0.03)
+
+
 def test_unknown_override_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         evidence.main(["--profile", "smoke", "--out", str(tmp_path), "--set", "nope=1"])
@@ -101,6 +107,15 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     seeds = {json.load(open(os.path.join(out, f"student_trained_s{i}.json")))["seed"] for i in range(2)}
     assert seeds == {0, 1}, "each seed of an arm is its own training run"
     _render_from_the_records(out, tmp_path)
+    # question 3: the reward's student can be the reference-distilled student (trained first, reused by claim 2)
+    out2 = str(tmp_path / "ev-reference-student")
+    evidence.main(["--profile", "smoke", "--out", out2, "--stop-after", "teacher", "--set", 'reward_student="reference"'])
+    with open(os.path.join(out2, "student_reference_s0.json")) as f:
+        assert json.load(f)["name"] == "reference_s0"
+    with open(os.path.join(out, "heldout_before.json")) as f, open(os.path.join(out2, "heldout_before.json")) as g:
+        by_base, by_ref = json.load(f)["rows"], json.load(g)["rows"]
+    assert [r["text"] for r in by_base] == [r["text"] for r in by_ref], "the same teacher and seeds"
+    assert [r["r_ss"] for r in by_base] != [r["r_ss"] for r in by_ref], "another student scored them"
     for name in ("results.json", "report.md", "reward_terms.png", "students.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     with open(os.path.join(out, "heldout_before.json")) as f:
