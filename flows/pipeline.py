@@ -8,7 +8,7 @@ Both the plan and the flows walk this graph and compute keys with the stages' ow
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from pydantic import BaseModel
 
@@ -52,20 +52,33 @@ class Node:
 
 @dataclass(frozen=True)
 class Variant:
-    """A stage run twice in one night, as labelled nodes: ``bind`` gives inputs from the recipe instead of from
-    the producing stage."""
+    """A stage run more than once in one night, as labelled nodes: ``bind`` gives inputs from the recipe instead
+    of from the producing stage; ``config`` replaces the stage's section of the recipe. A labelled node takes an
+    input from the node of the same label that produces it when there is one (``distill[reference]`` reads
+    ``filter[reference]``'s distill set), else from the unlabelled producer."""
 
     label: str
     bind: dict[str, Callable[[Recipe], str]] = field(default_factory=dict)
     enabled: Callable[[Recipe], bool] = lambda r: True
+    config: Optional[Callable[[Recipe], BaseModel]] = None
 
 
-# The one choice a recipe makes that no stage declaration can: the student is evaluated twice, before distillation
-# (its base model, a reference from the recipe) and after (the distill stage's checkpoint).
+def _baseline(r: Recipe) -> bool:
+    return "reference" in r.evaluate.baselines
+
+
+# The choices a recipe makes that no stage declaration can: the student is evaluated twice, before distillation
+# (its base model, a reference from the recipe) and after (the distill stage's checkpoint); with
+# `evaluate.baselines: [reference]` a baseline student is distilled, with the same recipe and budget, on the
+# reference solutions of the same problems (filter[reference] -> distill[reference] -> evaluate[reference]), so
+# the report and the audit `min_gain_over_baseline` can say what the explanations add.
 VARIANTS: dict[str, tuple[Variant, ...]] = {
+    "filter": (Variant(""), Variant("reference", enabled=_baseline,
+                                    config=lambda r: r.filter.model_copy(update={"source": "reference"}))),
+    "distill": (Variant(""), Variant("reference", enabled=_baseline)),
     "evaluate": (Variant("base", {"student_checkpoint": lambda r: r.distill.student_model},
                          enabled=lambda r: r.evaluate.include_base),
-                 Variant("distilled")),
+                 Variant("distilled"), Variant("reference", enabled=_baseline)),
 }
 
 
@@ -73,28 +86,38 @@ def _config_of(name: str) -> Callable[[Recipe], BaseModel]:
     return lambda recipe: getattr(recipe, name)   # a stage's section of the recipe is named after it
 
 
+def _out_name(stage: str, label: str) -> Callable[[str], str]:
+    """A node's outputs in the flow's result: ``eval_<label>`` for an evaluation, ``<output>_<label>`` for another
+    labelled node (``distill_set_reference``), the output's own name for an unlabelled one."""
+    if not label:
+        return lambda output: output
+    if stage == "evaluate":
+        return lambda output: f"eval_{label}"
+    return lambda output: f"{output}_{label}"
+
+
 def derive_nodes() -> tuple[Node, ...]:
     """The graph from the declarations: each input of a stage comes from the earlier stage whose output has the
     input's (artifact) name; a stage with variants becomes one node per variant."""
-    producer: dict[str, str] = {}
+    producer: dict[tuple[str, str], str] = {}   # (artifact name, label) -> node id
     nodes: list[Node] = []
     for stage in stages():
         for variant in VARIANTS.get(stage.name, (Variant(""),)):
             inputs: dict[str, From | Model] = {}
             for name in stage.input_names:
+                src = producer.get((name, variant.label)) or producer.get((name, ""))
                 if name in variant.bind:
                     inputs[name] = Model(variant.bind[name])
-                elif name in producer:
-                    inputs[name] = From(producer[name], name)
+                elif src is not None:
+                    inputs[name] = From(src, name)
                 else:
                     raise TypeError(f"stage {stage.name}: no earlier stage produces its input {name!r}")
             node_id = f"{stage.name}[{variant.label}]" if variant.label else stage.name
-            out_name = ((lambda label: lambda output: f"eval_{label}")(variant.label) if variant.label
-                        else (lambda output: output))
-            nodes.append(Node(node_id, stage, _config_of(stage.name), inputs, variant.label, variant.enabled,
-                              out_name))
-        for contract in stage.outputs:
-            producer[contract.name] = stage.name
+            nodes.append(Node(node_id, stage, variant.config or _config_of(stage.name), inputs, variant.label,
+                              variant.enabled, _out_name(stage.name, variant.label)))
+            for contract in stage.outputs:
+                if stage.name != "evaluate":   # an evaluation feeds no stage
+                    producer[(contract.name, variant.label)] = node_id
     return tuple(nodes)
 
 

@@ -124,6 +124,10 @@ class AuditsConfig(BaseModel):
     max_eval_regression: Optional[float] = Field(default=None, ge=0, description="per benchmark: fail when the "
                                                  "release's CI low - the night's CI high exceeds this (0: fail when "
                                                  "the 95% CIs are disjoint with the night below)")
+    min_gain_over_baseline: Optional[float] = Field(
+        default=None, ge=-1, le=1, description="per benchmark: fail unless the distilled student's paired gain over "
+        "the reference baseline student (share of correct samples per item, distilled - baseline, mean over the "
+        "items) is at least this; needs `evaluate.baselines: [reference]`")
     human_review: Optional[HumanReviewAudit] = Field(default=None, description="the night's sample reviewed by "
                                                      "people (recipe `review:`) rejects at most max_reject_rate")
 
@@ -169,6 +173,13 @@ class Recipe(BaseModel):
     def _review_logged(self) -> "Recipe":
         if self.audits.human_review is not None and self.audits.human_review.wait != "skip" and self.review is None:
             raise ValueError("audits.human_review needs a sample to review: set `review:` (e.g. `review: {}`)")
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_evaluated(self) -> "Recipe":
+        if self.audits.min_gain_over_baseline is not None and "reference" not in self.evaluate.baselines:
+            raise ValueError("audits.min_gain_over_baseline needs the baseline student: set "
+                             "`evaluate: {baselines: [reference]}`")
         return self
 
     @model_validator(mode="after")

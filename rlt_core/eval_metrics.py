@@ -7,7 +7,9 @@ With k samples per item (temperature > 0):
 - ``pass@k``: the share of items with at least one correct sample among k, by the unbiased estimator
   ``1 - C(n-c, k) / C(n, k)`` of Chen et al. 2021 (n samples, c correct; with k = n it is "any correct");
 - ``maj@k``: the share of items whose most frequent extracted answer (ties: the one seen first) is correct
-  (self-consistency; a sample with no extracted answer casts no vote).
+  (self-consistency; a sample with no extracted answer casts no vote);
+- the paired difference of two models on the same items (:func:`paired_difference`: a student against a baseline
+  student).
 
 Every CI is a 95% percentile bootstrap over items (the unit a benchmark samples), seeded, so reproducible.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from math import comb
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 SMALL_BENCHMARK_ITEMS = 100   # below this, one item moves a one-sample score by more than a point
 
@@ -67,6 +69,18 @@ def sampled_metrics(correct: list[list[bool]], extracted: list[list[Optional[str
         value, low, high = bootstrap_ci(scores, n_boot, seed)
         out[name] = {"value": value, "ci_low": low, "ci_high": high}
     return out
+
+
+def paired_difference(a: Mapping[str, float], b: Mapping[str, float], n_boot: int = 2000,
+                      seed: int = 0) -> dict[str, float]:
+    """Mean over the items both evaluations graded of ``a[item] - b[item]`` (each a per-item score, e.g. the share
+    of its samples that are correct), with a 95% percentile bootstrap CI over those items: the gain of one model
+    over another on the same items, which varies far less than the difference of two independent CIs suggests."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise ValueError("a paired difference needs items graded in both evaluations; none are shared")
+    value, low, high = bootstrap_ci([a[i] - b[i] for i in shared], n_boot, seed)
+    return {"value": value, "ci_low": low, "ci_high": high, "items": len(shared)}
 
 
 def small_benchmark_warning(items: int, k: int) -> Optional[str]:

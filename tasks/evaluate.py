@@ -34,6 +34,10 @@ class EvaluateConfig(StageConfig):
     batch_size: Annotated[int, NOT_IN_KEY] = Field(default=8, ge=1)
     include_base: Annotated[bool, NOT_IN_KEY] = Field(default=True, description="also evaluate the base student "
                                                                                "(before distillation)")
+    baselines: Annotated[list[Literal["reference"]], NOT_IN_KEY] = Field(
+        default_factory=list, description="baseline students evaluated beside the distilled one: `reference` "
+        "distils a student on the reference solutions of the same problems with the same distill recipe and budget "
+        "(nodes filter/distill/evaluate[reference]); the report shows the distilled student's paired gain over it")
     dtype: Literal["float32", "bfloat16"] = "float32"
     style: PromptStyle = Field(default_factory=PromptStyle)
     # added after keys were recorded: at False it stays out of the key

@@ -5,7 +5,7 @@ Needs no model: re-filtering with new rules or re-weighted coefficients reuses t
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
@@ -38,9 +38,27 @@ class FilterConfig(StageConfig):
         default=(), description="explanation ids to drop as human_rejected (filled from `reviews` when "
         "reject_reviewed is on; may be set by hand)")
 
+    # added after keys were recorded: at "teacher" it stays out of the key
+    source: Annotated[Literal["teacher", "reference"], KEY_IF_SET] = Field(
+        default="teacher", description="teacher: the rules pick among the teacher's explanations (the night's "
+        "distill set); reference: every problem's reference solution as the thought, no explanation (the "
+        "`filter[reference]` node of `evaluate.baselines: [reference]`, flows/pipeline.py)")
+
     def key_extra(self) -> dict[str, str]:
         """The rejected explanations' digest, when there are any (none: the key is what it always was)."""
+        if self.source == "reference":
+            return {}
         return {"human_rejected": digest(sorted(set(self.rejected_ids)))} if self.rejected_ids else {}
+
+    def key_config(self) -> dict:
+        """The reference distill set depends on the student format alone, not on the rules."""
+        if self.source == "reference":
+            return {"source": "reference", "style": self.style.model_dump(mode="json")}
+        return super().key_config()
+
+    def key_inputs(self, declared: tuple[str, ...]) -> tuple[str, ...]:
+        # the reference distill set reads the problems only: a new night's explanations leave its key alone
+        return ("problems",) if self.source == "reference" else declared
 
 
 def _row(style: PromptStyle, problem_id: str, explanation_id: str | None, origin: str, question: str,
@@ -66,7 +84,10 @@ def _text_features(rules: TextRules, style: PromptStyle, explanations: Artifact)
 
 def filter_(run: StageRun, cfg: FilterConfig, scored_explanations: Artifact, explanations: Artifact,
             problems: Artifact) -> dict:
-    """Best-of-K (and the other rules) per problem from the reward ledger; winners become student-format examples."""
+    """Best-of-K (and the other rules) per problem from the reward ledger; winners become student-format examples.
+    With ``source: reference``, every problem's reference solution instead (the baseline student's data)."""
+    if cfg.source == "reference":
+        return _reference_set(run, cfg, problems)
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for row in scored_explanations.rows(LEDGER_COLS):
         by_problem[row["problem_id"]].append(row)
@@ -99,6 +120,24 @@ def filter_(run: StageRun, cfg: FilterConfig, scored_explanations: Artifact, exp
     run.writer("filter_decisions").stats.update(stats)
     run.log.info("filter: kept %d of %d candidates (+%d reference fallbacks) %s", len(kept), n_cand, len(fallback),
                  dict(reasons))
+    return stats
+
+
+def _reference_set(run: StageRun, cfg: FilterConfig, problems: Artifact) -> dict:
+    """Every problem once, its reference as the thought (the reasoning trace when the source has one, else the
+    solution): the same rows the filter falls back to when no explanation passes, for every problem."""
+    rows, decisions = [], []
+    for p in problems.rows(["problem_id", "question", "solution", "reasoning_trace"]):
+        rows.append(_row(cfg.style, p["problem_id"], None, "reference", p["question"], p["solution"],
+                         p["reasoning_trace"] or p["solution"], None))
+        decisions.append(dict(problem_id=p["problem_id"], explanation_id=None, sample_index=-1, kept=True, rank=0,
+                              reason="reference_baseline", reward=None, rules_digest="reference"))
+    _write(run.writer("filter_decisions"), decisions)
+    _write(run.writer("distill_set"), rows)
+    stats = {"candidates": 0, "kept": len(rows), "kept_teacher": 0, "kept_reference": len(rows), "yield": None,
+             "reason.reference_baseline": len(rows)}
+    run.writer("filter_decisions").stats.update(stats)
+    run.log.info("filter[%s]: %d reference rows (the baseline student's data)", run.label, len(rows))
     return stats
 
 

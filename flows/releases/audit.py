@@ -10,6 +10,10 @@ Each audit gives one row ``{name, figure, bound, passed, detail}``. Figures come
   (how far the night's 95% CI lies below the release's); it fails when that gap exceeds the bound (bound 0: fail
   as soon as the CIs are disjoint with the night below).
 
+- ``min_gain_over_baseline``: per benchmark, the distilled student's paired gain over the reference baseline
+  student of the same night (``evaluate.baselines: [reference]``; flows/releases/baseline.py); it fails below the
+  bound, so a night whose explanations teach no better than the reference solutions is not published.
+
 - ``human_review``: the reject rate of the night's sample as people reviewed it (flows/releases/review.py: the
   sample in ``review_samples``, the verdicts ``rlt review pull`` read into ``reviews``); an unreviewed sample is
   *pending* with ``wait: hold`` (the night is committed, the alias waits: ``release_holds``), failed with
@@ -96,9 +100,11 @@ def _row(name: str, figure: Any, bound: Any, passed: bool, detail: str = "") -> 
 
 
 def run_audits(catalog: Catalog, cfg: AuditsConfig, distill_key: str, problems_key: str | None = None,
-               eval_key: str | None = None, baseline_key: str | None = None) -> list[dict]:
+               eval_key: str | None = None, baseline_key: str | None = None,
+               reference_eval_key: str | None = None) -> list[dict]:
     """Every audit the recipe declares, on the night's artifacts; ``baseline_key``: the current release's
-    distill set (None when the alias is not set)."""
+    distill set (None when the alias is not set); ``reference_eval_key``: the night's evaluation of the reference
+    baseline student (``eval_reference``)."""
     out: list[dict] = []
     if cfg.min_yield is not None:
         st = _stats(catalog, distill_key)
@@ -149,6 +155,8 @@ def run_audits(catalog: Catalog, cfg: AuditsConfig, distill_key: str, problems_k
             out.append(_row(f"max_eval_regression[{bench}]", gap, bound, gap <= bound,
                             f"pass@1 {n['pass@1']:.3f} [{n['ci_low']:.3f}, {n['ci_high']:.3f}] vs release "
                             f"{o['pass@1']:.3f} [{o['ci_low']:.3f}, {o['ci_high']:.3f}]"))
+    if cfg.min_gain_over_baseline is not None:
+        out += gain_rows(catalog, cfg.min_gain_over_baseline, eval_key, reference_eval_key)
     if cfg.human_review is not None:
         out.append(human_review_row(catalog, cfg.human_review, distill_key))
     for r in out:
@@ -156,6 +164,23 @@ def run_audits(catalog: Catalog, cfg: AuditsConfig, distill_key: str, problems_k
                  "pending" if r.get("pending") else "pass" if r["passed"] else "FAIL",
                  _fmt(r["figure"]), _fmt(r["bound"]), r["detail"])
     return out
+
+
+def gain_rows(catalog: Catalog, bound: float, eval_key: str | None, reference_eval_key: str | None) -> list[dict]:
+    """``min_gain_over_baseline``: one row per benchmark, the distilled student's paired gain over the reference
+    baseline student (flows/releases/baseline.py); failed when either evaluation is missing."""
+    from flows.releases.baseline import gains_over_baseline
+
+    if not eval_key or not reference_eval_key:
+        return [_row("min_gain_over_baseline", None, bound, False, "no evaluation of the "
+                     + ("distilled" if not eval_key else "reference baseline") + " student in this night")]
+    gains = gains_over_baseline(catalog, eval_key, reference_eval_key)
+    if not gains:
+        return [_row("min_gain_over_baseline", None, bound, False, "the two evaluations share no graded item")]
+    return [_row(f"min_gain_over_baseline[{bench}]", g["value"], bound, g["value"] >= bound,
+                 f"distilled {g['distilled']:.3f} vs reference baseline {g['baseline']:.3f}: paired gain "
+                 f"{g['value']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] on {g['items']} items")
+            for bench, g in gains.items()]
 
 
 def human_review_row(catalog: Catalog, cfg: HumanReviewAudit, distill_key: str) -> dict:
@@ -193,7 +218,8 @@ def audit_and_publish(catalog: Catalog, cfg: AuditsConfig, refs: dict[str, str],
     for attempt in range(3):
         cur = releases.current(catalog, cfg.publish_alias)
         base = cur["key"] if cur else None
-        results = run_audits(catalog, cfg, distill_key, refs.get("problems"), refs.get("eval_distilled"), base)
+        results = run_audits(catalog, cfg, distill_key, refs.get("problems"), refs.get("eval_distilled"), base,
+                             refs.get("eval_reference"))
         pending = [r for r in results if r.get("pending")]
         summary: dict[str, Any] = {"alias": cfg.publish_alias, "baseline": base, "results": results,
                                    "passed": all(r["passed"] or r.get("pending") for r in results),
@@ -214,7 +240,7 @@ def audit_and_publish(catalog: Catalog, cfg: AuditsConfig, refs: dict[str, str],
         elif cfg.publish:
             audits = {"results": results, "baseline": base,
                       "refs": {k: v for k, v in refs.items() if k in ("problems", "eval_distilled", "eval_base",
-                                                                       "student_checkpoint")}}
+                                                                       "eval_reference", "student_checkpoint")}}
             try:
                 releases.move_alias(catalog, cfg.publish_alias, distill_key, "publish", expected=base, run_id=run_id,
                                     reason=("all audits passed" if results else "no audits declared") +

@@ -126,7 +126,9 @@ def resolve_release(catalog: Catalog, ref: str, alias_lookup: AliasLookup | None
     else:
         tried.append("an alias (none are defined yet)")
     if ref == "latest":
-        rows = catalog.rows("SELECT * FROM artifacts_committed WHERE name = 'distill_set' ORDER BY ts DESC LIMIT 1")
+        # the night's distill set, not a baseline's (`filter[reference]`, labelled; evaluate.baselines)
+        rows = catalog.rows("SELECT * FROM artifacts_committed WHERE name = 'distill_set' AND coalesce(label, '') = '' "
+                            "ORDER BY ts DESC LIMIT 1")
         if not rows:
             raise ExportError(f"no committed distill_set in {catalog.store.root}: 'latest' needs one "
                               "(run the factory through the filter stage first)")

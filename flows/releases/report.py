@@ -354,7 +354,7 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
                       "candidates", os.path.join(tmp, "filter.png"))
             images.append("filter.png")
     evaluation, ours = [], {}
-    for key in ("eval_base", "eval_distilled"):
+    for key in ("eval_base", "eval_distilled", "eval_reference"):
         if key in keys:
             st = json.loads(ctx.reader.artifact(keys[key])["stats_json"])
             ours[st.get("label", key)] = {b: 100 * s["pass@1"] for b, s in st.get("benchmarks", {}).items()}
@@ -362,6 +362,11 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
                                 ci_high=s["ci_high"], n_items=s["items"], k=s["k"], sampled=s.get("sampled", {}),
                                 greedy=s.get("greedy"), warning=s.get("warning"))
                            for b, s in st.get("benchmarks", {}).items()]
+    gains = {}
+    if "eval_distilled" in keys and "eval_reference" in keys:
+        from flows.releases.baseline import gains_over_baseline
+
+        gains = gains_over_baseline(ctx.reader, keys["eval_distilled"], keys["eval_reference"])
     acc = _accuracy_history(ctx)
     if acc:
         _history_plot(acc, os.path.join(tmp, "accuracy.png"))
@@ -379,7 +384,7 @@ def write_report(ctx: RunContext, out: dict[str, Any], plans: list, recipe_name:
         recipe=recipe_name, run_id=ctx.run_id, night=None, toc=sections, audits=audits,
         pending=", ".join(f"{v} {k}" for k, v in missing.items()) if missing else "",
         night_table=night, history=hist, history_columns=HISTORY_COLUMNS, stages=stages, images=images,
-        cost=cost_section(ctx), generation=generation, reward_means=reward_means, evaluation=evaluation,
+        cost=cost_section(ctx), generation=generation, reward_means=reward_means, evaluation=evaluation, gains=gains,
         paper=paper_comparison(ours),
         plan=[{"name": p.stage + (f"[{p.label}]" if p.label else ""), "status": p.status, "reason": p.reason}
               for p in plans]))

@@ -40,13 +40,22 @@ def _write(tmp_path, name: str, recipe: dict) -> str:
 
 
 def _run_overlapping(root: str, paths: list[str], stagger_s: float = 0.5, timeout: int = 1500) -> list[str]:
-    procs = []
-    for p in paths:
-        procs.append(_start(root, p))
+    """Start one `rlt factory` per recipe path, staggered; wait for all; return their outputs. Each writes to a file,
+    not a pipe: a run that dies hard (a signal: no atexit) leaves its temporary Prefect server running with the
+    run's stdout open, and reading a pipe to EOF would then wait for that server, not for the run."""
+    procs, logs = [], []
+    for i, p in enumerate(paths):
+        logs.append(open(os.path.join(os.path.dirname(root), f"run-{i}.log"), "w+"))
+        procs.append(_start(root, p, stdout=logs[-1]))
         time.sleep(stagger_s)
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+    outs = []
+    for p, log in zip(procs, logs):
+        p.wait(timeout=timeout)
+        log.seek(0)
+        outs.append(log.read())
+        log.close()
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"run {i} exited {p.returncode}: {out[-4000:]}"
     return outs
 
 

@@ -74,3 +74,29 @@ def test_publish_alias_latest_is_reserved():
     with pytest.raises(ValidationError, match="'latest' is reserved"):
         AuditsConfig(publish_alias="Latest")
     assert AuditsConfig().publish_alias == "current"
+
+
+def test_reference_baseline_student_is_three_more_nodes_keyed_by_the_problems_alone():
+    """`evaluate.baselines: [reference]`: filter[reference] -> distill[reference] -> evaluate[reference], the same
+    distill recipe on the reference solutions; the night's other keys do not change, and the baseline's keys do not
+    follow the teacher's explanations."""
+    from flows.pipeline import plan
+
+    tiny = pathlib.Path(RECIPES[0]).parent / "tiny.yaml"
+    plain = {p.node.id: p for p in plan(load_recipe(tiny))}
+    with_base = {p.node.id: p for p in plan(load_recipe(tiny, ["evaluate.baselines=[reference]"]))}
+    assert set(with_base) - set(plain) == {"filter[reference]", "distill[reference]", "evaluate[reference]"}
+    assert all(with_base[n].key == p.key for n, p in plain.items())
+    f, d, e = with_base["filter[reference]"], with_base["distill[reference]"], with_base["evaluate[reference]"]
+    assert f.cfg.source == "reference" and set(f.parts.inputs) == {"problems"}
+    assert d.parts.inputs["distill_set"] == f.keys["distill_set"] != with_base["filter"].keys["distill_set"]
+    assert e.parts.inputs["model"] == d.keys["student_checkpoint"]
+    assert e.node.out_name("eval_results") == "eval_reference"
+    assert d.node.out_name("student_checkpoint") == "student_checkpoint_reference"
+    # another teacher (its explanations change): the night's distill set changes, the baseline's does not
+    other = {p.node.id: p for p in plan(load_recipe(tiny, ["evaluate.baselines=[reference]", "temperature=0.9"]))}
+    assert other["filter"].key != with_base["filter"].key
+    assert [other[n].key for n in (f.node.id, d.node.id)] == [f.key, d.key]
+    # the audit that needs the baseline refuses a recipe without it
+    with pytest.raises(RecipeError, match="evaluate: {baselines: \\[reference\\]}"):
+        load_recipe(tiny, ["audits.min_gain_over_baseline=0.0"])

@@ -51,3 +51,17 @@ def test_bootstrap_ci_is_seeded_and_collapses_on_constant_scores():
 def test_small_benchmark_warning():
     assert "one item is 3.3 points" in small_benchmark_warning(30, 1)
     assert small_benchmark_warning(100, 1) is None and small_benchmark_warning(30, 8) is None
+
+
+def test_paired_difference_is_over_shared_items_only():
+    from rlt_core.eval_metrics import paired_difference
+
+    a = {"i1": 1.0, "i2": 0.5, "i3": 1.0, "only_a": 1.0}
+    b = {"i1": 0.0, "i2": 0.5, "i3": 1.0, "only_b": 0.0}
+    d = paired_difference(a, b)
+    assert d["items"] == 3 and d["value"] == pytest.approx(1 / 3)
+    assert d["ci_low"] == pytest.approx(0.0) and d["ci_high"] == pytest.approx(1.0)
+    same = paired_difference(a, a)
+    assert (same["value"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="none are shared"):
+        paired_difference({"x": 1.0}, {"y": 1.0})

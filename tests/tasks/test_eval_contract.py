@@ -87,9 +87,13 @@ def test_report_shows_sampled_metrics_greedy_and_the_small_benchmark_warning():
                greedy={"pass@1": 0.55, "ci_low": 0.5, "ci_high": 0.6, "eval_key": "x"}, warning=None)]
     page = render(dict(recipe="r", run_id="x", night=None, toc=[("evaluation", "Evaluation")], audits=None,
                        pending="", night_table=[], history=[], history_columns=[], stages=[], images=[],
-                       cost={"error": "n/a"}, generation="", reward_means={}, evaluation=ev, paper=None, plan=[]))
+                       cost={"error": "n/a"}, generation="", reward_means={}, evaluation=ev, paper=None, plan=[],
+                       gains={"math500": {"value": 0.125, "ci_low": -0.05, "ci_high": 0.3, "items": 500,
+                                          "distilled": 0.5, "baseline": 0.375}}))
     section = page[page.index('id="evaluation"'):page.index('id="plan"')]
     assert "<th>avg@k</th><th>pass@k</th>" in section and section.count("0.625\n[0.500, 0.750]") == 3
     assert "0.550 [0.500," in section
     assert "distilled / aime24: 30 items x 1 sample: one item is 3.3 points" in section
     assert "math500: " not in section   # 500 items: no warning
+    assert "<td>math500</td><td>0.500</td>\n<td>0.375</td><td>+0.125</td>\n<td>[-0.050, +0.300]</td><td>500</td>" \
+        in section   # the paired gain over the reference baseline student
