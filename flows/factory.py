@@ -169,9 +169,15 @@ def _alert(ctx: RunContext, r: Recipe, flow_name: str, where: dict[str, str], ex
 
 
 def _maintain(ctx: RunContext) -> None:
+    """Catalog housekeeping after the night, in a process of its own (infra/catalog/maintenance.py): it must never
+    fail a night, not even by crashing in native code."""
+    from infra.catalog.maintenance import maintain_isolated
+
     try:
-        ctx.catalog.maintain()
-    except Exception as exc:   # housekeeping must never fail a night
+        out = maintain_isolated(ctx.root, ctx.catalog_url)
+        if out is not None:
+            logger().info("catalog maintenance: %s", out)
+    except Exception as exc:
         logger().warning("catalog maintenance skipped: %s", exc)
 
 
