@@ -1,6 +1,6 @@
 """Probe: which builtin task puts the 135M student where the RLT method can show (issue 24, question 4)?
 
-    python experiments/task_probe.py                               # 3 tasks x 100 held-out items, greedy (~10 min)
+    python experiments/task_probe.py                               # 3 tasks x 100 held-out items, greedy (~1.5 min on 2 cores)
     python experiments/task_probe.py --tasks addition-terse --items 200
     python experiments/task_probe.py --tiny --no-record            # plumbing only: a tiny random model (CI)
 

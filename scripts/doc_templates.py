@@ -575,7 +575,7 @@ def warmup_probe(ctx: Ctx) -> str:
 
 
 def task_probe(ctx: Ctx) -> str:
-    path, rec, missing = _probe(ctx, "task_probe", "~10 min")
+    path, rec, missing = _probe(ctx, "task_probe", "~1.5 min")
     if rec is None:
         return missing
     n = rec["numbers"]
