@@ -3,9 +3,14 @@
     python experiments/evidence.py --out .scratch/evidence                 # the measurement (round 2: many hours on 2 cores; resumable)
     python experiments/evidence.py --profile smoke --out /tmp/evidence     # tiny random models, minutes (CI)
 
-It measures the three claims of the RLT paper with the builtin SmolLM2-135M-Instruct as teacher and student, on
-the builtin ``arithmetic-easy`` problems (3 operands in 1..10 with + - *, worked solutions; the base student's
-held-out accuracy sits inside 5-60%: 9% on 64 items when the task was chosen):
+It measures the three claims of the RLT paper with the builtin SmolLM2-135M-Instruct as teacher and student. Round 2
+(issue 24) runs on the builtin ``arithmetic-easy-terse`` problems: arithmetic-easy's questions (3 operands in 1..10
+with + - *) with an answer-only reference solution, the regime the method is for (the explanation must supply the
+steps); the base student's greedy accuracy on the task's validation items is inside the 5-60% band
+(``experiments/task_probe.py``, docs/results.md). The teacher's SFT warm-up trains on the generator's worked
+derivations (``worked_solution``), as the paper's teacher warms up on another model's traces. Round 1 ran on
+``arithmetic-easy``, whose reference solution is itself the worked derivation (``--set task='"arithmetic-easy"'``
+with the arms less ``worked_thought``).
 
 1. *The teacher learns.* Teacher-format SFT warm-up (the paper's phase 1), then GRPO with the RLT reward
    (:func:`rlt_core.training.grpo.train_teacher_grpo`, TRL's GRPOTrainer) for ``grpo_steps`` steps. The mean
@@ -15,7 +20,9 @@ held-out accuracy sits inside 5-60%: 9% on 64 items when the task was chosen):
 2. *The explanations teach better.* One student per dataset, same steps, batch and max length
    (:func:`rlt_core.training.distill.distill_student`): ``reference`` (the reference solution, no thought block),
    ``untrained`` (one explanation per problem from the teacher before GRPO, i.e. after the SFT warm-up),
-   ``trained`` (sample 0 of the trained teacher) and ``trained_best_of_k`` (the highest-reward of K samples).
+   ``trained`` (sample 0 of the trained teacher) and ``trained_best_of_k`` (the highest-reward of K samples); on a
+   terse task also ``worked_thought`` (the generator's worked derivation as the thought: what a perfect teacher
+   would write).
    Each is evaluated greedily on ``eval_items`` held-out items (the ``arithmetic-easy-heldout`` partition; never in
    any training set) with a 95% bootstrap CI, plus the paired difference to ``reference``.
 3. *Reward vs teaching.* The trained teacher's K x M explanations sorted by reward into ``reward_bins`` bins of
@@ -32,7 +39,7 @@ every arm are reported beside its rows. Options for its other questions: ``rewar
 student in the 5-60% band). One run per setting, each in its own ``--out`` and ``--records`` folder.
 
 Every phase writes its result to ``--out`` and is skipped when the file is there, so a killed run resumes at the
-phase it was in. ``results.json`` gathers everything; ``report.md`` holds the tables.
+phase it was in; GRPO, the one long phase (~1 hour), checkpoints every 10 steps and resumes from the newest. ``results.json`` gathers everything; ``report.md`` holds the tables.
 
 Records (bench/record.py): each phase also writes a record (command, commit, machine load, the profile and seed,
 the phase's per-item outcomes and wall time) to ``<out>/records/<phase>.json`` and publishes a copy to
@@ -63,23 +70,27 @@ BOXED = "Return your final response within \\boxed{}. "
 # (one per problem) and after it (sample 0; a random / the best / the worst of K by RLT reward).
 ARMS = ("reference", "reference_thought", "untrained", "trained", "trained_random_of_k", "trained_best_of_k",
         "trained_worst_of_k")
+# a terse task's generator also knows the worked derivation (``worked_solution``): the teacher warms up on it (as
+# the paper's teacher warms up on another model's traces) and the ``worked_thought`` arm distils it directly (the
+# explanation a perfect teacher would write: the bar beside the answer-only reference)
+WORKED_ARM = "worked_thought"
 PROFILES: dict[str, dict[str, Any]] = {
     # the measurement on 2 cores: ~78 min for the teacher side (--stop-after teacher), ~96 more for the students
     # (docs/results.md has the wall times)
     # sft 8 x 4 at 2e-5, not 16 x 4 at 5e-5: the heavier warm-up made the teacher copy the solution deterministically
     # (4 identical samples per prompt, zero reward variance in every group, zero gradient: docs/results.md)
-    "full": dict(tiny=False, task="arithmetic-easy", train_problems=400, sft_steps=8, sft_lr=2e-5, grpo_steps=100,
+    "full": dict(tiny=False, task="arithmetic-easy-terse", train_problems=400, sft_steps=8, sft_lr=2e-5, grpo_steps=100,
                  group=4, prompts_per_step=2, max_new_tokens=96, lr=1e-4, beta=0.04, lora_r=16,
                  heldout_prompts=64, heldout_samples=4, distill_problems=128, best_of_k=4, distill_steps=32,
                  distill_batch=8, distill_lr=5e-5, eval_items=200, eval_max_new_tokens=200, batch=16, eval_batch=32,
-                 arms=list(ARMS), distill_seeds=3, eval_samples=8, eval_temperature=0.7, reward_bins=8,
+                 arms=[*ARMS, WORKED_ARM], distill_seeds=3, eval_samples=8, eval_temperature=0.7, reward_bins=8,
                  reward_student="base", kl_coef=[3.0, 0.03]),
     # plumbing only (tiny random models): what CI runs
-    "smoke": dict(tiny=True, task="arithmetic-easy", train_problems=16, sft_steps=2, sft_lr=5e-5, grpo_steps=2,
+    "smoke": dict(tiny=True, task="arithmetic-easy-terse", train_problems=16, sft_steps=2, sft_lr=5e-5, grpo_steps=2,
                   group=2, prompts_per_step=2, max_new_tokens=12, lr=5e-5, beta=0.04, lora_r=4,
                   heldout_prompts=4, heldout_samples=2, distill_problems=8, best_of_k=4, distill_steps=2,
                   distill_batch=4, distill_lr=5e-5, eval_items=8, eval_max_new_tokens=12, batch=8, eval_batch=8,
-                  arms=list(ARMS), distill_seeds=2, eval_samples=2, eval_temperature=0.7, reward_bins=4,
+                  arms=[*ARMS, WORKED_ARM], distill_seeds=2, eval_samples=2, eval_temperature=0.7, reward_bins=4,
                   reward_student="base", kl_coef=[3.0, 0.03]),
 }
 SHORT_TEACHER = ("You are given a question and its solution. Explain step by step how to reach the solution, "
@@ -202,10 +213,11 @@ def _reward_config(cfg: dict, batch: int, style):
     return RewardConfig(batch_size=batch, prompt_style=style, kl_coef=tuple(cfg["kl_coef"]))
 
 
-def _runtime(seed: int, save_steps: int = 100_000):
+def _runtime(seed: int, save_steps: int = 100_000, keep_checkpoints: bool = False):
     from rlt_core.training.common import RuntimeSettings
 
-    return RuntimeSettings(use_cpu=True, bf16=False, gradient_checkpointing=False, seed=seed, save_steps=save_steps)
+    return RuntimeSettings(use_cpu=True, bf16=False, gradient_checkpointing=False, seed=seed, save_steps=save_steps,
+                           keep_checkpoints=keep_checkpoints)
 
 
 def mean_ci(values: list[float], n_boot: int = 4000, seed: int = 0) -> dict:
@@ -287,10 +299,12 @@ def paired_reward_change(before: list[dict], after: list[dict]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- student side
-def eval_items(cfg: dict) -> list:
+def eval_items(cfg: dict, split: str = "heldout") -> list:
+    """The first ``eval_items`` items of the task's held-out benchmark (the test items the report quotes), or of
+    its validation benchmark (``split="validation"``: the items settings are chosen on)."""
     import rlt_core.benchmarks as bm
 
-    spec = bm.get_benchmark(f"{cfg['task']}-heldout").model_copy(update={"n": cfg["eval_items"]})
+    spec = bm.get_benchmark(f"{cfg['task']}-{split}").model_copy(update={"n": cfg["eval_items"]})
     return bm.benchmark_items(spec, bm.load_benchmark_rows(spec))
 
 
@@ -480,7 +494,9 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
 
     def sft() -> dict:
         teacher = make(None, 0)
-        res = train_teacher_sft(teacher, tok, grpo_rows, TeacherSFTConfig(
+        # the warm-up trace: a terse task's worked derivation; else the (worked) solution doubles as it (round 1)
+        rows = [{**p, "reasoning_trace": p.get("worked_solution")} for p in grpo_rows]
+        res = train_teacher_sft(teacher, tok, rows, TeacherSFTConfig(
             max_steps=cfg["sft_steps"], batch_size=4, per_device_batch_size=4, learning_rate=cfg["sft_lr"],
             warmup_ratio=0.0, max_length=768, style=style, runtime=_runtime(seed)), sft_dir, resume=False)
         return {"steps": res.steps, "final_loss": res.final_loss, "model_dir": res.model_dir}
@@ -495,12 +511,29 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
         from bench.teacher_rl import _plot, _summary
 
         policy = make(sft_res["model_dir"]).train()
+        # GRPO checkpoints every 10 steps (smaller runs: twice; LoRA adapter + optimizer, a few MB, kept after the
+        # run) and a killed run resumes from the newest (an hour of CPU is not redone); the per-step metrics are
+        # kept beside them, so the history up to the checkpoint survives the resume
+        from rlt_core.training.common import resume_checkpoint
+
+        grpo_dir = os.path.join(out, "grpo")
+        kept = os.path.join(grpo_dir, "history.json")
         history: dict[int, dict[str, float]] = {}
+        ckpt = resume_checkpoint(grpo_dir, True)
+        if ckpt and os.path.exists(kept):
+            at = int(ckpt.rsplit("-", 1)[1])
+            with open(kept) as f:
+                history = {int(step): h for step, h in json.load(f).items() if int(step) <= at}
+            log.info("grpo: resuming at step %d; %d logged steps kept from the cut run", at, len(history))
         samples: list[str] = []
 
         def log_metric(name: str, value: float, step: int) -> None:
             history.setdefault(step, {})[name] = value
             if name == "rlt/step_seconds":
+                os.makedirs(grpo_dir, exist_ok=True)
+                with open(kept + ".tmp", "w") as f:
+                    json.dump(history, f)
+                os.replace(kept + ".tmp", kept)
                 h = history[step]
                 log.info("grpo step %d/%d reward %.3f r_ss %.3f r_kl %.3f fmt %.2f tokens %.0f (%.1f s)", step,
                          cfg["grpo_steps"], h.get("rlt/reward/mean", math.nan), h.get("rlt/r_ss/mean", math.nan),
@@ -513,12 +546,14 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
                                  max_completion_length=cfg["max_new_tokens"], max_prompt_length=2048,
                                  max_steps=cfg["grpo_steps"], sync_ref_model=False,
                                  lora=LoraSettings(r=cfg["lora_r"], alpha=2 * cfg["lora_r"]), samples_per_log=2,
-                                 sample_every=10, runtime=_runtime(seed))
+                                 sample_every=10,
+                                 runtime=_runtime(seed, save_steps=max(1, min(10, cfg["grpo_steps"] // 2)),
+                                                  keep_checkpoints=True))
         t0 = time.perf_counter()
         res = train_teacher_grpo(policy, reward_student, tok, grpo_rows, gcfg,
-                                 _reward_config(cfg, n, style), os.path.join(out, "grpo"),
+                                 _reward_config(cfg, n, style), grpo_dir,
                                  log_metric, lambda name, text, step: samples.append(f"=== step {step}\n{text}"),
-                                 resume=False)
+                                 resume=True)
         summary = _summary(history, time.perf_counter() - t0, {})
         _plot(history, os.path.join(out, "reward_terms.png"), summary)
         with open(os.path.join(out, "grpo_samples.txt"), "w") as f:
@@ -568,10 +603,15 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
         "trained_random_of_k": lambda: rows_of([pick.choice(g) for g in groups]),
         "trained_best_of_k": lambda: rows_of([max(g, key=lambda r: r["reward"]) for g in groups]),
         "trained_worst_of_k": lambda: rows_of([min(g, key=lambda r: r["reward"]) for g in groups]),
+        WORKED_ARM: lambda: [{"question": p["question"], "solution": p["solution"],
+                              "explanation": p["worked_solution"]} for p in distill_problems],
     }
     unknown = [a for a in cfg["arms"] if a not in builders]
     if unknown or "reference" not in cfg["arms"]:
         raise ValueError(f"arms {cfg['arms']}: expected 'reference' and names from {sorted(builders)}")
+    if WORKED_ARM in cfg["arms"] and "worked_solution" not in distill_problems[0]:
+        raise ValueError(f"arm {WORKED_ARM!r} needs a task with worked derivations (a terse builtin task); "
+                         f"{cfg['task']!r} has none: leave the arm out (--set arms=...)")
     runs: dict[str, list[dict]] = {}
     for name in cfg["arms"]:
         rows = builders[name]()

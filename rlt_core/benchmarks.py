@@ -1,8 +1,10 @@
 """Evaluation benchmarks: specs, rows -> gradable items, and pass@1 with a confidence interval.
 
 The hub benchmarks follow SkyThought @ 4bb8f3e, the harness RLT evaluated with (rlt-method.md section 5):
-dataset, split, row filter, prompt template and grading. Two offline benchmarks are built from the
-seeded generators in :mod:`rlt_core.builtin_problems`, from their "eval" partition, disjoint from training.
+dataset, split, row filter, prompt template and grading. The offline benchmarks are built from the
+seeded generators in :mod:`rlt_core.builtin_problems`, from their "eval" partition, disjoint from training: per
+kind ``<kind>-heldout`` (the test items) and ``<kind>-validation`` (other eval-partition problems, never one of the
+held-out items: the split to choose settings on, so that nothing is tuned on the test items).
 
 Loading is separate from item building: :func:`load_benchmark_rows` reads a hub dataset (lazy
 ``datasets`` import), a local file in the same schema, or a generator; :func:`benchmark_items` is pure.
@@ -16,13 +18,15 @@ from typing import Any, Iterable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rlt_core.builtin_problems import generate
+from rlt_core.builtin_problems import KINDS as BUILTIN_KINDS
+from rlt_core.builtin_problems import canonical_key, generate
 from rlt_core.grading import GRADERS
 from rlt_core.sources import SourceError, SourceSpec, iter_raw_rows, problem_id
 
 # Built-in benchmarks draw from the generators' "eval" partition, which training data never touches; the
 # seed only fixes which eval problems are drawn.
 HELDOUT_SEED = 20_250_621
+VALIDATION_SEED = 20_261_206
 _BOXED = "Return your final response within \\boxed{{}}. "
 _GPQA_TEMPLATE = ("Return your final response within \\boxed{{}} and only include the letter choice "
                   "(A, B, C, or D) as your final response. {prompt}")
@@ -87,17 +91,12 @@ BUILTIN_BENCHMARKS: dict[str, BenchmarkSpec] = {
         BenchmarkSpec(name="gpqa_diamond", dataset="Idavidrein/gpqa", subset="gpqa_diamond", split="train",
                       grader="letter", prompt_template=_GPQA_TEMPLATE, question_column="Question",
                       answer_columns=_GPQA_ANSWERS, id_column="Record ID", choice_seed=41),
-        BenchmarkSpec(name="countdown-heldout", dataset="builtin:countdown", split="heldout", grader="countdown",
-                      prompt_template=_BOXED + "{prompt}", question_column="question", answer_columns=(),
-                      n=200, seed=HELDOUT_SEED),
-        BenchmarkSpec(name="arithmetic-heldout", dataset="builtin:arithmetic", split="heldout", grader="arithmetic",
-                      prompt_template=_BOXED + "{prompt}", question_column="question", n=200, seed=HELDOUT_SEED),
-        BenchmarkSpec(name="arithmetic-easy-heldout", dataset="builtin:arithmetic-easy", split="heldout",
-                      grader="arithmetic", prompt_template=_BOXED + "{prompt}", question_column="question", n=200,
-                      seed=HELDOUT_SEED),
-        *(BenchmarkSpec(name=f"{kind}-heldout", dataset=f"builtin:{kind}", split="heldout", grader="arithmetic",
-                        prompt_template=_BOXED + "{prompt}", question_column="question", n=200, seed=HELDOUT_SEED)
-          for kind in ("arithmetic-terse", "addition-terse")),
+        *(BenchmarkSpec(name=f"{kind}-{split}", dataset=f"builtin:{kind}", split=split,
+                        grader="countdown" if kind == "countdown" else "arithmetic",
+                        prompt_template=_BOXED + "{prompt}", question_column="question",
+                        answer_columns=() if kind == "countdown" else ("answer",), n=200,
+                        seed=HELDOUT_SEED if split == "heldout" else VALIDATION_SEED)
+          for kind in BUILTIN_KINDS for split in ("heldout", "validation")),
     )
 }
 
@@ -132,7 +131,7 @@ def load_benchmark_rows(spec: BenchmarkSpec) -> list[dict]:
     if spec.dataset.startswith("builtin:"):
         kind = spec.dataset.removeprefix("builtin:")
         try:
-            return generate(kind, spec.n or 200, HELDOUT_SEED if spec.seed is None else spec.seed, partition="eval")
+            return _builtin_rows(spec, kind)
         except ValueError as exc:
             raise BenchmarkError(f"{spec.name}: {exc}") from exc
     try:
@@ -144,6 +143,17 @@ def load_benchmark_rows(spec: BenchmarkSpec) -> list[dict]:
         return rows
     except SourceError as exc:
         raise BenchmarkError(f"{spec.name}: {exc}") from exc
+
+
+def _builtin_rows(spec: BenchmarkSpec, kind: str) -> list[dict]:
+    """A built-in benchmark's problems: ``n`` from the eval partition with the spec's seed; for the validation
+    split, the held-out benchmark's 200 problems are skipped, so the two never share an item."""
+    n, seed = spec.n or 200, HELDOUT_SEED if spec.seed is None else spec.seed
+    if spec.split != "validation":
+        return generate(kind, n, seed, partition="eval")
+    test = {canonical_key(p) for p in generate(kind, 200, HELDOUT_SEED, partition="eval")}
+    # a longer list with the same seed starts with the shorter one: n + 200 problems hold n that are not test items
+    return [p for p in generate(kind, n + len(test), seed, partition="eval") if canonical_key(p) not in test][:n]
 
 
 def _required(row: dict, column: str, index: int, spec: BenchmarkSpec) -> Any:

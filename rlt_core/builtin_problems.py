@@ -1,10 +1,12 @@
 """Seeded offline problem generators: countdown, multi-step arithmetic and its easier variant (arithmetic-easy),
-and two tasks with terse reference solutions (arithmetic-terse, addition-terse).
+and three tasks with terse reference solutions (arithmetic-easy-terse, arithmetic-terse, addition-terse).
 
 Countdown and arithmetic come with worked reference solutions, so the whole factory (teacher prompt with
 question + solution, RLT reward, distillation, graded evaluation) can run without any hub. The terse tasks'
 reference solution is the final answer alone: the regime the RLT method is for, where the explanation has to supply
-the steps the reference leaves out (issue 24; an answer-only reference cannot teach them, an explanation can).
+the steps the reference leaves out (issue 24; an answer-only reference cannot teach them, an explanation can). A
+terse problem keeps its worked derivation under ``worked_solution`` (not a field the factory ingests): the
+experiments use it as the teacher's warm-up trace, as the paper warms its teacher up on traces of another model.
 
 Every problem is built from a random expression tree, so it is solvable by construction:
 countdown targets are the value of a tree over the given numbers, arithmetic answers are the value
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Optional
 
-KINDS = ("countdown", "arithmetic", "arithmetic-easy", "arithmetic-terse", "addition-terse")
+KINDS = ("countdown", "arithmetic", "arithmetic-easy", "arithmetic-easy-terse", "arithmetic-terse", "addition-terse")
 PARTITIONS = ("train", "eval")
 _EVAL_SHARE = 8  # 1 in 8 canonical problems belongs to the eval partition
 
@@ -156,8 +158,16 @@ def arithmetic_easy_problem(rng: random.Random, max_tries: int = 1000) -> dict:
 
 
 def _answer_only(problem: dict) -> dict:
-    """The problem with its reference solution cut to the final answer."""
-    return {**problem, "solution": f"The answer is \\boxed{{{problem['answer']}}}."}
+    """The problem with its reference solution cut to the final answer; the worked derivation moves to
+    ``worked_solution``."""
+    return {**problem, "solution": f"The answer is \\boxed{{{problem['answer']}}}.",
+            "worked_solution": problem["solution"]}
+
+
+def arithmetic_easy_terse_problem(rng: random.Random, max_tries: int = 1000) -> dict:
+    """arithmetic-easy's problems (3 operands in [1, 10] with + - *, two steps) with an answer-only reference: the
+    base student answers some (inside the 5-60% band), the worked steps teach (docs/results.md, round 1)."""
+    return _answer_only(arithmetic_problem(rng, max_tries, sizes=(3,), high=10, task="arithmetic-easy-terse"))
 
 
 def arithmetic_terse_problem(rng: random.Random, max_tries: int = 1000) -> dict:
@@ -175,6 +185,7 @@ def addition_terse_problem(rng: random.Random, max_tries: int = 1000) -> dict:
 _MAKERS: dict[str, Callable[[random.Random], dict]] = {"countdown": countdown_problem,
                                                         "arithmetic": arithmetic_problem,
                                                         "arithmetic-easy": arithmetic_easy_problem,
+                                                        "arithmetic-easy-terse": arithmetic_easy_terse_problem,
                                                         "arithmetic-terse": arithmetic_terse_problem,
                                                         "addition-terse": addition_terse_problem}
 
@@ -204,8 +215,8 @@ def generate(kind: str, n: int, seed: int, partition: str = "train") -> list[dic
         partition: ``"train"`` (default) or ``"eval"``; the two never share a problem.
 
     Returns:
-        A list of dicts with keys ``question``, ``solution`` (worked derivation; the terse kinds: the answer),
-        ``answer``
+        A list of dicts with keys ``question``, ``solution`` (worked derivation; the terse kinds: the answer, and
+        their derivation in ``worked_solution``), ``answer``
         (countdown: the equation's expression; arithmetic: the integer as a string), ``task`` and
         ``meta`` (countdown: ``numbers``, ``target``; arithmetic: ``expression``, ``value``).
     """

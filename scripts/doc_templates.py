@@ -476,7 +476,8 @@ STUDENTS = (("reference", "reference solution, no thought block"),
             ("reference_thought", "reference solution as the thought"), ("untrained", "untrained teacher"),
             ("trained", "trained teacher, sample 0"), ("trained_random_of_k", "trained teacher, random of {k}"),
             ("trained_best_of_k", "trained teacher, best of {k} by reward"),
-            ("trained_worst_of_k", "trained teacher, worst of {k} by reward"))
+            ("trained_worst_of_k", "trained teacher, worst of {k} by reward"),
+            ("worked_thought", "worked derivation as the thought (the generator's steps)"))
 
 
 def evidence_students(ctx: Ctx) -> str:
@@ -575,14 +576,16 @@ def warmup_probe(ctx: Ctx) -> str:
 
 
 def task_probe(ctx: Ctx) -> str:
-    path, rec, missing = _probe(ctx, "task_probe", "~1.5 min")
+    path, rec, missing = _probe(ctx, "task_probe", "~2 min")
     if rec is None:
         return missing
     n = rec["numbers"]
     lo, hi = n["band"]
     rows = [[t["task"], str(t["items"]), _ci(t["accuracy"], True), f"{t['truncated']}",
              f"{t['mean_completion_tokens']:.0f}", "inside" if t["in_band"] else "outside"] for t in n["tasks"]]
-    return "\n".join(table(["task", "held-out items", "base accuracy (greedy)",
+    # records made before the validation split probed the held-out items
+    split = {"validation": "validation", "heldout": "held-out"}[n.get("split", "heldout")]
+    return "\n".join(table(["task", f"{split} items", "base accuracy (greedy)",
                             f"truncated at {n['max_new_tokens']} tokens", "mean answer tokens",
                             f"{100 * lo:.0f}-{100 * hi:.0f}% band"], rows)
                       + ["", f"Model: {n['model']}. Record: {source(ctx, path, rec)}."])

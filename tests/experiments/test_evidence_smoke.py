@@ -94,7 +94,7 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     assert results["grpo"]["steps"] == 2
     for key in ("reward", "r_ss", "r_kl", "has_format_penalty"):
         assert math.isfinite(results["heldout_reward"][key]["difference"]["mean"])
-    assert set(results["students"]) == set(evidence.ARMS)
+    assert set(results["students"]) == set(evidence.PROFILES["smoke"]["arms"]) == {*evidence.ARMS, "worked_thought"}
     for name, s in results["students"].items():
         # 2 training seeds x 8 items; greedy and sampled (2 samples per item) figures, paired to both references
         assert 0.0 <= s["accuracy"]["mean"] <= 1.0 and s["accuracy"]["n"] == 8 and s["accuracy"]["seeds"] == 2
@@ -116,6 +116,18 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
         by_base, by_ref = json.load(f)["rows"], json.load(g)["rows"]
     assert [r["text"] for r in by_base] == [r["text"] for r in by_ref], "the same teacher and seeds"
     assert [r["r_ss"] for r in by_base] != [r["r_ss"] for r in by_ref], "another student scored them"
+    # a GRPO phase cut after its last checkpoint resumes there, its per-step history kept
+    with open(os.path.join(out2, "grpo.json")) as f:
+        cut = json.load(f)
+    os.remove(os.path.join(out2, "grpo.json"))
+    with caplog.at_level(logging.INFO, logger=evidence.log.name):
+        evidence.main(["--profile", "smoke", "--out", out2, "--stop-after", "teacher", "--set",
+                       'reward_student="reference"'])
+    assert any("grpo: resuming at step 2; 2 logged steps kept" in r.getMessage() for r in caplog.records)
+    with open(os.path.join(out2, "grpo.json")) as f:
+        resumed = json.load(f)
+    assert resumed["steps"] == 2 and set(resumed["history"]) == set(cut["history"]) == {"1", "2"}
+    caplog.clear()
     for name in ("results.json", "report.md", "reward_terms.png", "students.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     with open(os.path.join(out, "heldout_before.json")) as f:
@@ -137,7 +149,7 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     with open(os.path.join(out, "thought_probe.json")) as f:
         probe = json.load(f)
     assert set(probe) == set(os.listdir(os.path.join(out, "students")))
-    assert {f"{arm}_s{i}" for arm in evidence.ARMS for i in range(2)} <= set(probe)
+    assert {f"{arm}_s{i}" for arm in evidence.PROFILES["smoke"]["arms"] for i in range(2)} <= set(probe)
     for p in probe.values():
         assert p["n"] == 8 and 0.0 <= p["p_empty_thought"] <= 1.0 and p["greedy_empty_thought"] in {
             k / 8 for k in range(9)}

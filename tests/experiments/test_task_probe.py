@@ -22,13 +22,15 @@ def test_tiny_probe_reports_each_task_and_renders(tmp_path):
         assert row["in_band"] == (0.05 <= row["accuracy"]["mean"] <= 0.60)
     [path] = results.glob("task_probe*.json")   # a variant's record (the flags that differ from the defaults)
     rec = json.loads(path.read_text())
-    assert rec["numbers"]["tasks"][1]["task"] == "arithmetic-terse" and "--tiny" in rec["command"]
+    assert rec["numbers"]["tasks"][2]["task"] == "arithmetic-terse" and "--tiny" in rec["command"]
+    assert rec["numbers"]["split"] == "validation" and {r["split"] for r in rec["numbers"]["tasks"]} == {"validation"}
     path.rename(results / "task_probe.json")
     sys.path.insert(0, str(ROOT / "scripts"))
     import doc_templates
 
     block = doc_templates.task_probe(doc_templates.Ctx(tmp_path / "repo", "docs/results.md"))
     assert "Not yet measured" not in block and "addition-terse" in block and "task_probe.json" in block
+    assert "validation items" in block
 
 
 def test_unknown_task_and_bad_item_count_are_refused():

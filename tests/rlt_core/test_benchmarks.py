@@ -35,8 +35,10 @@ def read_jsonl(fixture: str) -> list[dict]:
 
 
 def test_builtin_specs_match_skythought_settings():
-    assert set(BUILTIN_BENCHMARKS) == {"math500", "aime24", "gpqa_diamond", "countdown-heldout", "arithmetic-heldout",
-                                       "arithmetic-easy-heldout", "arithmetic-terse-heldout", "addition-terse-heldout"}
+    kinds = ("countdown", "arithmetic", "arithmetic-easy", "arithmetic-easy-terse", "arithmetic-terse",
+             "addition-terse")
+    assert set(BUILTIN_BENCHMARKS) == {"math500", "aime24", "gpqa_diamond",
+                                       *(f"{k}-{s}" for k in kinds for s in ("heldout", "validation"))}
     m, a, g = get_benchmark("math500"), get_benchmark("aime24"), get_benchmark("gpqa_diamond")
     assert (m.dataset, m.split, m.grader) == ("qq8933/MATH500", "test", "math")
     assert (a.dataset, a.split, a.grader) == ("AI-MO/aimo-validation-aime", "train", "math")
@@ -140,6 +142,20 @@ def test_builtin_heldout_benchmarks(name, kind):
         assert not GRADERS[item.grader](r"\boxed{0}", item.reference, **item.grader_args).correct
     train_keys = {canonical_key(p) for p in generate(kind, 2000, seed=0)}
     assert not train_keys & {canonical_key(r) for r in rows}
+
+
+@pytest.mark.parametrize("kind", ["countdown", "arithmetic-easy-terse"])
+def test_validation_benchmark_never_shares_an_item_with_the_test_items_or_training(kind):
+    test_rows = load_benchmark_rows(get_benchmark(f"{kind}-heldout"))
+    spec = get_benchmark(f"{kind}-validation")
+    rows = load_benchmark_rows(spec)
+    assert len(rows) == 200 and rows == load_benchmark_rows(spec)
+    keys = [canonical_key(r) for r in rows]
+    assert len(set(keys)) == 200 and not set(keys) & {canonical_key(r) for r in test_rows}
+    assert not set(keys) & {canonical_key(p) for p in generate(kind, 2000, seed=0)}
+    # a shorter validation set is the start of the longer one (settings chosen on 100 items hold on 200)
+    assert load_benchmark_rows(spec.model_copy(update={"n": 50})) == rows[:50]
+    assert len({i.item_id for i in benchmark_items(spec, rows)}) == 200
 
 
 def test_unreachable_hub_benchmark_raises_benchmark_error():

@@ -8,7 +8,7 @@ import pytest
 from rlt_core.builtin_problems import KINDS, Node, canonical_key, generate, partition_of, render, steps
 from rlt_core.grading import evaluate_expression, grade_arithmetic, grade_countdown
 
-TERSE = ["arithmetic-terse", "addition-terse"]
+TERSE = ["arithmetic-easy-terse", "arithmetic-terse", "addition-terse"]
 WORKED = [k for k in KINDS if k not in TERSE]   # the kinds whose reference solution is a worked derivation
 
 
@@ -24,7 +24,8 @@ def test_deterministic_given_seed_and_prefix_stable(kind):
 def test_records_have_contract_keys_and_distinct_problems(kind):
     problems = generate(kind, 300, seed=1)
     assert len(problems) == 300
-    assert all(set(p) == {"question", "solution", "answer", "task", "meta"} for p in problems)
+    keys = {"question", "solution", "answer", "task", "meta"} | ({"worked_solution"} if kind in TERSE else set())
+    assert all(set(p) == keys for p in problems)
     assert all(p["task"] == kind for p in problems)
     assert len({canonical_key(p) for p in problems}) == 300
 
@@ -77,7 +78,8 @@ def test_every_worked_step_is_arithmetically_right(kind):
             assert value == Fraction(int(r)), line
 
 
-@pytest.mark.parametrize("kind, n_operands, low, high, ops", [("arithmetic-terse", 4, 1, 10, set("+-*")),
+@pytest.mark.parametrize("kind, n_operands, low, high, ops", [("arithmetic-easy-terse", 3, 1, 10, set("+-*")),
+                                                              ("arithmetic-terse", 4, 1, 10, set("+-*")),
                                                               ("addition-terse", 3, 10, 99, {"+"})])
 def test_terse_kinds_give_the_answer_alone_and_have_a_heldout_benchmark(kind, n_operands, low, high, ops):
     from rlt_core.benchmarks import benchmark_items, get_benchmark, load_benchmark_rows
@@ -89,6 +91,9 @@ def test_terse_kinds_give_the_answer_alone_and_have_a_heldout_benchmark(kind, n_
         assert set(re.findall(r"[-+*/]", expr)) <= ops and str(value.numerator) == p["answer"]
         assert p["solution"] == f"The answer is \\boxed{{{p['answer']}}}." and p["task"] == kind
         assert grade_arithmetic(p["solution"], p["answer"]).correct
+        # the worked derivation is kept beside the answer (the experiments' warm-up trace), and it is right
+        assert p["worked_solution"].startswith(f"We evaluate {expr} step by step")
+        assert grade_arithmetic(p["worked_solution"], p["answer"]).correct
     spec = get_benchmark(f"{kind}-heldout")
     rows = load_benchmark_rows(spec)
     assert len(benchmark_items(spec, rows)) == 200 and all(partition_of(r) == "eval" for r in rows)
