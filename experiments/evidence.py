@@ -105,9 +105,49 @@ SHORT_STUDENT = "Think step by step inside the thought tags, then give the solut
 class Records:
     """Where a run's records go: ``<out>/records`` (kept with the run, for resuming) and ``folder`` (published)."""
 
-    def __init__(self, out: str, folder: str, cfg: dict, argv: Optional[list[str]]):
+    def __init__(self, out: str, folder: str, cfg: dict, argv: Optional[list[str]], reuse_from: Optional[str] = None):
         self.kept, self.folder, self.cfg, self.argv = os.path.join(out, "records"), folder, cfg, argv
         self.run_id = _run_id(out)
+        self.reuse_from = reuse_from
+
+    def reuse(self, name: str) -> bool:
+        """Take phase ``name`` from the ``reuse_from`` run when the phase does not depend on the teacher (the base
+        student; the reference, reference-as-thought and worked-derivation students) and that run made it with the
+        same task, problems, distillation and evaluation settings: its result, its student model (linked) and its
+        record (marked ``reused_from``, under this run's id). Settings runs (KL weights, the reward's student) thus
+        train only what their setting changes."""
+        if not self.reuse_from or not _teacher_free(name):
+            return False
+        other = self.reuse_from
+        src = os.path.join(other, f"{name}.json")
+        if not os.path.exists(src):
+            return False
+        with open(os.path.join(other, "config.json")) as f:
+            theirs = json.load(f)
+        differ = [k for k in SHARED_SETTINGS if theirs.get(k) != self.cfg.get(k)]
+        if differ:
+            raise ValueError(f"--reuse-from {other}: its {differ} differ from this run's; its teacher-free phases "
+                             "are not this run's (use a run with the same task, problems, distillation and evaluation)")
+        out = os.path.dirname(self.kept)
+        with open(src) as f:
+            result = json.load(f)
+        student = os.path.join(other, "students", result.get("name", ""))
+        if result.get("name") and os.path.isdir(student):   # the student's folder, linked (the model is not copied)
+            link = os.path.join(out, "students", result["name"])
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(student), link)
+        with open(os.path.join(other, "records", f"{name}.json")) as f:
+            rec = json.load(f)
+        rec.update(reused_from={"run_id": rec.get("run_id"), "out": other}, run_id=self.run_id)
+        os.makedirs(self.kept, exist_ok=True)
+        for path, payload in ((os.path.join(self.kept, f"{name}.json"), rec), (os.path.join(out, f"{name}.json"),
+                                                                                result)):
+            with open(path + ".tmp", "w") as f:
+                json.dump(payload, f, indent=1)
+            os.replace(path + ".tmp", path)
+        log.info("phase %s: reused from %s (same task, problems, distillation and evaluation)", name, other)
+        return True
 
     def start(self, name: str):
         from bench import record
@@ -149,6 +189,17 @@ class Records:
                 os.remove(path)
 
 
+# what the teacher-free phases depend on (Records.reuse): a run that differs in any of these cannot lend them
+SHARED_SETTINGS = ("tiny", "task", "seed", "train_problems", "heldout_prompts", "distill_problems", "distill_steps",
+                   "distill_batch", "distill_lr", "eval_items", "eval_max_new_tokens", "eval_batch", "eval_samples",
+                   "eval_temperature")
+
+
+def _teacher_free(name: str) -> bool:
+    return name == "base_student" or any(name.startswith(f"student_{arm}_s")
+                                         for arm in ("reference", "reference_thought", WORKED_ARM))
+
+
 def _run_id(out: str) -> str:
     """The run's id, made once and kept in ``<out>/run.json``."""
     path = os.path.join(out, "run.json")
@@ -164,7 +215,7 @@ def _phase(records: Records, name: str, fn: Callable[[], Any]) -> Any:
     record goes to ``out/records/<name>.json`` and is published (:class:`Records`)."""
     out = os.path.dirname(records.kept)
     path = os.path.join(out, f"{name}.json")
-    if os.path.exists(path):
+    if os.path.exists(path) or records.reuse(name):
         log.info("phase %s: done earlier (%s)", name, path)
         records.publish(name)
         with open(path) as f:
@@ -619,8 +670,9 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
             runs.setdefault(name, []).append(_phase(
                 records, f"student_{name}_s{i}", lambda rows=rows, name=name, i=i: distill_and_eval(
                     f"{name}_s{i}", rows, tok, make, items, cfg, style, out, seed=seed + i)))
-    # claim 3: one student per reward bin of the trained teacher's K x M explanations (training seed 0, greedy)
-    bins = reward_bins(expl_t["rows"], cfg["reward_bins"])
+    # claim 3: one student per reward bin of the trained teacher's K x M explanations (training seed 0, greedy);
+    # reward_bins 0 leaves it out (a settings run that asks claims 1-2 only)
+    bins = reward_bins(expl_t["rows"], cfg["reward_bins"]) if cfg["reward_bins"] else []
     bin_students = [_phase(records, f"student_bin_{i + 1}of{len(bins)}",
                            lambda b=b, i=i: distill_and_eval(f"bin_{i + 1}of{len(bins)}", rows_of(b), tok, make,
                                                              items, cfg, style, out, seed=seed, sampled=False))
@@ -628,7 +680,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     base = _phase(records, "base_student", lambda: {})
     results = {**teacher_results, "base_student": {k: base[k] for k in ("accuracy", "truncated")},
                "students": arm_stats(runs, base),
-               "bins": _bin_stats(bins, bin_students),
+               **({"bins": _bin_stats(bins, bin_students)} if bins else {}),
                "phase_seconds": {f[:-5]: json.load(open(os.path.join(out, f)))["seconds"]
                                  for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in NOT_PHASES}}
     if "sampled_correct" in base:
@@ -709,6 +761,8 @@ def report_markdown(r: dict) -> str:
         cells = [_fmt_ci(s[key], True) if key in s else "-" for key in ("accuracy", "avg_at_k", "pass_at_k",
                                                                            "vs_reference", "vs_reference_thought")]
         lines.append(f"| {name} | {' | '.join(cells)} | {(s['train_tokens_in'] or 0) / 1000:.1f}k |")
+    if "bins" not in r:
+        return "\n".join(lines + ["", "(no reward bins: `reward_bins` 0)", ""])
     qs = r["bins"]
     lines += ["", f"### {qs['n_bins']} reward bins of the trained teacher's explanations ({qs['rows_per_bin']} rows "
                   "each, one student per bin)", "", "| bin | mean reward | student accuracy |", "|---|---|---|"]
@@ -744,6 +798,13 @@ def _plots(r: dict, out: str) -> None:
     ax1.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
     ax1.set_ylabel("held-out greedy accuracy, %\n(95% CI over seeds and items)")
     ax1.grid(alpha=0.3, axis="y")
+    if "bins" not in r:
+        ax2.set_axis_off()
+        ax2.text(0.5, 0.5, "no reward bins (reward_bins 0)", ha="center", va="center")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "students.png"), dpi=110)
+        plt.close(fig)
+        return
     qs = r["bins"]
     ax2.errorbar(qs["mean_reward"], [100 * a for a in qs["accuracy"]],
                  yerr=[[100 * (a - c[0]) for a, c in zip(qs["accuracy"], qs["accuracy_ci"])],
@@ -767,6 +828,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--records", default=None, metavar="DIR",
                    help="publish the phase records here (default: docs/results/evidence for the full profile, "
                         "else <out>/records only)")
+    p.add_argument("--reuse-from", default=None, metavar="OUT",
+                   help="take the teacher-free phases (base student; reference, reference-as-thought and "
+                        "worked-derivation students) from another run's --out folder with the same task, problems, "
+                        "distillation and evaluation settings, e.g. a KL-weight run reusing the main run's")
     p.add_argument("--stop-after", choices=["teacher"], default=None,
                    help="stop after the teacher side (claim 1); rerun without it to continue with the students")
     args = p.parse_args(argv)
@@ -789,7 +854,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     with open(saved, "w") as f:
         json.dump(cfg, f, indent=1)
     folder = args.records or (RECORDS if args.profile == "full" else os.path.join(args.out, "records"))
-    records = Records(args.out, folder, cfg, argv)
+    records = Records(args.out, folder, cfg, argv, args.reuse_from)
     records.drop_other_runs()
     results = run(cfg, args.stop_after, records)
     print(report_markdown(results))

@@ -153,6 +153,33 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     for p in probe.values():
         assert p["n"] == 8 and 0.0 <= p["p_empty_thought"] <= 1.0 and p["greedy_empty_thought"] in {
             k / 8 for k in range(9)}
+    _settings_run_reuses_the_teacher_free_phases(out, tmp_path, caplog)
+
+
+def _settings_run_reuses_the_teacher_free_phases(main_out: str, tmp_path, caplog) -> None:
+    """A KL-weight run (question 5) with --reuse-from takes the base student and the reference students from the
+    main run (linked, records marked) and trains only what its setting changes; no bins with reward_bins 0."""
+    out = str(tmp_path / "ev-kl")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=evidence.log.name):
+        res = evidence.main(["--profile", "smoke", "--out", out, "--reuse-from", main_out, "--set", "kl_coef=[1.0, 0.01]",
+                             "--set", "reward_bins=0", "--set", 'arms=["reference", "trained"]'])
+    reused = {r.getMessage().split()[1].rstrip(":") for r in caplog.records if "reused from" in r.getMessage()}
+    assert reused == {"base_student", "student_reference_s0", "student_reference_s1"}
+    started = {r.getMessage().split()[1].rstrip(":") for r in caplog.records if r.getMessage().endswith(": start")}
+    assert {"student_trained_s0", "student_trained_s1", "grpo"} <= started and not started & reused
+    assert set(res["students"]) == {"reference", "trained"} and "bins" not in res
+    with open(os.path.join(main_out, "student_reference_s1.json")) as f, \
+            open(os.path.join(out, "student_reference_s1.json")) as g:
+        assert json.load(f)["correct"] == json.load(g)["correct"]
+    with open(os.path.join(out, "records", "base_student.json")) as f:
+        rec = json.load(f)
+    with open(os.path.join(out, "run.json")) as f:
+        assert rec["run_id"] == json.load(f)["run_id"] and rec["reused_from"]["out"] == main_out
+    assert os.path.islink(os.path.join(out, "students", "reference_s0"))
+    with pytest.raises(ValueError, match="distill_steps"):   # another budget: not the same students
+        evidence.main(["--profile", "smoke", "--out", str(tmp_path / "ev-other"), "--reuse-from", main_out,
+                       "--set", "distill_steps=3", "--set", "reward_bins=0", "--set", 'arms=["reference"]'])
 
 
 def _render_from_the_records(out: str, tmp_path) -> None:
