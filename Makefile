@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: setup demo test test-slow test-faults test-all test-vllm bench evidence stack-up stack-down clean setup-vllm \
+.PHONY: setup demo test test-slow test-faults test-all test-vllm bench evidence evidence-settings stack-up stack-down clean setup-vllm \
 	check-docs lint
 
 setup: $(STAMP)
@@ -81,6 +81,12 @@ bench: setup
 evidence: setup
 	$(PY) experiments/evidence.py --out .scratch/evidence
 	$(PY) experiments/thought_probe.py --out .scratch/evidence
+	$(PY) scripts/render_docs.py --write docs/results.md
+
+# issue 24's settings runs (KL weights, the reward's student): each ~3 h on 2 cores, after `make evidence` (they reuse
+# its teacher-free students); resumable; records in docs/results/evidence-settings/<name>/
+evidence-settings: setup
+	for s in kl-1 kl-0 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s || exit 1; done
 	$(PY) scripts/render_docs.py --write docs/results.md
 
 stack-up: setup

@@ -93,6 +93,18 @@ PROFILES: dict[str, dict[str, Any]] = {
                   arms=[*ARMS, WORKED_ARM], distill_seeds=2, eval_samples=2, eval_temperature=0.7, reward_bins=4,
                   reward_student="base", kl_coef=[3.0, 0.03]),
 }
+# The settings runs of issue 24 (questions 3 and 5), one per name: ``--setting NAME`` applies SETTINGS_BASE and its
+# overrides to the full profile, runs in .scratch/evidence-<name>, publishes to docs/results/evidence-settings/<name>
+# and reuses the main run's teacher-free phases (--reuse-from .scratch/evidence): it trains the teacher under its
+# setting and the students its setting changes, 3 seeds each, against the reference students of the main run.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "kl-1": {"kl_coef": [1.0, 0.01]},                 # r_KL's weights a third of the paper's
+    "kl-0": {"kl_coef": [0.0, 0.0]},                  # no r_KL: the teacher is paid for r_SS alone
+    "reward-student-reference": {"reward_student": "reference"},   # the reference-distilled student scores
+}
+SETTINGS_BASE: dict[str, Any] = {"reward_bins": 0, "arms": ["reference", "trained", "trained_best_of_k"]}
+SETTINGS_RECORDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results",
+                                "evidence-settings")
 SHORT_TEACHER = ("You are given a question and its solution. Explain step by step how to reach the solution, "
                  "inside the explanation tags.")
 EMPTY = "(no explanation)"
@@ -820,8 +832,13 @@ def _plots(r: dict, out: str) -> None:
 
 def main(argv: Optional[list[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=".scratch/evidence")
+    p.add_argument("--out", default=None, help="the run folder (default .scratch/evidence; with --setting NAME "
+                   ".scratch/evidence-NAME)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    p.add_argument("--setting", choices=sorted(SETTINGS), default=None,
+                   help="a settings run of issue 24 (KL weights, the reward's student) on top of the profile: "
+                        f"{SETTINGS_BASE} and the setting's overrides; publishes to docs/results/evidence-settings/"
+                        "NAME (full profile) and reuses the main run's teacher-free phases")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile value (JSON value), e.g. --set grpo_steps=120 --set lr=1e-4")
     p.add_argument("--seed", type=int, default=0)
@@ -835,7 +852,17 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--stop-after", choices=["teacher"], default=None,
                    help="stop after the teacher side (claim 1); rerun without it to continue with the students")
     args = p.parse_args(argv)
+    main_out = ".scratch/evidence"
+    if args.setting:
+        args.out = args.out or f"{main_out}-{args.setting}"
+        if args.reuse_from is None and args.profile == "full" and os.path.isdir(main_out):
+            args.reuse_from = main_out
+        if args.records is None and args.profile == "full":
+            args.records = os.path.join(SETTINGS_RECORDS, args.setting)
+    args.out = args.out or main_out
     cfg = dict(PROFILES[args.profile], out=args.out, seed=args.seed, profile=args.profile)
+    if args.setting:
+        cfg.update(SETTINGS_BASE, **SETTINGS[args.setting], setting=args.setting)
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in PROFILES["full"]:

@@ -510,6 +510,44 @@ def evidence_students(ctx: Ctx) -> str:
         "", _evidence_source(ctx, rec, ("base_student", *seeds))])
 
 
+def evidence_settings(ctx: Ctx) -> str:
+    """Questions 3 and 5 of issue 24: the main run (the paper's KL weights, the base model as the reward's student)
+    beside each settings run (``experiments/evidence.py --setting NAME``: docs/results/evidence-settings/NAME)."""
+    from experiments.evidence import SETTINGS
+
+    runs = [("paper (main run)", f"{EVIDENCE}/summary.json")] + [
+        (name, f"docs/results/evidence-settings/{name}/summary.json") for name in SETTINGS]
+    rows, notes, missing = [], [], []
+    for name, path in runs:
+        rec = ctx.record(path)
+        if rec is None or "students" not in rec["numbers"]:
+            missing.append(name)
+            continue
+        n, cfg = rec["numbers"], rec.get("config", {})
+        h, st = n["heldout_reward"], n["students"]
+
+        def arm(key: str, field: str, fmt: Callable[[dict], str] = _pp, st: dict = st) -> str:
+            return fmt(st[key][field]) if key in st and field in st[key] else "-"
+
+        rows.append([name, "/".join(f"{c:g}" for c in cfg.get("kl_coef", [])), str(cfg.get("reward_student", "?")),
+                     _ci(h["reward"]["difference"]), _ci(h["r_ss"]["difference"]), _ci(h["r_kl"]["difference"]),
+                     f"{100 * h['has_format_penalty']['after']['mean']:.0f}%",
+                     arm("trained", "accuracy", lambda m: _ci(m, True)),
+                     arm("trained_best_of_k", "accuracy", lambda m: _ci(m, True)),
+                     arm("trained_best_of_k", "vs_reference"), arm("trained_best_of_k", "avg_at_k_vs_reference")])
+        notes.append(f"{name}: {source(ctx, path, rec)} (run {rec.get('run_id')})")
+    if not rows:
+        return ("Not yet measured at this commit (the KL weights and the reward's student): run `make evidence` "
+                "then `make evidence-settings` (~3 h per setting; writes `docs/results/evidence-settings/`).")
+    k = "k"
+    return "\n".join(table(["run", "KL weights (mean/max)", "reward's student", "held-out reward after - before",
+                            "r_SS after - before", "r_KL after - before", "format penalty after",
+                            "trained sample 0, greedy", "best-of-K, greedy", "best-of-K - reference (pp)",
+                            f"best-of-K - reference, avg@{k} (pp)"], rows)
+                      + [""] + [f"- {n}" for n in notes]
+                      + [f"- {name}: not yet measured (`make evidence-settings`)" for name in missing])
+
+
 def evidence_bins(ctx: Ctx) -> str:
     rec = _evidence(ctx, "bins")
     if rec is None:
@@ -637,5 +675,6 @@ TEMPLATES: dict[str, Callable[[Ctx], str]] = {
     "evidence-heldout": evidence_heldout, "evidence-students": evidence_students,
     "evidence-bins": evidence_bins, "evidence-thought-probe": evidence_thought_probe,
     "evidence-walltimes": evidence_walltimes, "warmup-probe": warmup_probe, "task-probe": task_probe,
+    "evidence-settings": evidence_settings,
     "reliability": reliability,
 }

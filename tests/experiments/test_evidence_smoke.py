@@ -158,17 +158,32 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
 
 def _settings_run_reuses_the_teacher_free_phases(main_out: str, tmp_path, caplog) -> None:
     """A KL-weight run (question 5) with --reuse-from takes the base student and the reference students from the
-    main run (linked, records marked) and trains only what its setting changes; no bins with reward_bins 0."""
+    main run (linked, records marked) and trains only what its setting changes; no bins with reward_bins 0; the
+    settings table renders from its records beside the main run's."""
+    import shutil
+    import sys
+    from pathlib import Path
+
     out = str(tmp_path / "ev-kl")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=evidence.log.name):
-        res = evidence.main(["--profile", "smoke", "--out", out, "--reuse-from", main_out, "--set", "kl_coef=[1.0, 0.01]",
-                             "--set", "reward_bins=0", "--set", 'arms=["reference", "trained"]'])
+        res = evidence.main(["--profile", "smoke", "--setting", "kl-1", "--out", out, "--reuse-from", main_out])
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["kl_coef"] == [1.0, 0.01] and cfg["reward_bins"] == 0 and cfg["setting"] == "kl-1"
     reused = {r.getMessage().split()[1].rstrip(":") for r in caplog.records if "reused from" in r.getMessage()}
     assert reused == {"base_student", "student_reference_s0", "student_reference_s1"}
     started = {r.getMessage().split()[1].rstrip(":") for r in caplog.records if r.getMessage().endswith(": start")}
-    assert {"student_trained_s0", "student_trained_s1", "grpo"} <= started and not started & reused
-    assert set(res["students"]) == {"reference", "trained"} and "bins" not in res
+    assert {"student_trained_s0", "student_trained_best_of_k_s1", "grpo"} <= started and not started & reused
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import doc_templates
+
+    root = tmp_path / "repo-settings"
+    shutil.copytree(os.path.join(out, "records"), root / "docs" / "results" / "evidence-settings" / "kl-1")
+    shutil.copytree(os.path.join(main_out, "records"), root / "docs" / "results" / "evidence")
+    block = doc_templates.evidence_settings(doc_templates.Ctx(root, "docs/results.md"))
+    assert "| kl-1 |" in block and "| paper (main run) |" in block and "kl-0: not yet measured" in block, block
+    assert set(res["students"]) == {"reference", "trained", "trained_best_of_k"} and "bins" not in res
     with open(os.path.join(main_out, "student_reference_s1.json")) as f, \
             open(os.path.join(out, "student_reference_s1.json")) as g:
         assert json.load(f)["correct"] == json.load(g)["correct"]
