@@ -345,6 +345,20 @@ def group_diversity(rows: list[dict]) -> dict:
             "within_problem_reward_std": sum(std([r["reward"] for r in g]) for g in groups.values()) / len(groups)}
 
 
+def answer_shown(rows: list[dict], problems: list[dict], style) -> list[dict]:
+    """The rows with two flags of their explanation: ``answer_in_explanation`` (the reference's final answer appears
+    in it as a number) and ``boxed_in_explanation`` (it holds a ``\\boxed{}``, i.e. copies the reference's form).
+    An explanation that states the answer makes the student's solution likely (r_SS) whether or not it teaches."""
+    import re
+
+    out = []
+    for r in rows:
+        text, answer = _explanation(r["text"], style), problems[r["problem"]]["answer"]
+        shown = re.search(rf"(?<![\d.]){re.escape(answer)}(?![\d.])", text) is not None
+        out.append({**r, "answer_in_explanation": float(shown), "boxed_in_explanation": float("\\boxed" in text)})
+    return out
+
+
 def paired_reward_change(before: list[dict], after: list[dict]) -> dict:
     """Per held-out problem: mean reward over its samples after minus before (same seeds); CI over problems."""
     def per_problem(rows: list[dict], key: str) -> dict[int, float]:
@@ -354,7 +368,9 @@ def paired_reward_change(before: list[dict], after: list[dict]) -> dict:
         return {p: sum(v) / len(v) for p, v in acc.items()}
 
     out = {"diversity": {"before": group_diversity(before), "after": group_diversity(after)}}
-    for key in ("reward", "r_ss", "r_kl", "has_format_penalty", "n_explanation_tokens"):
+    keys = ("reward", "r_ss", "r_kl", "has_format_penalty", "n_explanation_tokens", "answer_in_explanation",
+            "boxed_in_explanation")
+    for key in (k for k in keys if k in before[0] and k in after[0]):
         b, a = per_problem(before, key), per_problem(after, key)
         out[key] = {"before": mean_ci(list(b.values())), "after": mean_ci(list(a.values())),
                     "difference": mean_ci([a[p] - b[p] for p in sorted(b)])}
@@ -628,7 +644,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     trained = make(grpo_res["model_dir"]).eval()
     after = _phase(records, "heldout_after", lambda: {"rows": teacher_samples(trained, reward_student, tok, heldout, k,
                                                                          10_000, cfg, style)})
-    change = paired_reward_change(before["rows"], after["rows"])
+    change = paired_reward_change(*(answer_shown(rows, heldout, style) for rows in (before["rows"], after["rows"])))
     teacher_results = {"config": cfg, "heldout_reward": change,
                        "grpo": {**grpo_res["summary"], "steps": grpo_res["steps"], "seconds": grpo_res["seconds"]}}
     if stop_after == "teacher":
