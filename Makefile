@@ -86,7 +86,7 @@ evidence: setup
 # issue 24's settings runs (KL weights, the reward's student): each ~3 h on 2 cores, after `make evidence` (they reuse
 # its teacher-free students); resumable; records in docs/results/evidence-settings/<name>/
 evidence-settings: setup
-	for s in kl-1 kl-0 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s || exit 1; done
+	for s in kl-0 reward-student-worked kl-1 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s || exit 1; done
 	$(PY) scripts/render_docs.py --write docs/results.md
 
 stack-up: setup

@@ -33,8 +33,9 @@ Round 2 (issue 24) made the arms fair: every arm of claim 2 is trained with ``di
 and items, :func:`seeds_items_ci`; paired differences seed against seed); a ``reference_thought`` arm puts the
 reference solution inside the thought block (the explanation arms' format); random-, best- and worst-of-K arms;
 sampled evaluation (``eval_samples`` at ``eval_temperature``: avg@k, pass@k) beside greedy; the training tokens of
-every arm are reported beside its rows. Options for its other questions: ``reward_student`` (``base``, or
-``reference``: the student distilled on the reference solutions scores the teacher), ``kl_coef`` (r_KL's weights),
+every arm are reported beside its rows. Options for its other questions: ``reward_student`` (``base``;
+``reference``: the student distilled on the reference solutions scores the teacher; ``worked``: the one distilled on
+a terse task's worked derivations), ``kl_coef`` (r_KL's weights),
 ``task`` (e.g. the answer-only ``arithmetic-terse``; ``experiments/task_probe.py`` says which tasks put the base
 student in the 5-60% band). One run per setting, each in its own ``--out`` and ``--records`` folder.
 
@@ -100,7 +101,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 SETTINGS: dict[str, dict[str, Any]] = {
     "kl-1": {"kl_coef": [1.0, 0.01]},                 # r_KL's weights a third of the paper's
     "kl-0": {"kl_coef": [0.0, 0.0]},                  # no r_KL: the teacher is paid for r_SS alone
-    "reward-student-reference": {"reward_student": "reference"},   # the reference-distilled student scores
+    # a student that can follow the steps scores: on a terse task the one distilled on the worked derivations (the
+    # reference-distilled one learned to answer without steps; it is the issue's example, from round 1's task)
+    "reward-student-worked": {"reward_student": "worked"},
+    "reward-student-reference": {"reward_student": "reference"},
 }
 SETTINGS_BASE: dict[str, Any] = {"reward_bins": 0, "arms": ["reference", "trained", "trained_best_of_k"]}
 SETTINGS_RECORDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results",
@@ -558,16 +562,23 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     reference_rows = [{"system": style.student_system_prompt, "question": p["question"],
                        "assistant": wrap_solution(p["solution"], style)} for p in distill_problems]
     # The reward's student (question 3 of issue 24): the base model (the paper's setup at 7B, where the student can
-    # follow an explanation), or the student distilled on the reference solutions, which can follow this task's
-    # steps better than the base model: the claim-2 arm `reference`, seed 0, trained first and reused there.
-    if cfg["reward_student"] == "reference":
-        ref = _phase(records, "student_reference_s0", lambda: distill_and_eval(
-            "reference_s0", reference_rows, tok, make, items, cfg, style, out, seed=seed))
+    # follow an explanation), or a distilled student that can follow this task's steps better than the base model:
+    # the one distilled on the reference solutions (`reference`; on a terse task they are the answer alone) or, on a
+    # terse task, the one distilled on the worked derivations (`worked`): the claim-2 arm's seed 0, trained first
+    # and reused there.
+    worked_rows = [{"question": p["question"], "solution": p["solution"], "explanation": p.get("worked_solution")}
+                   for p in distill_problems]
+    if cfg["reward_student"] in ("reference", "worked"):
+        arm, rows = ("reference", reference_rows) if cfg["reward_student"] == "reference" else (WORKED_ARM, worked_rows)
+        if arm == WORKED_ARM and worked_rows[0]["explanation"] is None:
+            raise ValueError(f"reward_student 'worked' needs a task with worked derivations; {cfg['task']!r} has none")
+        ref = _phase(records, f"student_{arm}_s0", lambda: distill_and_eval(
+            f"{arm}_s0", rows, tok, make, items, cfg, style, out, seed=seed))
         reward_student = make(ref["model_dir"]).eval()
     elif cfg["reward_student"] == "base":
         reward_student = student
     else:
-        raise ValueError(f"reward_student {cfg['reward_student']!r}: expected 'base' or 'reference'")
+        raise ValueError(f"reward_student {cfg['reward_student']!r}: expected 'base', 'reference' or 'worked'")
 
     sft_dir = os.path.join(out, "teacher_sft")
 
@@ -682,13 +693,12 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
         "trained_random_of_k": lambda: rows_of([pick.choice(g) for g in groups]),
         "trained_best_of_k": lambda: rows_of([max(g, key=lambda r: r["reward"]) for g in groups]),
         "trained_worst_of_k": lambda: rows_of([min(g, key=lambda r: r["reward"]) for g in groups]),
-        WORKED_ARM: lambda: [{"question": p["question"], "solution": p["solution"],
-                              "explanation": p["worked_solution"]} for p in distill_problems],
+        WORKED_ARM: lambda: worked_rows,
     }
     unknown = [a for a in cfg["arms"] if a not in builders]
     if unknown or "reference" not in cfg["arms"]:
         raise ValueError(f"arms {cfg['arms']}: expected 'reference' and names from {sorted(builders)}")
-    if WORKED_ARM in cfg["arms"] and "worked_solution" not in distill_problems[0]:
+    if WORKED_ARM in cfg["arms"] and worked_rows[0]["explanation"] is None:
         raise ValueError(f"arm {WORKED_ARM!r} needs a task with worked derivations (a terse builtin task); "
                          f"{cfg['task']!r} has none: leave the arm out (--set arms=...)")
     runs: dict[str, list[dict]] = {}

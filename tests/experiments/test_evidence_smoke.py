@@ -133,6 +133,16 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
         by_base, by_ref = json.load(f)["rows"], json.load(g)["rows"]
     assert [r["text"] for r in by_base] == [r["text"] for r in by_ref], "the same teacher and seeds"
     assert [r["r_ss"] for r in by_base] != [r["r_ss"] for r in by_ref], "another student scored them"
+    # on a terse task the worked-derivation student can score instead (reused from the main run: teacher-free)
+    out3 = str(tmp_path / "ev-worked-student")
+    evidence.main(["--profile", "smoke", "--setting", "reward-student-worked", "--out", out3, "--reuse-from", out,
+                   "--stop-after", "teacher"])
+    with open(os.path.join(out3, "heldout_before.json")) as f:
+        by_worked = json.load(f)["rows"]
+    with open(os.path.join(out3, "records", "student_worked_thought_s0.json")) as f:
+        assert json.load(f)["reused_from"]["out"] == out
+    assert [r["text"] for r in by_worked] == [r["text"] for r in by_base]
+    assert [r["r_ss"] for r in by_worked] not in ([r["r_ss"] for r in by_base], [r["r_ss"] for r in by_ref])
     # a GRPO phase cut after its last checkpoint resumes there, its per-step history kept
     with open(os.path.join(out2, "grpo.json")) as f:
         cut = json.load(f)
