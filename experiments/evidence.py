@@ -358,7 +358,7 @@ def answer_shown(rows: list[dict], problems: list[dict], style) -> list[dict]:
     out = []
     for r in rows:
         text, answer = _explanation(r["text"], style), problems[r["problem"]]["answer"]
-        shown = re.search(rf"(?<![\d.]){re.escape(answer)}(?![\d.])", text) is not None
+        shown = re.search(rf"(?<![\d.-]){re.escape(answer)}(?![\d.])", text) is not None   # 3 is not in -3
         out.append({**r, "answer_in_explanation": float(shown), "boxed_in_explanation": float("\\boxed" in text)})
     return out
 

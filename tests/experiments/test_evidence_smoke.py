@@ -38,16 +38,17 @@ def test_answer_shown_flags_explanations_that_state_the_answer():
     texts = ["1 + 3 + 6 = 10\n\n<|end_of_explanation|>",                     # states it
              "1 + 3 + 6 = 100\n\n<|end_of_explanation|>",                    # 100 is not 10
              "So the answer is \\boxed{10}.\n\n<|end_of_explanation|>",     # copies the reference's form
-             "2 - 5 = -3\n\n<|end_of_explanation|>"]
-    rows = [{"problem": p, "text": t} for p, t in zip([0, 0, 0, 1], texts)]
+             "2 - 5 = -3\n\n<|end_of_explanation|>",
+             "1 - 11 = -10\n\n<|end_of_explanation|>"]                      # -10 is not 10
+    rows = [{"problem": p, "text": t} for p, t in zip([0, 0, 0, 1, 0], texts)]
     flagged = evidence.answer_shown(rows, problems, evidence._style())
-    assert [r["answer_in_explanation"] for r in flagged] == [1.0, 0.0, 1.0, 1.0]
-    assert [r["boxed_in_explanation"] for r in flagged] == [0.0, 0.0, 1.0, 0.0]
+    assert [r["answer_in_explanation"] for r in flagged] == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert [r["boxed_in_explanation"] for r in flagged] == [0.0, 0.0, 1.0, 0.0, 0.0]
     change = evidence.paired_reward_change(
         [dict(r, reward=0.0, r_ss=0.0, r_kl=0.0, has_format_penalty=0.0, n_explanation_tokens=1.0, sample=0)
          for r in flagged], [dict(r, reward=0.0, r_ss=0.0, r_kl=0.0, has_format_penalty=0.0,
                                   n_explanation_tokens=1.0, sample=0) for r in flagged])
-    assert change["answer_in_explanation"]["before"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
+    assert change["answer_in_explanation"]["before"]["mean"] == pytest.approx((2 / 4 + 1) / 2)
 
 
 def test_seeds_items_ci_covers_the_spread_between_training_seeds():
