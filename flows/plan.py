@@ -117,7 +117,7 @@ def _expected_ids(ctx: RunContext, p: Planned, by_id: dict[str, Planned]):
     from infra.engine.shards import chunks
 
     spec = p.node.stage.incremental
-    src = p.node.inputs[spec.input]
+    src = p.sources[spec.input]
     up = by_id.get(src.node)
     if up is None:
         return None

@@ -9,8 +9,10 @@ config that uses them (so they are part of each stage's key):
   temperature of the RLT reward in train_teacher and score (rlt-method.md 2.1: the teacher's log-probs are
   taken at the temperature its explanations were sampled at).
 
-One default follows another stage rather than the top level: ``ingest.decontaminate.benchmarks``, unless the recipe
-sets it, is ``evaluate.benchmarks`` (ingest keeps out of training what the recipe evaluates on).
+Two defaults follow another stage rather than the top level: ``ingest.decontaminate.benchmarks``, unless the recipe
+sets it, is ``evaluate.benchmarks`` (ingest keeps out of training what the recipe evaluates on), and
+``score.reward_student``, unless the recipe sets it, is ``train_teacher.reward_student`` (the ledger scores with
+the student the teacher was trained against, rlt-method.md 2).
 
 Setting one of the derived stage fields directly to another value is an error that names the top-level field.
 """
@@ -84,7 +86,17 @@ def derive_shared(data: dict) -> dict:
                                      f"the top of the recipe (or --set {name}=...) instead")
             _set(data, path, top.model_dump(mode="json") if name == "style" else top)
     _default_decontam_benchmarks(data)
+    _default_score_student(data)
     return data
+
+
+def _default_score_student(data: dict) -> None:
+    """``score.reward_student`` := ``train_teacher.reward_student`` unless it is set."""
+    if not all(isinstance(data.get(k, {}), dict) for k in ("train_teacher", "score")):
+        return   # not a section: validation names it
+    chosen, given = _get(data, ("train_teacher", "reward_student"))
+    if given and not _get(data, ("score", "reward_student"))[1]:
+        _set(data, ("score", "reward_student"), chosen)
 
 
 def _default_decontam_benchmarks(data: dict) -> None:

@@ -82,12 +82,16 @@ def _text_features(rules: TextRules, style: PromptStyle, explanations: Artifact)
             for e in explanations.rows(["explanation_id", "question", "solution", "completion", "finish_reason"])}
 
 
-def filter_(run: StageRun, cfg: FilterConfig, scored_explanations: Artifact, explanations: Artifact,
-            problems: Artifact) -> dict:
+def filter_(run: StageRun, cfg: FilterConfig, scored_explanations: Optional[Artifact],
+            explanations: Optional[Artifact], problems: Artifact) -> dict:
     """Best-of-K (and the other rules) per problem from the reward ledger; winners become student-format examples.
-    With ``source: reference``, every problem's reference solution instead (the baseline student's data)."""
+    With ``source: reference``, every problem's reference solution instead (the baseline student's data): it reads
+    the problems alone, so the factory runs it without the night's explanations (before the teacher, when the
+    baseline student is the reward's student)."""
     if cfg.source == "reference":
         return _reference_set(run, cfg, problems)
+    if scored_explanations is None or explanations is None:
+        raise TypeError("filter: source 'teacher' needs the scored_explanations and explanations inputs")
     by_problem: dict[str, list[dict]] = defaultdict(list)
     for row in scored_explanations.rows(LEDGER_COLS):
         by_problem[row["problem_id"]].append(row)

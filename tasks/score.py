@@ -7,23 +7,22 @@ per process and shared by the shards.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 from pydantic import Field
 
 from data_contracts import scored_explanations
 from data_contracts.errors import ExpectedError
-from infra.engine.config import NOT_IN_KEY, KeyModel, StageConfig
+from infra.engine.config import NOT_IN_KEY
 from infra.engine.models import engine_lock, local_model, model_and_tokenizer
 from infra.engine.reuse import Incremental, md5
+from infra.engine.reward_student import RewardStudentConfig
 from infra.engine.shard_job import ShardJob, ShardResult
 from infra.engine.stage import Artifact, Model, StageRun, declare
-from infra.models import resolve_model
 from rlt_core.reward import RewardConfig, RLTReward
 
 
-class ScoreConfig(StageConfig):
-    student_model: Annotated[str, KeyModel("student")] = "builtin:smollm2-135m-instruct"
+class ScoreConfig(RewardStudentConfig):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     shard_size: int = Field(default=64, ge=1, description="explanations per shard")
     part_size: Annotated[int, NOT_IN_KEY] = Field(default=32, ge=1)
@@ -87,10 +86,12 @@ def forward_tokens(tok, rows: list[dict], cfg: RewardConfig) -> int:
                                           or ex.solution_span[1] > ex.solution_span[0]) else 0) for ex in exs)
 
 
-def score(run: StageRun, cfg: ScoreConfig, explanations: Artifact, teacher_checkpoint: Model) -> dict:
-    """Every explanation gets every reward term (r_SS, r_KL and their parts), recorded with the coefficients."""
+def score(run: StageRun, cfg: ScoreConfig, explanations: Artifact, teacher_checkpoint: Model,
+          reward_student: Optional[Model]) -> dict:
+    """Every explanation gets every reward term (r_SS, r_KL and their parts), recorded with the coefficients.
+    ``reward_student``: the night's baseline student checkpoint, bound when ``cfg.reward_student`` is 'baseline'."""
     check_temperature(explanations, cfg.reward.teacher_temperature)
-    student = resolve_model(cfg.student_model)
+    student = cfg.reward_student_snapshot("score", reward_student)
     summary = run.map_shards(
         lambda: explanations.rows(["explanation_id", "problem_id", "sample_index", "question", "solution",
                                    "completion"]),

@@ -20,10 +20,11 @@ from transformers import TrainerCallback
 from data_contracts import teacher_checkpoint
 from infra import faults
 from infra.engine import gang
-from infra.engine.config import NOT_IN_KEY, KeyModel, StageConfig
+from infra.engine.config import NOT_IN_KEY, KeyModel
 from infra.engine.gang import LaunchConfig, check_batch
 from infra.engine.models import fresh_model, model_and_tokenizer
-from infra.engine.stage import Artifact, StageRun, declare
+from infra.engine.reward_student import RewardStudentConfig
+from infra.engine.stage import Artifact, Model, StageRun, declare
 from infra.models import resolve_model
 from rlt_core.reward import RewardConfig
 from rlt_core.training.common import MODEL_SUBDIR, last_logged_loss
@@ -31,9 +32,8 @@ from rlt_core.training.grpo import TeacherGRPOConfig
 from rlt_core.training.sft_teacher import TeacherSFTConfig
 
 
-class TrainTeacherConfig(StageConfig):
+class TrainTeacherConfig(RewardStudentConfig):
     base_model: Annotated[str, KeyModel("base")] = "builtin:smollm2-135m-instruct"
-    student_model: Annotated[str, KeyModel("student")] = "builtin:smollm2-135m-instruct"
     phases: list[Literal["sft", "grpo"]] = Field(default_factory=lambda: ["sft", "grpo"],
                                                 description="[] = use the base model as the teacher")
     sft: TeacherSFTConfig = Field(default_factory=TeacherSFTConfig)
@@ -62,11 +62,14 @@ class TrainTeacherConfig(StageConfig):
         return declared if self.phases else ()
 
 
-def train_teacher(run: StageRun, cfg: TrainTeacherConfig, problems: Artifact) -> dict:
-    """SFT warm-up then GRPO with the RLT reward; the result is registered as a safetensors checkpoint."""
+def train_teacher(run: StageRun, cfg: TrainTeacherConfig, problems: Artifact,
+                  reward_student: Optional[Model]) -> dict:
+    """SFT warm-up then GRPO with the RLT reward; the result is registered as a safetensors checkpoint.
+    ``reward_student``: the night's baseline student checkpoint, bound when ``cfg.reward_student`` is 'baseline'."""
     base = resolve_model(cfg.base_model)
+    student_ref = reward_student.ref if reward_student is not None else cfg.student_model
     row = dict(role="teacher", base_model=cfg.base_model, base_digest=base.digest, data_keys=[problems.key],
-               student_key=cfg.student_model, config_json=run.parts.config)
+               student_key=student_ref, config_json=run.parts.config)
     if not cfg.phases:
         run.log.info("train_teacher: no phases configured; the base model is the teacher")
         run.count_tokens(tokens_in=0, tokens_out=0, forward_tokens=0)   # no model ran: 0, not unknown
@@ -74,7 +77,7 @@ def train_teacher(run: StageRun, cfg: TrainTeacherConfig, problems: Artifact) ->
         return {"steps": 0}
     rows = list(problems.rows(["question", "solution", "reasoning_trace"], where="split = 'train'"))
     rows = rows[: cfg.max_problems]
-    student = resolve_model(cfg.student_model).path
+    student = cfg.reward_student_snapshot("train_teacher", reward_student).path
     if cfg.launch.gang:
         model_dir, steps, steps_run, metrics = _train_gang(run, cfg, rows, base.path, student)
     else:

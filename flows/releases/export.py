@@ -228,6 +228,14 @@ def _audit_facts(catalog: Catalog, key: str) -> dict[str, Any]:
         for m in moves]}
 
 
+def _reward_student(catalog, rec: dict) -> dict[str, Any] | None:
+    """The night's baseline student checkpoint a stage's reward read with (``reward_student: baseline``), if any."""
+    key = _loads(rec["inputs_json"]).get("reward_student")
+    ckpt = catalog.artifact(key) if key else None
+    return None if ckpt is None else {"model": f"artifact:{key}", "key": key, "digest": ckpt.get("digest") or "",
+                                      "reward_student": "baseline"}
+
+
 def release_facts(catalog: Catalog, release: Release) -> dict[str, Any]:
     """Everything the card says about a release, from the catalog (small queries; no data rows are read but a
     GROUP BY over the filter decisions)."""
@@ -269,11 +277,15 @@ def release_facts(catalog: Catalog, release: Release) -> dict[str, Any]:
                          "phases": tcfg.get("phases"), "run_id": teacher.get("run_id")}
         if tm.get("student"):
             students["train_teacher.student"] = {"model": tcfg.get("student_model"), "digest": tm["student"]}
+        elif baseline := _reward_student(catalog, teacher):
+            students["train_teacher.student"] = baseline
     if scored is not None:
         sm = _loads(scored["models_json"])
         if sm.get("student"):
             students["score.student"] = {"model": _loads(scored["config_json"]).get("student_model"),
                                          "digest": sm["student"]}
+        elif baseline := _reward_student(catalog, scored):
+            students["score.student"] = baseline
     trained = catalog.rows("SELECT DISTINCT child_key FROM lineage WHERE list_contains(?, parent_key)",
                            [[rec["key"]]])
     for r in catalog.artifacts([t["child_key"] for t in trained]).values():

@@ -16,6 +16,10 @@ one truth of "done", locks, the MLflow run, the commit, provenance, stage record
 
 ``key_names`` keeps the name an input had in the key before inputs were named after their artifacts: renaming it
 in the key would change every key and recompute every cached night, so the key keeps the old name.
+
+An input annotated ``Optional[Artifact]`` / ``Optional[Model]`` may be absent (the body gets None): absent, it is
+not in the key at all, so an input added that way leaves every key made without it as it was (train_teacher's
+and score's ``reward_student``: the night's baseline student, bound only when the recipe asks for it).
 """
 from __future__ import annotations
 
@@ -124,6 +128,7 @@ class InputSpec:
     name: str
     kind: type   # Artifact or Model
     key_name: str
+    optional: bool = False   # annotated Optional[...]: may be absent (None), and is then not in the key
 
 
 # ---------------------------------------------------------------------------------------------- the declaration
@@ -152,13 +157,13 @@ class Stage:
 
     def key_parts(self, cfg: StageConfig, inputs: Mapping[str, str | Input]) -> KeyParts:
         """The artifact key's parts. ``inputs``: input name -> artifact key (or ref), or a model snapshot."""
-        missing = [n for n in self.input_names if n not in inputs]
+        missing = [i.name for i in self.inputs if not i.optional and inputs.get(i.name) is None]
         if missing:
             raise ValueError(f"{self.name}: missing input(s) {missing}; expected {list(self.input_names)}")
         models = {role: resolve_model(ref).digest for role, ref in cfg.key_models().items()}
         models.update(cfg.key_extra())
         keys: dict[str, str] = {}
-        by_key_name = {i.key_name: i.name for i in self.inputs}
+        by_key_name = {i.key_name: i.name for i in self.inputs if inputs.get(i.name) is not None}
         for key_name in cfg.key_inputs(tuple(by_key_name)):
             v = inputs[by_key_name[key_name]]
             if isinstance(v, ModelSnapshot):
@@ -180,10 +185,14 @@ def declare(body: Callable[..., Mapping[str, Any] | None], *, version: str, outp
         raise TypeError(f"{body.__name__}: a stage body takes (run, cfg: <a StageConfig>, <inputs>...)")
     specs = []
     for name in params[2:]:
-        kind = hints.get(name)
+        kind, optional = hints.get(name), False
+        if typing.get_origin(kind) is Union and type(None) in typing.get_args(kind):
+            (kind, *more), optional = [a for a in typing.get_args(kind) if a is not type(None)], True
+            kind = None if more else kind
         if kind not in (Artifact, Model):
-            raise TypeError(f"{body.__name__}: input {name!r} must be annotated Artifact or Model, not {kind!r}")
-        specs.append(InputSpec(name, kind, (key_names or {}).get(name, name)))
+            raise TypeError(f"{body.__name__}: input {name!r} must be annotated Artifact or Model (or Optional[...] of "
+                            f"one), not {hints.get(name)!r}")
+        specs.append(InputSpec(name, kind, (key_names or {}).get(name, name), optional))
     if unknown := set(key_names or {}) - {s.name for s in specs}:
         raise TypeError(f"{body.__name__}: key_names for unknown input(s) {sorted(unknown)}")
     stage = Stage(name=body.__name__.rstrip("_"), version=version, config=hints["cfg"], inputs=tuple(specs),
@@ -219,9 +228,10 @@ class StageRun:
             self.writers[c.name] = ArtifactWriter(self.ctx.store, c.name, self.keys[c.name], self.parts,
                                                   self.ctx.run_id, c, self.label)
 
-    def handles(self) -> dict[str, Artifact | Model]:
+    def handles(self) -> dict[str, Artifact | Model | None]:
         """The body's input arguments."""
-        return {i.name: i.kind(self.ctx, self.inputs[i.name]) for i in self.stage.inputs}
+        return {i.name: (i.kind(self.ctx, self.inputs[i.name]) if self.inputs.get(i.name) is not None else None)
+                for i in self.stage.inputs}
 
     def call_body(self) -> Mapping[str, Any] | None:
         return self.stage.body(self, self.cfg, **self.handles())

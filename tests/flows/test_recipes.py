@@ -100,3 +100,54 @@ def test_reference_baseline_student_is_three_more_nodes_keyed_by_the_problems_al
     # the audit that needs the baseline refuses a recipe without it
     with pytest.raises(RecipeError, match="evaluate: {baselines: \\[reference\\]}"):
         load_recipe(tiny, ["audits.min_gain_over_baseline=0.0"])
+
+
+def test_reward_student_baseline_runs_the_baseline_branch_before_the_teacher_and_keys_the_reward_by_it():
+    """`train_teacher.reward_student: baseline`: the RLT reward of train_teacher and score reads with the night's
+    baseline student (distill[reference]'s checkpoint), so that branch runs first; its key replaces student_model's
+    digest in the teacher's and the ledger's keys, and a recipe that leaves it unset keeps every key."""
+    from flows.pipeline import plan
+
+    tiny = pathlib.Path(RECIPES[0]).parent / "tiny.yaml"
+    plain = plan(load_recipe(tiny))
+    assert [p.stage for p in plain] == sorted((p.stage for p in plain), key=[
+        "ingest", "train_teacher", "generate", "score", "filter", "distill", "evaluate"].index)   # stage order
+    assert all("reward_student" not in p.parts.inputs for p in plain)
+    ordered = plan(load_recipe(tiny, ["train_teacher.reward_student=baseline"]))
+    ids = [p.node.id for p in ordered]
+    assert ids.index("filter[reference]") < ids.index("distill[reference]") < ids.index("train_teacher")
+    assert "evaluate[reference]" not in ids   # distilled for the reward, not evaluated: no `evaluate.baselines`
+    by = {p.node.id: p for p in ordered}
+    d = by["distill[reference]"]
+    for node in ("train_teacher", "score"):   # score follows train_teacher's choice
+        p = by[node]
+        assert p.cfg.reward_student == "baseline"
+        assert p.parts.inputs["reward_student"] == d.keys["student_checkpoint"]
+        assert "student" not in p.parts.models and "student_model" not in p.parts.config
+    before = {p.node.id: p.key for p in plain}
+    assert by["ingest"].key == before["ingest"] and by["train_teacher"].key != before["train_teacher"]
+    # the unused student_model is out of the key; another baseline student (distill recipe) is another teacher
+    same = {p.node.id: p.key for p in plan(load_recipe(tiny, ["train_teacher.reward_student=baseline",
+                                                                "train_teacher.student_model=builtin:other"]))}
+    assert same["train_teacher"] == by["train_teacher"].key
+    other = {p.node.id: p.key for p in plan(load_recipe(tiny, ["train_teacher.reward_student=baseline",
+                                                                 "distill.train.max_steps=4"]))}
+    assert other["distill[reference]"] != d.key and other["train_teacher"] != by["train_teacher"].key
+    # score may keep the model reference while the teacher trains against the baseline student
+    mixed = {p.node.id: p for p in plan(load_recipe(tiny, ["train_teacher.reward_student=baseline",
+                                                           "score.reward_student=student_model"]))}
+    assert "reward_student" not in mixed["score"].parts.inputs and "student" in mixed["score"].parts.models
+    # with the evaluated baseline too, the same three nodes serve both
+    both = plan(load_recipe(tiny, ["train_teacher.reward_student=baseline", "evaluate.baselines=[reference]"]))
+    assert [p.node.id for p in both].count("distill[reference]") == 1
+    assert {p.node.id: p for p in both}["train_teacher"].key == by["train_teacher"].key
+
+
+def test_reward_student_checkpoint_must_match_the_choice(tmp_path):
+    from infra.engine.reward_student import RewardStudentMismatch
+    from tasks.score import ScoreConfig
+
+    with pytest.raises(RewardStudentMismatch, match="no baseline student checkpoint is bound"):
+        ScoreConfig(reward_student="baseline").reward_student_snapshot("score", None)
+    with pytest.raises(ValueError, match="reward_student"):
+        ScoreConfig(reward_student="teacher")

@@ -62,3 +62,44 @@ def test_baseline_student_gain_in_the_report_and_the_audit(tmp_path, tiny_model_
                       "ORDER BY ts DESC LIMIT 1)")
     assert stages and all(s["status"] == "cached" for s in stages), stages
     cat.close()
+
+
+@pytest.mark.slow
+def test_baseline_student_as_the_reward_student_of_a_real_night(tmp_path, tiny_model_dir):
+    """`train_teacher.reward_student: baseline`: filter[reference] and distill[reference] run before the teacher,
+    whose GRPO reward and score's ledger read with that checkpoint; lineage and the dataset card name it."""
+    import json
+
+    from flows.factory import factory_flow
+    from flows.releases.export import release_facts, resolve_release
+    from infra.models import folder_digest
+
+    root = str(tmp_path / "data")
+    recipe = Recipe.model_validate(tiny_recipe(tiny_model_dir, train_teacher={"phases": ["grpo"],
+                                                                             "reward_student": "baseline"}))
+    assert recipe.score.reward_student == "baseline"   # score follows train_teacher
+    out = factory_flow(recipe=recipe.model_dump(mode="json"), root=root, tracking=False)
+    assert "eval_reference" not in out   # distilled for the reward only: not evaluated without `evaluate.baselines`
+    cat = Catalog(Store(root))
+    ran = [(r["stage"], r["label"]) for r in cat.rows(
+        "SELECT stage, label FROM stage_runs WHERE run_id = ? AND status = 'done' ORDER BY ts", [out["run_id"]])]
+    assert ran.index(("distill", "reference")) < ran.index(("train_teacher", "")) < ran.index(("score", ""))
+    ref_ckpt = cat.artifact(out["student_checkpoint_reference"]["key"])
+    assert ref_ckpt["digest"] != folder_digest(tiny_model_dir)   # distilled: not the base student
+    teacher = cat.artifact(out["teacher_checkpoint"]["key"])
+    assert json.loads(teacher["inputs_json"])["reward_student"] == ref_ckpt["key"]
+    assert "student" not in json.loads(teacher["models_json"])
+    trow = next(r for b in cat.scan("teacher_checkpoint", teacher["key"], ["student_key"]) for r in b.to_pylist())
+    assert trow["student_key"] == f"artifact:{ref_ckpt['key']}"
+    digests = {r["student_digest"] for b in cat.scan("scored_explanations", out["scored_explanations"]["key"],
+                                                       ["student_digest"]) for r in b.to_pylist()}
+    assert digests == {ref_ckpt["digest"]}   # every ledger row was scored by the baseline student
+    parents = {r["parent_key"] for r in cat.rows("SELECT parent_key FROM lineage WHERE child_key = ?",
+                                                  [teacher["key"]])}
+    assert ref_ckpt["key"] in parents   # lineage: the teacher descends from the baseline student
+    facts = release_facts(cat, resolve_release(cat, "latest"))
+    for role in ("train_teacher.student", "score.student"):
+        assert facts["students"][role]["key"] == ref_ckpt["key"], facts["students"]
+    cat.close()
+    again = factory_flow(recipe=recipe.model_dump(mode="json"), root=root, tracking=False)   # plan and run agree
+    assert again["teacher_checkpoint"]["key"] == teacher["key"]
