@@ -75,6 +75,11 @@ ARMS = ("reference", "reference_thought", "untrained", "trained", "trained_rando
 # the paper's teacher warms up on another model's traces) and the ``worked_thought`` arm distils it directly (the
 # explanation a perfect teacher would write: the bar beside the answer-only reference)
 WORKED_ARM = "worked_thought"
+# the order the arms' students are trained in (a run cut short has the comparisons claim 2 rests on first: the
+# trained teacher's sample 0 and best-of-K beside the references and the worked derivations; the random- and
+# worst-of-K controls last); results and tables keep the order of ``arms``
+RUN_ORDER = ("reference", "reference_thought", "untrained", "trained", "trained_best_of_k", WORKED_ARM,
+             "trained_random_of_k", "trained_worst_of_k")
 PROFILES: dict[str, dict[str, Any]] = {
     # the measurement on 2 cores: ~78 min for the teacher side (--stop-after teacher), ~96 more for the students
     # (docs/results.md has the wall times)
@@ -701,13 +706,14 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     if WORKED_ARM in cfg["arms"] and worked_rows[0]["explanation"] is None:
         raise ValueError(f"arm {WORKED_ARM!r} needs a task with worked derivations (a terse builtin task); "
                          f"{cfg['task']!r} has none: leave the arm out (--set arms=...)")
-    runs: dict[str, list[dict]] = {}
-    for name in cfg["arms"]:
+    done: dict[str, list[dict]] = {}
+    for name in sorted(cfg["arms"], key=lambda a: RUN_ORDER.index(a) if a in RUN_ORDER else len(RUN_ORDER)):
         rows = builders[name]()
         for i in range(cfg["distill_seeds"]):
-            runs.setdefault(name, []).append(_phase(
+            done.setdefault(name, []).append(_phase(
                 records, f"student_{name}_s{i}", lambda rows=rows, name=name, i=i: distill_and_eval(
                     f"{name}_s{i}", rows, tok, make, items, cfg, style, out, seed=seed + i)))
+    runs = {name: done[name] for name in cfg["arms"]}
     # claim 3: one student per reward bin of the trained teacher's K x M explanations (training seed 0, greedy);
     # reward_bins 0 leaves it out (a settings run that asks claims 1-2 only)
     bins = reward_bins(expl_t["rows"], cfg["reward_bins"]) if cfg["reward_bins"] else []
