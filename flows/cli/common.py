@@ -44,6 +44,7 @@ def _console():
 
 def _table(rows: list[dict], title: str = "") -> None:
     from rich.table import Table
+    from rich.text import Text
 
     if not rows:
         _console().print(f"[dim]{title}: no rows[/dim]")
@@ -52,7 +53,7 @@ def _table(rows: list[dict], title: str = "") -> None:
     for c in rows[0]:
         t.add_column(str(c), overflow="fold")
     for r in rows:
-        t.add_row(*[_short(v) for v in r.values()])
+        t.add_row(*[Text(_short(v)) for v in r.values()])   # values are data, not markup: `filter[reference]`
     _console().print(t)
 
 

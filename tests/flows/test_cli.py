@@ -139,6 +139,12 @@ def test_plan_reports_cached_and_new_stages(store, tmp_path, tiny_model_dir, cap
     assert main(["--data-root", ctx.root, "plan", "--recipe", str(path)]) == 0
     out = capsys.readouterr().out
     assert "ingest" in out and "cached" in out and "new: no earlier" in out
+    assert "evaluate[base]" in out and "evaluate[distilled]" in out   # node ids are data, not rich markup
+    # the reward's student from the night's baseline student: that branch is planned before the teacher
+    assert main(["--data-root", ctx.root, "plan", "--recipe", str(path),
+                 "--set", "train_teacher.reward_student=baseline"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("filter[reference]") < out.index("distill[reference]") < out.index("train_teacher")
 
 
 def test_bad_recipe_is_a_clear_error(tmp_path, capsys):
