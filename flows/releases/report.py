@@ -33,7 +33,7 @@ PAPER_TABLE = {
     "RLT-32B": {"aime24": 66.7, "math500": 93.4, "gpqa_diamond": 59.6},
 }
 HISTORY_COLUMNS = ("night", "run", "status", "problems", "quarantine rate", "yield", "kept", "rows reused",
-                   "reward", "accuracy [95% CI]", "wall s / kept", "cost / kept")
+                   "reward", "reward student", "accuracy [95% CI]", "wall s / kept", "cost / kept")
 
 
 def paper_comparison(ours: dict[str, dict[str, float]]) -> dict | None:
@@ -68,6 +68,16 @@ def _stats(recs: dict, keys: dict[str, str], name: str) -> dict:
     return json.loads(rec["stats_json"] or "{}") if rec else {}
 
 
+def reward_student_of(rec: dict | None) -> str | None:
+    """Which student a ledger's reward read with (rewards of nights with different students are not comparable):
+    ``baseline <key>`` (``reward_student: baseline``, the night's distill[reference]) or ``model <digest>``."""
+    if not rec:
+        return None
+    baseline = json.loads(rec["inputs_json"] or "{}").get("reward_student")
+    student = json.loads(rec["models_json"] or "{}").get("student")
+    return f"baseline {baseline[:12]}" if baseline else f"model {student[:12]}" if student else None
+
+
 def night_figures(ctx: RunContext, run_id: str, keys: dict[str, str], costs: dict | None) -> dict:
     """Headline figures of one night: ``keys`` maps the night's output names (problems, distill_set, ...) to
     artifact keys; ``costs`` is its ``costs_by_run`` row (None on catalogs without cost records)."""
@@ -82,6 +92,7 @@ def night_figures(ctx: RunContext, run_id: str, keys: dict[str, str], costs: dic
             "yield": d.get("yield"), "kept": d.get("kept"), "rows_reused": g.get("rows_reused"),
             "explanations": (recs.get(keys.get("explanations", "")) or {}).get("num_rows"),
             **{t: s.get(f"{t}_mean") for t in ("reward", "r_ss", "r_kl", "format_penalty")},
+            "reward_student": reward_student_of(recs.get(keys.get("scored_explanations", ""))),
             "accuracy": {b: (v["pass@1"], v["ci_low"], v["ci_high"]) for b, v in ev.items()},
             "wall_s_per_kept": costs.get("wall_s_per_kept"), "cost_per_kept": costs.get("cost_per_kept"),
             "currency": costs.get("currency") or ""}
@@ -120,7 +131,8 @@ def history_rows(nights: list[dict]) -> list[dict]:
                  "status": n.get("status") or "", "problems": _fmt(n["problems"], "{:d}"),
                  "quarantine rate": _fmt(n["quarantine_rate"], "{:.1%}"), "yield": _fmt(n["yield"], "{:.1%}"),
                  "kept": _fmt(n["kept"], "{:d}"), "rows reused": _fmt(n["rows_reused"], "{:d}"),
-                 "reward": _fmt(n["reward"], "{:.3f}"), "accuracy [95% CI]": _accuracy_cell(n["accuracy"]),
+                 "reward": _fmt(n["reward"], "{:.3f}"), "reward student": n.get("reward_student") or "-",
+                 "accuracy [95% CI]": _accuracy_cell(n["accuracy"]),
                  "wall s / kept": _fmt(n["wall_s_per_kept"], "{:.2f}"),
                  "cost / kept": _fmt(n["cost_per_kept"], "{:.6f}") + (f" {n['currency']}" if n["cost_per_kept"]
                                                                        is not None else "")}
@@ -268,7 +280,8 @@ def _night_table(f: dict, gen: dict | None) -> list[tuple[str, str]]:
             ("explanations", _fmt(f["explanations"], "{:d}")),
             ("rows reused from earlier nights", _fmt(f["rows_reused"], "{:d}")),
             ("filter yield", _fmt(f["yield"], "{:.1%}")), ("kept examples", _fmt(f["kept"], "{:d}")),
-            ("mean reward", _fmt(f["reward"], "{:.3f}")), ("accuracy [95% CI]", _accuracy_cell(f["accuracy"])),
+            ("mean reward", _fmt(f["reward"], "{:.3f}")), ("reward's student", f.get("reward_student") or "-"),
+            ("accuracy [95% CI]", _accuracy_cell(f["accuracy"])),
             ("wall s per kept example", _fmt(f["wall_s_per_kept"], "{:.2f}")),
             ("cost per kept example", _fmt(f["cost_per_kept"], "{:.6f}") + (f" {f['currency']}" if
                                                                             f["cost_per_kept"] is not None else ""))]

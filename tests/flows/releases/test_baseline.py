@@ -100,6 +100,8 @@ def test_baseline_student_as_the_reward_student_of_a_real_night(tmp_path, tiny_m
     facts = release_facts(cat, resolve_release(cat, "latest"))
     for role in ("train_teacher.student", "score.student"):
         assert facts["students"][role]["key"] == ref_ckpt["key"], facts["students"]
+    page = open(os.path.join(out["report"]["uri"], "index.html")).read()
+    assert f"baseline {ref_ckpt['key'][:12]}" in page   # the report says which student the rewards read with
     cat.close()
     again = factory_flow(recipe=recipe.model_dump(mode="json"), root=root, tracking=False)   # plan and run agree
     assert again["teacher_checkpoint"]["key"] == teacher["key"]
