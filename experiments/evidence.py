@@ -130,6 +130,7 @@ class Records:
         self.kept, self.folder, self.cfg, self.argv = os.path.join(out, "records"), folder, cfg, argv
         self.run_id = _run_id(out)
         self.reuse_from = reuse_from
+        self.compute = True   # False (--stop-after finished): a phase not finished yet is an error, never computed
 
     def reuse(self, name: str) -> bool:
         """Take phase ``name`` from the ``reuse_from`` run when the phase does not depend on the teacher (the base
@@ -231,6 +232,10 @@ def _run_id(out: str) -> str:
         return json.load(f)["run_id"]
 
 
+class PhaseNotFinished(RuntimeError):
+    """--stop-after finished met a phase the run has not finished."""
+
+
 def _phase(records: Records, name: str, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` once: its JSON result is kept in ``out/<name>.json`` (written atomically) and reused after; its
     record goes to ``out/records/<name>.json`` and is published (:class:`Records`)."""
@@ -241,6 +246,9 @@ def _phase(records: Records, name: str, fn: Callable[[], Any]) -> Any:
         records.publish(name)
         with open(path) as f:
             return json.load(f)
+    if not records.compute:
+        raise PhaseNotFinished(f"phase {name} is not finished in {out}; --stop-after finished computes nothing "
+                               "(run without it to compute the phases)")
     log.info("phase %s: start", name)
     session = records.start(name)
     t0 = time.perf_counter()
@@ -663,11 +671,14 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     change = paired_reward_change(*(answer_shown(rows, heldout, style) for rows in (before["rows"], after["rows"])))
     teacher_results = {"config": cfg, "heldout_reward": change,
                        "grpo": {**grpo_res["summary"], "steps": grpo_res["steps"], "seconds": grpo_res["seconds"]}}
-    if stop_after == "teacher":
+    if stop_after in ("teacher", "finished"):
+        results = teacher_results if stop_after == "teacher" else _finished_students(cfg, teacher_results, out)
         with open(os.path.join(out, "report.md"), "w") as f:
-            f.write(report_markdown(teacher_results))
-        records.write(summary, _summary_numbers(teacher_results, out))
-        return teacher_results
+            f.write(report_markdown(results))
+        records.write(summary, _summary_numbers(results, out))
+        if "students" in results:
+            _plots(results, out)
+        return results
 
     _phase(records, "base_student", lambda: evaluate_student(student, tok, items, cfg, style))
 
@@ -722,18 +733,10 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
                                                              items, cfg, style, out, seed=seed, sampled=False))
                     for i, b in enumerate(bins)]
     base = _phase(records, "base_student", lambda: {})
-    results = {**teacher_results, "base_student": {k: base[k] for k in ("accuracy", "truncated")},
-               "students": arm_stats(runs, base),
+    results = {**teacher_results, "base_student": _base_stats(base), "students": arm_stats(runs, base),
                **({"bins": _bin_stats(bins, bin_students)} if bins else {}),
                "phase_seconds": {f[:-5]: json.load(open(os.path.join(out, f)))["seconds"]
                                  for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in NOT_PHASES}}
-    if "sampled_correct" in base:
-        k = base["samples_per_item"]
-        from rlt_core.eval_metrics import pass_at_k
-
-        results["base_student"].update(
-            k=k, avg_at_k=mean_ci([c / k for c in base["sampled_correct"]]),
-            pass_at_k=mean_ci([pass_at_k(k, c, k) for c in base["sampled_correct"]]))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     records.write(summary, _summary_numbers(results, out))
@@ -741,6 +744,39 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(report_markdown(results))
     return results
+
+
+def _base_stats(base: dict) -> dict:
+    """The base student's greedy accuracy and truncation, with avg@k and pass@k when it was sampled."""
+    stats = {k: base[k] for k in ("accuracy", "truncated")}
+    if "sampled_correct" in base:
+        from rlt_core.eval_metrics import pass_at_k
+
+        k = base["samples_per_item"]
+        stats.update(k=k, avg_at_k=mean_ci([c / k for c in base["sampled_correct"]]),
+                     pass_at_k=mean_ci([pass_at_k(k, c, k) for c in base["sampled_correct"]]))
+    return stats
+
+
+def _finished_students(cfg: dict, teacher_results: dict, out: str) -> dict:
+    """``--stop-after finished``: the teacher side and the arms whose every seed is finished (a run still going, or
+    cut short), with the arms still pending named; bins only once all are done. Computes nothing."""
+    def done(name: str) -> Optional[dict]:
+        path = os.path.join(out, f"{name}.json")
+        return json.load(open(path)) if os.path.exists(path) else None
+
+    base = done("base_student")
+    if base is None:
+        return teacher_results
+    runs, pending = {}, []
+    for name in cfg["arms"]:
+        rs = [done(f"student_{name}_s{i}") for i in range(cfg["distill_seeds"])]
+        if all(r is not None for r in rs):
+            runs[name] = rs
+        else:
+            pending.append(name)
+    return {**teacher_results, "base_student": _base_stats(base), "students": arm_stats(runs, base),
+            "pending_arms": pending}
 
 
 def _summary_numbers(results: dict, out: str) -> dict:
@@ -806,7 +842,9 @@ def report_markdown(r: dict) -> str:
                                                                            "vs_reference", "vs_reference_thought")]
         lines.append(f"| {name} | {' | '.join(cells)} | {(s['train_tokens_in'] or 0) / 1000:.1f}k |")
     if "bins" not in r:
-        return "\n".join(lines + ["", "(no reward bins: `reward_bins` 0)", ""])
+        note = (f"(partial: arms still training: {', '.join(r['pending_arms'])}; reward bins after them)"
+                if r.get("pending_arms") else "(no reward bins: `reward_bins` 0)")
+        return "\n".join(lines + ["", note, ""])
     qs = r["bins"]
     lines += ["", f"### {qs['n_bins']} reward bins of the trained teacher's explanations ({qs['rows_per_bin']} rows "
                   "each, one student per bin)", "", "| bin | mean reward | student accuracy |", "|---|---|---|"]
@@ -844,7 +882,7 @@ def _plots(r: dict, out: str) -> None:
     ax1.grid(alpha=0.3, axis="y")
     if "bins" not in r:
         ax2.set_axis_off()
-        ax2.text(0.5, 0.5, "no reward bins (reward_bins 0)", ha="center", va="center")
+        ax2.text(0.5, 0.5, "no reward bins (reward_bins 0, or not finished)", ha="center", va="center")
         fig.tight_layout()
         fig.savefig(os.path.join(out, "students.png"), dpi=110)
         plt.close(fig)
@@ -881,8 +919,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
                    help="take the teacher-free phases (base student; reference, reference-as-thought and "
                         "worked-derivation students) from another run's --out folder with the same task, problems, "
                         "distillation and evaluation settings, e.g. a KL-weight run reusing the main run's")
-    p.add_argument("--stop-after", choices=["teacher"], default=None,
-                   help="stop after the teacher side (claim 1); rerun without it to continue with the students")
+    p.add_argument("--stop-after", choices=["teacher", "finished"], default=None,
+                   help="teacher: stop after the teacher side (claim 1); rerun without it to continue with the "
+                        "students. finished: compute nothing; summarize what the run has finished (the teacher side "
+                        "and every arm whose seeds are all done, the others named as pending), e.g. while it runs")
     args = p.parse_args(argv)
     main_out = ".scratch/evidence"
     if args.setting:
@@ -915,6 +955,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     folder = args.records or (RECORDS if args.profile == "full" else os.path.join(args.out, "records"))
     records = Records(args.out, folder, cfg, argv, args.reuse_from)
     records.drop_other_runs()
+    records.compute = args.stop_after != "finished"
     results = run(cfg, args.stop_after, records)
     print(report_markdown(results))
     return results

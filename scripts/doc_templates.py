@@ -507,6 +507,8 @@ def evidence_students(ctx: Ctx) -> str:
                            rows) + [
         "", f"{cfg.get('distill_seeds', '?')} training seeds per arm; every CI is a 95% bootstrap over seeds and "
             f"items; paired differences compare seed i with seed i on the same items.",
+        *(["", f"**Partial**: the run is not finished; arms still training: {', '.join(n['pending_arms'])} (a row "
+                "appears once all its seeds are done)."] if n.get("pending_arms") else []),
         "", _evidence_source(ctx, rec, ("base_student", *seeds))])
 
 

@@ -170,6 +170,19 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     assert not started and any("done earlier" in r.getMessage() for r in caplog.records), started
     assert time.perf_counter() - t0 < 300   # a safety net only: the phases' log above says what reran
     assert json.dumps(again["students"], sort_keys=True) == json.dumps(results["students"], sort_keys=True)
+    # --stop-after finished: a run still going (here: one seed of one arm missing) is summarized, nothing computed
+    held = os.path.join(out, "student_trained_worst_of_k_s1.json")
+    os.rename(held, held + ".held")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=evidence.log.name):
+        partial = evidence.main(["--profile", "smoke", "--out", out, "--stop-after", "finished"])
+    assert not [r.getMessage() for r in caplog.records if r.getMessage().endswith(": start")]
+    os.rename(held + ".held", held)
+    assert partial["pending_arms"] == ["trained_worst_of_k"] and "bins" not in partial
+    assert json.dumps(partial["students"], sort_keys=True) == json.dumps(
+        {k: v for k, v in results["students"].items() if k != "trained_worst_of_k"}, sort_keys=True)
+    with pytest.raises(evidence.PhaseNotFinished, match="phase teacher_sft is not finished"):
+        evidence.main(["--profile", "smoke", "--out", str(tmp_path / "ev-empty"), "--stop-after", "finished"])
     with pytest.raises(SystemExit):  # another configuration never mixes into a finished run's folder
         evidence.main(["--profile", "smoke", "--out", out, "--set", "grpo_steps=3"])
     from experiments import thought_probe  # the empty-thought probe reads the same run folder
