@@ -491,18 +491,20 @@ def evidence_students(ctx: Ctx) -> str:
         return fmt(s[key]) if key in s else "-"
 
     rows = [["base (no distillation)", _ci(b["accuracy"], True), cell(b, "avg_at_k", lambda m: _ci(m, True)),
-             cell(b, "pass_at_k", lambda m: _ci(m, True)), "", "", "", str(b.get("truncated", "-")), ""]]
+             cell(b, "pass_at_k", lambda m: _ci(m, True)), "", "", "", "", "", str(b.get("truncated", "-")), ""]]
     arms = [(key, label) for key, label in STUDENTS if key in n["students"]]
     for key, label in arms:
         s = n["students"][key]
         rows.append([label.format(k=cfg.get("best_of_k", "K")), _ci(s["accuracy"], True),
                      cell(s, "avg_at_k", lambda m: _ci(m, True)), cell(s, "pass_at_k", lambda m: _ci(m, True)),
-                     cell(s, "vs_reference"), cell(s, "vs_reference_thought"), cell(s, "vs_base"),
+                     cell(s, "vs_reference"), cell(s, "vs_reference_thought"), cell(s, "avg_at_k_vs_reference"),
+                     cell(s, "avg_at_k_vs_reference_thought"), cell(s, "vs_base"),
                      f"{s['truncated']:.1f}", f"{s['rows']:.0f} / {s['train_tokens_in'] / 1000:.1f}k"])
     k, temp = cfg.get("eval_samples", "?"), cfg.get("eval_temperature", "?")
     seeds = [f"student_{key}_s{i}" for key, _ in arms for i in range(int(cfg.get("distill_seeds", 1)))]
     return "\n".join(table(["student", "greedy", f"avg@{k} (T={temp})", f"pass@{k}", "greedy vs reference (pp)",
-                            "vs reference as thought (pp)", "vs base (pp)",
+                            "greedy vs reference as thought (pp)", f"avg@{k} vs reference (pp)",
+                            f"avg@{k} vs reference as thought (pp)", "greedy vs base (pp)",
                             f"truncated at {cfg.get('eval_max_new_tokens', '?')} tokens", "train rows / tokens"],
                            rows) + [
         "", f"{cfg.get('distill_seeds', '?')} training seeds per arm; every CI is a 95% bootstrap over seeds and "
