@@ -84,9 +84,10 @@ evidence: setup
 	$(PY) scripts/render_docs.py --write docs/results.md
 
 # issue 24's settings runs (KL weights, the reward's student): each ~3 h on 2 cores, after `make evidence` (they reuse
-# its teacher-free students); resumable; records in docs/results/evidence-settings/<name>/
+# its teacher-free students); resumable; records in docs/results/evidence-settings/<name>/. The reward student who can
+# follow written-out steps (reward-student-worked) first: round 2's worked_thought arm showed they teach this student
 evidence-settings: setup
-	for s in kl-0 reward-student-worked kl-1 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s || exit 1; done
+	for s in reward-student-worked kl-0 kl-1 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s || exit 1; done
 	$(PY) scripts/render_docs.py --write docs/results.md
 
 stack-up: setup
