@@ -54,6 +54,7 @@ test-faults: setup
 CHECK_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 check-docs:
 	$(CHECK_PY) scripts/render_docs.py --check
+	$(CHECK_PY) scripts/render_plots.py --check
 
 # ruff (pyflakes, pycodestyle, import order, bugbear) on the tree; mypy, strict on the contracts, the engine and
 # the catalog (pyproject.toml [tool.mypy])
@@ -82,6 +83,7 @@ evidence: setup
 	$(PY) experiments/evidence.py --out .scratch/evidence
 	$(PY) experiments/thought_probe.py --out .scratch/evidence
 	$(PY) scripts/render_docs.py --write docs/results.md
+	$(PY) scripts/render_plots.py
 
 # issue 24's settings runs (KL weights, the reward's student): each ~3 h on 2 cores, after `make evidence` (they reuse
 # its teacher-free students); resumable; records in docs/results/evidence-settings/<name>/. The reward student who can
@@ -89,6 +91,7 @@ evidence: setup
 evidence-settings: setup
 	for s in reward-student-worked kl-0 kl-1 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s || exit 1; done
 	$(PY) scripts/render_docs.py --write docs/results.md
+	$(PY) scripts/render_plots.py
 
 stack-up: setup
 	$(VENV)/bin/rlt stack up

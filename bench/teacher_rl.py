@@ -123,7 +123,7 @@ def run(args) -> dict:
                        log_text, resume=False, callbacks=[_budget_callback(deadline)])
     summary = _summary(history, time.perf_counter() - t1, vars(args))
     _dump(args.out, history, samples, summary)
-    _plot(history, os.path.join(args.out, "reward_terms.png"), summary)
+    plot_reward_terms(history, os.path.join(args.out, "reward_terms.png"), summary)
     return summary
 
 
@@ -185,7 +185,7 @@ def _dump(folder: str, history: dict, samples: list[str], summary: dict | None =
             json.dump(summary, f, indent=1)
 
 
-def _plot(history: dict, path: str, summary: dict) -> None:
+def plot_reward_terms(history: dict, path: str, summary: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -62,6 +62,8 @@ import time
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import plots  # noqa: E402
+
 log = logging.getLogger("experiments.evidence")
 
 BOXED = "Return your final response within \\boxed{}. "
@@ -611,7 +613,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
                                                                            10_000, cfg, style)})
 
     def grpo() -> dict:
-        from bench.teacher_rl import _plot, _summary
+        from bench.teacher_rl import _summary, plot_reward_terms
 
         policy = make(sft_res["model_dir"]).train()
         # GRPO checkpoints every 10 steps (smaller runs: twice; LoRA adapter + optimizer, a few MB, kept after the
@@ -658,7 +660,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
                                  log_metric, lambda name, text, step: samples.append(f"=== step {step}\n{text}"),
                                  resume=True)
         summary = _summary(history, time.perf_counter() - t0, {})
-        _plot(history, os.path.join(out, "reward_terms.png"), summary)
+        plot_reward_terms(history, os.path.join(out, "reward_terms.png"), summary)
         with open(os.path.join(out, "grpo_samples.txt"), "w") as f:
             f.write("\n\n".join(samples))
         return {"steps": res.steps, "model_dir": res.model_dir, "summary": summary,
@@ -677,7 +679,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
             f.write(report_markdown(results))
         records.write(summary, _summary_numbers(results, out))
         if "students" in results:
-            _plots(results, out)
+            plots.students(results, os.path.join(out, "students.png"))
         return results
 
     _phase(records, "base_student", lambda: evaluate_student(student, tok, items, cfg, style))
@@ -740,7 +742,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     records.write(summary, _summary_numbers(results, out))
-    _plots(results, out)
+    plots.students(results, os.path.join(out, "students.png"))
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(report_markdown(results))
     return results
@@ -853,51 +855,8 @@ def report_markdown(r: dict) -> str:
         lines.append(f"| {i + 1} | {qs['mean_reward'][i]:.3f} | {100 * qs['accuracy'][i]:.1f}% "
                      f"[{100 * lo:.1f}, {100 * hi:.1f}] |")
     lines += ["", f"Correlation of the bins' mean reward with their student's accuracy ({qs['n_bins']} bins): "
-                  f"{_corr(qs)}", ""]
+                  f"{plots.corr_text(qs)}", ""]
     return "\n".join(lines)
-
-
-def _corr(qs: dict) -> str:
-    """'Pearson r = 0.97 (p = 0.027), Spearman rho = 0.80 (p = 0.20)', or why there is none."""
-    if qs["pearson"] is None:
-        return "undefined (every bin's student has the same accuracy)"
-    (r, pr), (rho, ps) = qs["pearson"], qs["spearman"]
-    return f"Pearson r = {r:.2f} (p = {pr:.3g}), Spearman rho = {rho:.2f} (p = {ps:.3g})"
-
-
-def _plots(r: dict, out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    names = ["base", *r["students"]]
-    accs = [r["base_student"]["accuracy"], *[s["accuracy"] for s in r["students"].values()]]
-    ax1.bar(range(len(names)), [100 * a["mean"] for a in accs],
-            yerr=[[100 * (a["mean"] - a["ci95_bootstrap"][0]) for a in accs],
-                  [100 * (a["ci95_bootstrap"][1] - a["mean"]) for a in accs]], capsize=3)
-    ax1.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
-    ax1.set_ylabel("held-out greedy accuracy, %\n(95% CI over seeds and items)")
-    ax1.grid(alpha=0.3, axis="y")
-    if "bins" not in r:
-        ax2.set_axis_off()
-        ax2.text(0.5, 0.5, "no reward bins (reward_bins 0, or not finished)", ha="center", va="center")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "students.png"), dpi=110)
-        plt.close(fig)
-        return
-    qs = r["bins"]
-    ax2.errorbar(qs["mean_reward"], [100 * a for a in qs["accuracy"]],
-                 yerr=[[100 * (a - c[0]) for a, c in zip(qs["accuracy"], qs["accuracy_ci"])],
-                       [100 * (c[1] - a) for a, c in zip(qs["accuracy"], qs["accuracy_ci"])]], marker="o", capsize=3)
-    ax2.set_xlabel("mean RLT reward of the bin's explanations")
-    ax2.set_ylabel("student accuracy, %")
-    ax2.set_title(_corr(qs), fontsize=8)
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "students.png"), dpi=110)
-    plt.close(fig)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -153,3 +153,27 @@ def test_reliability_totals_count_trials_not_the_corpus_description():
     text = reliability_table.table(rows)
     assert "2 fault kinds, 11 trials" in text
     assert "| bad_input:corpus |" not in text and "Not a trial: `bad_input:corpus`: 58 kinds described" in text
+
+
+def test_the_plots_agree_with_their_records():
+    import render_plots
+
+    assert render_plots.plan()                          # the main run's records are committed: there are plots
+    assert render_plots.check() == []
+
+
+def test_a_changed_record_fails_the_plot_check_until_redrawn(repo_copy):
+    import render_plots
+
+    assert render_plots.check(str(repo_copy)) == []
+    rec = repo_copy / "docs/results/evidence/grpo.json"
+    data = json.loads(rec.read_text())
+    data["numbers"]["history"]["1"]["rlt/reward/mean"] += 1.0
+    rec.write_text(json.dumps(data))
+    assert render_plots.check(str(repo_copy)) == ["docs/results/evidence/reward_terms.png"]
+    (repo_copy / "docs/results/evidence/students.png").unlink()
+    assert "docs/results/evidence/students.png" in render_plots.check(str(repo_copy))
+    png, records, draw = next(p for p in render_plots.plan(str(repo_copy)) if p[0].endswith("reward_terms.png"))
+    draw(png)
+    render_plots.write_stamp(png, render_plots._stamp(str(repo_copy), records))
+    assert render_plots.check(str(repo_copy)) == ["docs/results/evidence/students.png"]
