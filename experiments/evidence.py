@@ -368,14 +368,19 @@ def answer_shown(rows: list[dict], problems: list[dict], style) -> list[dict]:
     """The rows with two flags of their explanation: ``answer_in_explanation`` (the reference's final answer appears
     in it as a number) and ``boxed_in_explanation`` (it holds a ``\\boxed{}``, i.e. copies the reference's form).
     An explanation that states the answer makes the student's solution likely (r_SS) whether or not it teaches."""
-    import re
-
     out = []
     for r in rows:
-        text, answer = _explanation(r["text"], style), problems[r["problem"]]["answer"]
-        shown = re.search(rf"(?<![\d.-]){re.escape(answer)}(?![\d.])", text) is not None   # 3 is not in -3
-        out.append({**r, "answer_in_explanation": float(shown), "boxed_in_explanation": float("\\boxed" in text)})
+        text = _explanation(r["text"], style)
+        out.append({**r, "answer_in_explanation": float(states_answer(text, problems[r["problem"]]["answer"])),
+                    "boxed_in_explanation": float("\\boxed" in text)})
     return out
+
+
+def states_answer(text: str, answer: str) -> bool:
+    """The final answer appears in the text as a number (3 is not in -3, 13 or 3.5)."""
+    import re
+
+    return re.search(rf"(?<![\d.-]){re.escape(answer)}(?![\d.])", text) is not None
 
 
 def paired_reward_change(before: list[dict], after: list[dict]) -> dict:
@@ -546,13 +551,44 @@ def reward_bins(rows: list[dict], n_bins: int) -> list[list[dict]]:
     return [ranked[i * q:(i + 1) * q] for i in range(n_bins)]
 
 
+def problem_sets(cfg: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """Disjoint problem sets of a run: GRPO prompts, teacher-side held-out prompts (also train partition, never
+    trained on), distillation problems; student evaluation items come from the eval partition (:func:`eval_items`)."""
+    from rlt_core.builtin_problems import generate
+
+    n_train, n_held = cfg["train_problems"], cfg["heldout_prompts"]
+    pool = generate(cfg["task"], n_train + n_held + cfg["distill_problems"], cfg["seed"])
+    return pool[:n_train], pool[n_train:n_train + n_held], pool[n_train + n_held:]
+
+
+# How each trained-teacher arm picks one of a problem's K samples.
+TEACHER_PICKS = ("trained", "trained_random_of_k", "trained_best_of_k", "trained_worst_of_k")
+
+
+def teacher_arm_samples(rows: list[dict], arm: str, seed: int) -> list[dict]:
+    """One of the trained teacher's K samples per distillation problem, in problem order: sample 0 (``trained``),
+    a seeded random one, the highest- or the lowest-reward one."""
+    by_problem: dict[int, list[dict]] = {}
+    for r in rows:
+        by_problem.setdefault(r["problem"], []).append(r)
+    groups = [v for _, v in sorted(by_problem.items())]
+    if arm == "trained":
+        return [g[0] for g in groups]
+    if arm == "trained_random_of_k":
+        pick = random.Random(seed + 7)   # the random-of-K arm's draw: seeded, independent of the sample order
+        return [pick.choice(g) for g in groups]
+    if arm in ("trained_best_of_k", "trained_worst_of_k"):
+        choose = max if arm == "trained_best_of_k" else min
+        return [choose(g, key=lambda r: r["reward"]) for g in groups]
+    raise ValueError(f"arm {arm!r}: expected one of {TEACHER_PICKS}")
+
+
 # ----------------------------------------------------------------------------------------------------------- flow
 def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] = None) -> dict:
     """All phases (``stop_after="teacher"``: only the teacher side, claim 1; a later run continues from there).
     ``records``: where the phase records go (default: ``<out>/records`` only)."""
     import torch
 
-    from rlt_core.builtin_problems import generate
     from rlt_core.training.common import LoraSettings
     from rlt_core.training.grpo import TeacherGRPOConfig, train_teacher_grpo
     from rlt_core.training.sft_teacher import TeacherSFTConfig, train_teacher_sft
@@ -564,12 +600,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     torch.manual_seed(seed)
     style = _style()
     tok, make = _tokenizer_and_builder(cfg)
-    # Disjoint problem sets: GRPO prompts, teacher-side held-out prompts (also train partition, never trained on),
-    # distillation problems; student evaluation items come from the eval partition.
-    pool = generate(cfg["task"], cfg["train_problems"] + cfg["heldout_prompts"] + cfg["distill_problems"], seed)
-    grpo_rows = pool[:cfg["train_problems"]]
-    heldout = pool[cfg["train_problems"]:cfg["train_problems"] + cfg["heldout_prompts"]]
-    distill_problems = pool[cfg["train_problems"] + cfg["heldout_prompts"]:]
+    grpo_rows, heldout, distill_problems = problem_sets(cfg)
     items = eval_items(cfg)
     student = make(None, 1).eval()
     from rlt_core.prompts import wrap_solution
@@ -696,21 +727,13 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
                  # an empty explanation (rare after the warm-up) cannot be a training row as-is: marked, counted
                  "explanation": _explanation(r["text"], style).strip() or EMPTY} for r in samples]
 
-    by_problem: dict[int, list[dict]] = {}
-    for r in expl_t["rows"]:
-        by_problem.setdefault(r["problem"], []).append(r)
-    groups = [v for _, v in sorted(by_problem.items())]
-    pick = random.Random(seed + 7)   # the random-of-K arm's draw: seeded, independent of the sample order
     builders: dict[str, Callable[[], list[dict]]] = {
         "reference": lambda: reference_rows,
         # the same student format as the explanation arms: the reference solution is the thought, then the solution
         "reference_thought": lambda: [{"question": p["question"], "solution": p["solution"],
                                        "explanation": p["solution"]} for p in distill_problems],
         "untrained": lambda: rows_of(expl_u["rows"]),
-        "trained": lambda: rows_of([g[0] for g in groups]),
-        "trained_random_of_k": lambda: rows_of([pick.choice(g) for g in groups]),
-        "trained_best_of_k": lambda: rows_of([max(g, key=lambda r: r["reward"]) for g in groups]),
-        "trained_worst_of_k": lambda: rows_of([min(g, key=lambda r: r["reward"]) for g in groups]),
+        **{arm: lambda arm=arm: rows_of(teacher_arm_samples(expl_t["rows"], arm, seed)) for arm in TEACHER_PICKS},
         WORKED_ARM: lambda: worked_rows,
     }
     unknown = [a for a in cfg["arms"] if a not in builders]

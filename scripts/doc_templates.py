@@ -557,22 +557,70 @@ def evidence_bins(ctx: Ctx) -> str:
     if rec is None:
         return _evidence_missing("claim 3: one student per reward bin")
     q = rec["numbers"]["bins"]
+    # the explanation audit of the same bins (experiments/explanation_audit.py), when its record is committed
+    audit = ctx.record(f"{EVIDENCE}/explanation_audit.json")
+    audit_bins = (audit or {}).get("numbers", {}).get("bins") or []
+    if len(audit_bins) != q["n_bins"]:
+        audit, audit_bins = None, []
     rows = []
     for i in range(q["n_bins"]):
         lo, hi = q["accuracy_ci"][i]
         rows.append([str(i + 1), f"{q['reward_range'][i][0]:.2f} .. {q['reward_range'][i][1]:.2f}",
                      f"{q['mean_reward'][i]:.2f}", f"{100 * q['accuracy'][i]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]",
-                     str(q["truncated"][i])])
+                     str(q["truncated"][i]), *([_ci(audit_bins[i]["right_to_answer"], True)] if audit_bins else [])])
     if q["pearson"] is None:
         corr = "undefined (every bin's student has the same accuracy)"
     else:
         corr = (f"Pearson r = {q['pearson'][0]:.2f} (p = {q['pearson'][1]:.2g}), Spearman rho = "
                 f"{q['spearman'][0]:.2f} (p = {q['spearman'][1]:.2g})")
     phases = [f"student_bin_{i}of{q['n_bins']}" for i in range(1, q["n_bins"] + 1)]
-    return "\n".join(table(["bin", "reward range", "mean reward", "student accuracy", "truncated"], rows) + [
+    header = ["bin", "reward range", "mean reward", "student accuracy", "truncated",
+              *(["explanations with right steps and the answer"] if audit_bins else [])]
+    return "\n".join(table(header, rows) + [
         "", f"{q['n_bins']} bins of {q['rows_per_bin']} explanations. Correlation of the bins' mean reward with their "
             f"student's accuracy: {corr}.",
-        "", _evidence_source(ctx, rec, ("explanations_trained", *phases))])
+        "", _evidence_source(ctx, rec, ("explanations_trained", *phases))
+        + (f" Explanation audit: {source(ctx, f'{EVIDENCE}/explanation_audit.json', audit)}." if audit else "")])
+
+
+AUDIT_SETS = (("worked_thought", "worked derivations (the generator; the check's sanity row)"),
+              ("untrained", "untrained teacher"), ("trained", "trained, sample 0"),
+              ("trained_random_of_k", "trained, random of K"), ("trained_best_of_k", "trained, best of K"),
+              ("trained_worst_of_k", "trained, worst of K"), ("heldout_before", "held-out samples before GRPO"),
+              ("heldout_after", "held-out samples after GRPO"))
+
+
+def evidence_explanation_audit(ctx: Ctx) -> str:
+    """experiments/explanation_audit.py on the main run and on every settings run that has its record."""
+    from experiments.evidence import SETTINGS
+
+    runs = [("main", f"{EVIDENCE}/explanation_audit.json")] + [
+        (name, f"docs/results/evidence-settings/{name}/explanation_audit.json") for name in SETTINGS]
+    rows, notes = [], []
+    for run, path in runs:
+        rec = ctx.record(path)
+        if rec is None:
+            continue
+        sets = rec["numbers"]["sets"]
+        for key, label in AUDIT_SETS:
+            if key in sets and not (run != "main" and key == "worked_thought"):
+                s = sets[key]
+                rows.append([run, label, str(s["n"]), *(_ci(s[f], True) for f in
+                                                        ("states_answer", "has_equation", "steps_right",
+                                                         "right_to_answer"))])
+        rv = rec["numbers"].get("reward_vs_steps", {})
+        terms = "; ".join(f"{t} {rv[t]['right_minus_wrong']:+.3f} [{rv[t]['ci95_bootstrap'][0]:+.3f}, "
+                          f"{rv[t]['ci95_bootstrap'][1]:+.3f}] (Spearman rho {rv[t]['spearman'][0]:+.2f}, "
+                          f"p = {rv[t]['spearman'][1]:.2g})" for t in ("reward", "r_ss", "r_kl") if t in rv)
+        notes.append(f"- {run}: of the trained teacher's explanations with an equation ({rv.get('n', 0)}; "
+                     f"{rv.get('n_right', 0)} with every step right), right minus wrong steps: {terms or '-'}. "
+                     f"Record: {source(ctx, path, rec)} (run {rec.get('run_id')}).")
+    if not rows:
+        return ("Not yet measured at this commit: after the teacher phases of `make evidence`, run `python "
+                "experiments/explanation_audit.py --out .scratch/evidence` (seconds; writes "
+                f"`{EVIDENCE}/explanation_audit.json`).")
+    return "\n".join(table(["run", "explanations", "n", "state the answer", "have an equation",
+                            "every step right", "steps right and the answer"], rows) + [""] + notes)
 
 
 def evidence_thought_probe(ctx: Ctx) -> str:
@@ -679,6 +727,6 @@ TEMPLATES: dict[str, Callable[[Ctx], str]] = {
     "evidence-heldout": evidence_heldout, "evidence-students": evidence_students,
     "evidence-bins": evidence_bins, "evidence-thought-probe": evidence_thought_probe,
     "evidence-walltimes": evidence_walltimes, "warmup-probe": warmup_probe, "task-probe": task_probe,
-    "evidence-settings": evidence_settings,
+    "evidence-settings": evidence_settings, "evidence-explanation-audit": evidence_explanation_audit,
     "reliability": reliability,
 }

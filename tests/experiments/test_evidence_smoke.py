@@ -124,6 +124,15 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     assert bins["mean_reward"] == sorted(bins["mean_reward"])  # bins are ordered by reward
     seeds = {json.load(open(os.path.join(out, f"student_trained_s{i}.json")))["seed"] for i in range(2)}
     assert seeds == {0, 1}, "each seed of an arm is its own training run"
+    # the explanation audit reads the run's records (smoke: published in the run folder, never in docs/)
+    from experiments import explanation_audit
+
+    audit = explanation_audit.main(["--out", out])
+    assert {"worked_thought", "untrained", *evidence.TEACHER_PICKS, "heldout_before", "heldout_after"} == set(
+        audit["sets"])
+    assert audit["sets"]["worked_thought"]["right_to_answer"]["mean"] == 1.0   # the generator's steps are right
+    assert audit["sets"]["trained"]["n"] == 8 and len(audit["bins"]) == 4
+    assert os.path.exists(os.path.join(out, "records", "explanation_audit.json"))
     _render_from_the_records(out, tmp_path)
     # question 3: the reward's student can be the reference-distilled student (trained first, reused by claim 2)
     out2 = str(tmp_path / "ev-reference-student")
@@ -258,4 +267,7 @@ def _render_from_the_records(out: str, tmp_path) -> None:
         assert label.format(k=4) in students
     assert "student_reference_thought_s1.json" in students and "student_bin_4of4.json" in bins
     assert len([line for line in bins.splitlines() if line.startswith("| ") and line[2].isdigit()]) == 4
+    assert "explanations with right steps and the answer" in bins and "explanation_audit.json" in bins
+    audit = doc_templates.evidence_explanation_audit(ctx)
+    assert "Not yet measured" not in audit and "worked derivations" in audit and "held-out samples after" in audit
 
