@@ -551,6 +551,32 @@ def reward_bins(rows: list[dict], n_bins: int) -> list[list[dict]]:
     return [ranked[i * q:(i + 1) * q] for i in range(n_bins)]
 
 
+def add_run_folder_args(p: argparse.ArgumentParser) -> None:
+    """``--out`` and ``--records`` of a script that reads an evidence run folder (the probes, the audit)."""
+    p.add_argument("--out", required=True, help="the experiments/evidence.py run folder")
+    p.add_argument("--records", default=None, metavar="DIR",
+                   help="publish the record here (default: docs/results/evidence for the main full-profile run, "
+                        "docs/results/evidence-settings/<name> for a settings run, else <out>/records only)")
+
+
+def run_folder_records(out: str, records: Optional[str], argv: Optional[list[str]]) -> tuple[dict, "Records"]:
+    """(the run's config, where a script reading run folder ``out`` publishes its record): ``records``, else the
+    folder the run's own phases publish to."""
+    config = os.path.join(out, "config.json")
+    if not os.path.exists(config):
+        raise SystemExit(f"--out {out}: no config.json: not an experiments/evidence.py run folder")
+    with open(config) as f:
+        cfg = json.load(f)
+    if records is None:
+        if cfg.get("profile") != "full":
+            records = os.path.join(out, "records")
+        elif cfg.get("setting"):
+            records = os.path.join(SETTINGS_RECORDS, cfg["setting"])
+        else:
+            records = RECORDS
+    return cfg, Records(out, records, cfg, argv)
+
+
 def problem_sets(cfg: dict) -> tuple[list[dict], list[dict], list[dict]]:
     """Disjoint problem sets of a run: GRPO prompts, teacher-side held-out prompts (also train partition, never
     trained on), distillation problems; student evaluation items come from the eval partition (:func:`eval_items`)."""

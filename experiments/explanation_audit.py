@@ -159,29 +159,13 @@ def audit_run(out: str, cfg: dict) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="the experiments/evidence.py run folder")
-    p.add_argument("--records", default=None, metavar="DIR",
-                   help="publish the record here (default: docs/results/evidence for the main full-profile run, "
-                        "docs/results/evidence-settings/<name> for a settings run, else <out>/records only)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from experiments import evidence as ev
 
-    config = os.path.join(args.out, "config.json")
-    if not os.path.exists(config):
-        p.error(f"--out {args.out}: no config.json: not an experiments/evidence.py run folder")
-    with open(config) as f:
-        cfg = json.load(f)
-    folder = args.records
-    if folder is None:
-        if cfg.get("profile") != "full":
-            folder = os.path.join(args.out, "records")
-        elif cfg.get("setting"):
-            folder = os.path.join(ev.SETTINGS_RECORDS, cfg["setting"])
-        else:
-            folder = ev.RECORDS
-    records = ev.Records(args.out, folder, cfg, argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_run_folder_args(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg, records = ev.run_folder_records(args.out, args.records, argv)
     session = records.start("explanation_audit")
     result = audit_run(args.out, cfg)
     if not result["sets"]:

@@ -58,20 +58,15 @@ def probe_student(model, tok, prompts: list[str], style, batch: int = 32) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
+    from experiments import evidence as ev
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="the experiments/evidence.py run folder")
-    p.add_argument("--records", default=None, metavar="DIR",
-                   help="publish the record here (default: docs/results/evidence for a full-profile run, "
-                        "else <out>/records only)")
+    ev.add_run_folder_args(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from experiments import evidence as ev
     from rlt_core.modeling import load_causal_lm
 
-    with open(os.path.join(args.out, "config.json")) as f:
-        cfg = json.load(f)
-    folder = args.records or (ev.RECORDS if cfg.get("profile") == "full" else os.path.join(args.out, "records"))
-    records = ev.Records(args.out, folder, cfg, argv)
+    cfg, records = ev.run_folder_records(args.out, args.records, argv)
     session = records.start("thought_probe")
     style, (tok, _) = ev._style(), ev._tokenizer_and_builder(cfg)
     prompts = [ev.student_prompt(tok, it.prompt, style) for it in ev.eval_items(cfg)]
