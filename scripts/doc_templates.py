@@ -603,7 +603,9 @@ def evidence_explanation_audit(ctx: Ctx) -> str:
             continue
         sets = rec["numbers"]["sets"]
         for key, label in AUDIT_SETS:
-            if key in sets and not (run != "main" and key == "worked_thought"):
+            # a settings run's teacher-free sets (the derivations; its warm-up teacher, the main run's seed) repeat
+            # the main run's rows
+            if key in sets and (run == "main" or key not in ("worked_thought", "untrained", "heldout_before")):
                 s = sets[key]
                 rows.append([run, label, str(s["n"]), *(_ci(s[f], True) for f in
                                                         ("states_answer", "has_equation", "steps_right",
