@@ -82,6 +82,7 @@ bench: setup
 evidence: setup
 	$(PY) experiments/evidence.py --out .scratch/evidence
 	$(PY) experiments/thought_probe.py --out .scratch/evidence
+	$(PY) experiments/explanation_audit.py --out .scratch/evidence
 	$(PY) scripts/render_docs.py --write docs/results.md
 	$(PY) scripts/render_plots.py
 
@@ -89,7 +90,7 @@ evidence: setup
 # its teacher-free students); resumable; records in docs/results/evidence-settings/<name>/. The reward student who can
 # follow written-out steps (reward-student-worked) first: round 2's worked_thought arm showed they teach this student
 evidence-settings: setup
-	for s in reward-student-worked kl-0 kl-1 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s || exit 1; done
+	for s in reward-student-worked kl-0 kl-1 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s && $(PY) experiments/explanation_audit.py --out .scratch/evidence-$$s || exit 1; done
 	$(PY) scripts/render_docs.py --write docs/results.md
 	$(PY) scripts/render_plots.py
 
