@@ -119,7 +119,8 @@ SETTINGS_RECORDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 SHORT_TEACHER = ("You are given a question and its solution. Explain step by step how to reach the solution, "
                  "inside the explanation tags.")
 EMPTY = "(no explanation)"
-NOT_PHASES = ("results.json", "config.json", "run.json", "thought_probe.json")   # the run folder's other JSON files
+# the run folder's JSON files that are not phases (the probes and the audit write theirs beside the phases)
+NOT_PHASES = ("results.json", "config.json", "run.json", "thought_probe.json", "explanation_audit.json")
 RECORDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results", "evidence")
 SHORT_STUDENT = "Think step by step inside the thought tags, then give the solution."
 
@@ -786,8 +787,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     base = _phase(records, "base_student", lambda: {})
     results = {**teacher_results, "base_student": _base_stats(base), "students": arm_stats(runs, base),
                **({"bins": _bin_stats(bins, bin_students)} if bins else {}),
-               "phase_seconds": {f[:-5]: json.load(open(os.path.join(out, f)))["seconds"]
-                                 for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in NOT_PHASES}}
+               "phase_seconds": _phase_seconds(out)}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     records.write(summary, _summary_numbers(results, out))
@@ -833,9 +833,13 @@ def _finished_students(cfg: dict, teacher_results: dict, out: str) -> dict:
 def _summary_numbers(results: dict, out: str) -> dict:
     """The statistics the documents quote (results.json less the config, which every record carries), plus every
     finished phase's wall time."""
-    phases = {f[:-5]: json.load(open(os.path.join(out, f)))["seconds"]
-              for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in NOT_PHASES}
-    return {**{k: v for k, v in results.items() if k != "config"}, "phase_seconds": phases}
+    return {**{k: v for k, v in results.items() if k != "config"}, "phase_seconds": _phase_seconds(out)}
+
+
+def _phase_seconds(out: str) -> dict[str, float]:
+    """Every finished phase's wall time (the run folder's phase results)."""
+    return {f[:-5]: json.load(open(os.path.join(out, f)))["seconds"]
+            for f in sorted(os.listdir(out)) if f.endswith(".json") and f not in NOT_PHASES}
 
 
 def _bin_stats(bins: list[list[dict]], students: list[dict]) -> dict:
