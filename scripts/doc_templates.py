@@ -539,7 +539,9 @@ def evidence_settings(ctx: Ctx) -> str:
                      arm("trained", "accuracy", lambda m: _ci(m, True)),
                      arm("trained_best_of_k", "accuracy", lambda m: _ci(m, True)),
                      arm("trained_best_of_k", "vs_reference"), arm("trained_best_of_k", "avg_at_k_vs_reference")])
-        notes.append(f"{name}: {source(ctx, path, rec)} (run {rec.get('run_id')})")
+        pending = (f" **Partial**: arms still training: {', '.join(n['pending_arms'])}."
+                   if n.get("pending_arms") else "")
+        notes.append(f"{name}: {source(ctx, path, rec)} (run {rec.get('run_id')}).{pending}")
     if not rows:
         return ("Not yet measured at this commit (the KL weights and the reward's student): run `make evidence` "
                 "then `make evidence-settings` (~3 h per setting; writes `docs/results/evidence-settings/`).")
