@@ -536,7 +536,7 @@ def evidence_settings(ctx: Ctx) -> str:
         rows.append([name, "/".join(f"{c:g}" for c in cfg.get("kl_coef", [])), str(cfg.get("reward_student", "?")),
                      _ci(h["reward"]["difference"]), _ci(h["r_ss"]["difference"]), _ci(h["r_kl"]["difference"]),
                      f"{100 * h['has_format_penalty']['after']['mean']:.0f}%",
-                     arm("trained", "accuracy", lambda m: _ci(m, True)),
+                     arm("trained", "accuracy", lambda m: _ci(m, True)), arm("trained", "avg_at_k_vs_reference"),
                      arm("trained_best_of_k", "accuracy", lambda m: _ci(m, True)),
                      arm("trained_best_of_k", "vs_reference"), arm("trained_best_of_k", "avg_at_k_vs_reference")])
         pending = (f" **Partial**: arms still training: {', '.join(n['pending_arms'])}."
@@ -548,7 +548,8 @@ def evidence_settings(ctx: Ctx) -> str:
     k = "k"
     return "\n".join(table(["run", "KL weights (mean/max)", "reward's student", "held-out reward after - before",
                             "r_SS after - before", "r_KL after - before", "format penalty after",
-                            "trained sample 0, greedy", "best-of-K, greedy", "best-of-K - reference (pp)",
+                            "trained sample 0, greedy", f"sample 0 - reference, avg@{k} (pp)",
+                            "best-of-K, greedy", "best-of-K - reference (pp)",
                             f"best-of-K - reference, avg@{k} (pp)"], rows)
                       + [""] + [f"- {n}" for n in notes]
                       + [f"- {name}: not yet measured (`make evidence-settings`)" for name in missing])
