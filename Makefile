@@ -78,9 +78,10 @@ bench: setup
 	$(PY) scripts/render_docs.py --write bench/README.md
 
 # the method evidence of docs/results.md (round 2: many hours on 2 cores; resumable: rerun to continue); every phase
-# writes its record to docs/results/evidence/, from which scripts/render_docs.py renders the page
+# writes its record to docs/results/evidence/, from which scripts/render_docs.py renders the page. --restore: in a
+# fresh checkout (the run folder gone) the run continues from those committed records instead of starting over
 evidence: setup
-	$(PY) experiments/evidence.py --out .scratch/evidence
+	$(PY) experiments/evidence.py --out .scratch/evidence --restore
 	$(PY) experiments/thought_probe.py --out .scratch/evidence
 	$(PY) experiments/explanation_audit.py --out .scratch/evidence
 	$(PY) scripts/render_docs.py --write docs/results.md
@@ -90,7 +91,7 @@ evidence: setup
 # its teacher-free students); resumable; records in docs/results/evidence-settings/<name>/. The reward student who can
 # follow written-out steps (reward-student-worked) first: round 2's worked_thought arm showed they teach this student
 evidence-settings: setup
-	for s in reward-student-worked kl-0 kl-1 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s && $(PY) experiments/explanation_audit.py --out .scratch/evidence-$$s || exit 1; done
+	for s in reward-student-worked kl-0 kl-1 reward-student-reference; do $(PY) experiments/evidence.py --setting $$s --restore && $(PY) experiments/explanation_audit.py --out .scratch/evidence-$$s || exit 1; done
 	$(PY) scripts/render_docs.py --write docs/results.md
 	$(PY) scripts/render_plots.py
 

@@ -40,7 +40,9 @@ a terse task's worked derivations), ``kl_coef`` (r_KL's weights),
 student in the 5-60% band). One run per setting, each in its own ``--out`` and ``--records`` folder.
 
 Every phase writes its result to ``--out`` and is skipped when the file is there, so a killed run resumes at the
-phase it was in; GRPO, the one long phase (~1 hour), checkpoints every 10 steps and resumes from the newest. ``results.json`` gathers everything; ``report.md`` holds the tables.
+phase it was in; GRPO, the one long phase (~1 hour), checkpoints every 10 steps and resumes from the newest. ``results.json`` gathers everything; ``report.md`` holds the tables. A run whose folder is gone (a fresh
+checkout or machine) continues from its committed records with ``--restore`` (:func:`restore_run_folder`; ``make
+evidence`` passes it): each record holds its phase's whole result, so only the unfinished phases are computed.
 
 Records (bench/record.py): each phase also writes a record (command, commit, machine load, the profile and seed,
 the phase's per-item outcomes and wall time) to ``<out>/records/<phase>.json`` and publishes a copy to
@@ -78,10 +80,11 @@ ARMS = ("reference", "reference_thought", "untrained", "trained", "trained_rando
 # explanation a perfect teacher would write: the bar beside the answer-only reference)
 WORKED_ARM = "worked_thought"
 # the order the arms' students are trained in (a run cut short has the comparisons claim 2 rests on first: the
-# trained teacher's sample 0 and best-of-K beside the references and the worked derivations; the random- and
-# worst-of-K controls last); results and tables keep the order of ``arms``
+# trained teacher's sample 0 and best-of-K beside the references and the worked derivations; then the reward-bin
+# students of claim 3; the random- and worst-of-K controls last); results and tables keep the order of ``arms``
 RUN_ORDER = ("reference", "reference_thought", "untrained", "trained", "trained_best_of_k", WORKED_ARM,
              "trained_random_of_k", "trained_worst_of_k")
+CONTROL_ARMS = ("trained_random_of_k", "trained_worst_of_k")   # trained after the reward-bin students
 PROFILES: dict[str, dict[str, Any]] = {
     # the measurement on 2 cores: ~78 min for the teacher side (--stop-after teacher), ~96 more for the students
     # (docs/results.md has the wall times)
@@ -263,6 +266,81 @@ def _phase(records: Records, name: str, fn: Callable[[], Any]) -> Any:
     records.write(session, result)
     log.info("phase %s: %.0f s", name, result["seconds"])
     return result
+
+
+class _LazyModel:
+    """A model loaded on its first call, once."""
+
+    def __init__(self, load: Callable[[], Any]):
+        self._load, self._model = load, None
+
+    def __call__(self) -> Any:
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+
+def _model_dir(result: dict, phase: str, out: str) -> str:
+    """The model folder phase ``phase`` saved, or a clear error when it is not there (a run restored from its
+    records has the phase's result, not its model)."""
+    path = result.get("model_dir", "")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"phase {phase} finished but its model {path!r} is not here (a run restored from its records keeps the "
+            f"results, not the models): a phase that needs it cannot be computed in {out}; start a new --out")
+    return path
+
+
+def restore_run_folder(folder: str, out: str, cfg: dict) -> int:
+    """Seed run folder ``out`` from the run's published records in ``folder`` (``--restore``): the checkout or the
+    machine that held the run folder is gone, the committed records are not. Each record holds its phase's whole
+    result (per-item outcomes, explanations with their reward terms), so every finished phase is taken as it was,
+    under the run's own id, and the run continues with the phases it had not finished. Models are not in records:
+    a phase that needs a lost model (a teacher not yet sampled from) stops with a clear error. Refused when the
+    records are of another configuration (naming the fields) or of several runs; with no records, a new run starts.
+    Returns the phases restored."""
+    phases: dict[str, dict] = {}
+    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not f.endswith(".json") or f in NOT_PHASES:
+            continue
+        with open(os.path.join(folder, f)) as fh:
+            rec = json.load(fh)
+        if rec.get("bench") != "evidence" or not isinstance(rec.get("numbers"), dict) \
+                or "seconds" not in rec["numbers"]:
+            continue   # the summary, a probe's or the audit's record: not a phase
+        phases[f[:-5]] = rec
+    if not phases:
+        log.info("--restore: no phase record in %s: a new run", folder)
+        return 0
+    run_ids = sorted({r["run_id"] for r in phases.values()})
+    if len(run_ids) != 1:
+        raise SystemExit(f"--restore: {folder} mixes the records of runs {run_ids}")
+    differ = sorted(k for k in set(cfg) | set(phases[next(iter(phases))]["config"])
+                    if k != "out" and cfg.get(k) != phases[next(iter(phases))]["config"].get(k))
+    if differ:
+        raise SystemExit(f"--restore: the records in {folder} are of another configuration ({differ} differ): "
+                         "restore with the run's own profile and settings")
+    os.makedirs(os.path.join(out, "records"), exist_ok=True)
+    run_json = os.path.join(out, "run.json")
+    if os.path.exists(run_json):
+        with open(run_json) as f:
+            if json.load(f)["run_id"] != run_ids[0]:
+                raise SystemExit(f"--restore: {out} holds another run; restore into a new --out")
+    else:
+        with open(run_json, "w") as f:
+            json.dump({"run_id": run_ids[0]}, f)
+    restored = 0
+    for name, rec in phases.items():
+        if os.path.exists(os.path.join(out, f"{name}.json")):
+            continue
+        for path, payload in ((os.path.join(out, "records", f"{name}.json"), rec),
+                              (os.path.join(out, f"{name}.json"), rec["numbers"])):
+            with open(path + ".tmp", "w") as f:
+                json.dump(payload, f, indent=1)
+            os.replace(path + ".tmp", path)
+        restored += 1
+    log.info("--restore: %d finished phases of run %s restored into %s from %s", restored, run_ids[0], out, folder)
+    return restored
 
 
 def _style():
@@ -647,9 +725,9 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
             raise ValueError(f"reward_student 'worked' needs a task with worked derivations; {cfg['task']!r} has none")
         ref = _phase(records, f"student_{arm}_s0", lambda: distill_and_eval(
             f"{arm}_s0", rows, tok, make, items, cfg, style, out, seed=seed))
-        reward_student = make(ref["model_dir"]).eval()
+        reward_student = _LazyModel(lambda: make(_model_dir(ref, f"student_{arm}_s0", out)).eval())
     elif cfg["reward_student"] == "base":
-        reward_student = student
+        reward_student = _LazyModel(lambda: student)
     else:
         raise ValueError(f"reward_student {cfg['reward_student']!r}: expected 'base', 'reference' or 'worked'")
 
@@ -665,15 +743,17 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
         return {"steps": res.steps, "final_loss": res.final_loss, "model_dir": res.model_dir}
 
     sft_res = _phase(records, "teacher_sft", sft)
-    untrained = make(sft_res["model_dir"]).eval()
+    # the teachers (and a distilled reward student) are loaded when a phase needs them: a run restored from its
+    # records (--restore) has the results of the finished phases but not their models
+    untrained = _LazyModel(lambda: make(_model_dir(sft_res, "teacher_sft", out)).eval())
     k = cfg["heldout_samples"]
-    before = _phase(records, "heldout_before", lambda: {"rows": teacher_samples(untrained, reward_student, tok, heldout, k,
-                                                                           10_000, cfg, style)})
+    before = _phase(records, "heldout_before", lambda: {"rows": teacher_samples(untrained(), reward_student(), tok,
+                                                                                 heldout, k, 10_000, cfg, style)})
 
     def grpo() -> dict:
         from bench.teacher_rl import _summary, plot_reward_terms
 
-        policy = make(sft_res["model_dir"]).train()
+        policy = make(_model_dir(sft_res, "teacher_sft", out)).train()
         # GRPO checkpoints every 10 steps (smaller runs: twice; LoRA adapter + optimizer, a few MB, kept after the
         # run) and a killed run resumes from the newest (an hour of CPU is not redone); the per-step metrics are
         # kept beside them, so the history up to the checkpoint survives the resume
@@ -713,7 +793,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
                                  runtime=_runtime(seed, save_steps=max(1, min(10, cfg["grpo_steps"] // 2)),
                                                   keep_checkpoints=True))
         t0 = time.perf_counter()
-        res = train_teacher_grpo(policy, reward_student, tok, grpo_rows, gcfg,
+        res = train_teacher_grpo(policy, reward_student(), tok, grpo_rows, gcfg,
                                  _reward_config(cfg, n, style), grpo_dir,
                                  log_metric, lambda name, text, step: samples.append(f"=== step {step}\n{text}"),
                                  resume=True)
@@ -725,9 +805,9 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
                 "history": {str(s): h for s, h in sorted(history.items())}}
 
     grpo_res = _phase(records, "grpo", grpo)
-    trained = make(grpo_res["model_dir"]).eval()
-    after = _phase(records, "heldout_after", lambda: {"rows": teacher_samples(trained, reward_student, tok, heldout, k,
-                                                                         10_000, cfg, style)})
+    trained = _LazyModel(lambda: make(_model_dir(grpo_res, "grpo", out)).eval())
+    after = _phase(records, "heldout_after", lambda: {"rows": teacher_samples(trained(), reward_student(), tok,
+                                                                               heldout, k, 10_000, cfg, style)})
     change = paired_reward_change(*(answer_shown(rows, heldout, style) for rows in (before["rows"], after["rows"])))
     teacher_results = {"config": cfg, "heldout_reward": change,
                        "grpo": {**grpo_res["summary"], "steps": grpo_res["steps"], "seconds": grpo_res["seconds"]}}
@@ -744,9 +824,9 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
 
     # ---- distillation data
     expl_u = _phase(records, "explanations_untrained", lambda: {"rows": teacher_samples(
-        untrained, reward_student, tok, distill_problems, 1, 20_000, cfg, style)})
+        untrained(), reward_student(), tok, distill_problems, 1, 20_000, cfg, style)})
     expl_t = _phase(records, "explanations_trained", lambda: {"rows": teacher_samples(
-        trained, reward_student, tok, distill_problems, cfg["best_of_k"], 20_000, cfg, style)})
+        trained(), reward_student(), tok, distill_problems, cfg["best_of_k"], 20_000, cfg, style)})
 
     def rows_of(samples: list[dict]) -> list[dict]:
         return [{"question": distill_problems[r["problem"]]["question"],
@@ -770,13 +850,18 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
         raise ValueError(f"arm {WORKED_ARM!r} needs a task with worked derivations (a terse builtin task); "
                          f"{cfg['task']!r} has none: leave the arm out (--set arms=...)")
     done: dict[str, list[dict]] = {}
-    for name in sorted(cfg["arms"], key=lambda a: RUN_ORDER.index(a) if a in RUN_ORDER else len(RUN_ORDER)):
+
+    def arm_students(name: str) -> None:
         rows = builders[name]()
         for i in range(cfg["distill_seeds"]):
             done.setdefault(name, []).append(_phase(
                 records, f"student_{name}_s{i}", lambda rows=rows, name=name, i=i: distill_and_eval(
                     f"{name}_s{i}", rows, tok, make, items, cfg, style, out, seed=seed + i)))
-    runs = {name: done[name] for name in cfg["arms"]}
+
+    order = sorted(cfg["arms"], key=lambda a: RUN_ORDER.index(a) if a in RUN_ORDER else len(RUN_ORDER))
+    for name in order:
+        if name not in CONTROL_ARMS:
+            arm_students(name)
     # claim 3: one student per reward bin of the trained teacher's K x M explanations (training seed 0, greedy);
     # reward_bins 0 leaves it out (a settings run that asks claims 1-2 only)
     bins = reward_bins(expl_t["rows"], cfg["reward_bins"]) if cfg["reward_bins"] else []
@@ -784,6 +869,10 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
                            lambda b=b, i=i: distill_and_eval(f"bin_{i + 1}of{len(bins)}", rows_of(b), tok, make,
                                                              items, cfg, style, out, seed=seed, sampled=False))
                     for i, b in enumerate(bins)]
+    for name in order:
+        if name in CONTROL_ARMS:
+            arm_students(name)
+    runs = {name: done[name] for name in cfg["arms"]}
     base = _phase(records, "base_student", lambda: {})
     results = {**teacher_results, "base_student": _base_stats(base), "students": arm_stats(runs, base),
                **({"bins": _bin_stats(bins, bin_students)} if bins else {}),
@@ -811,7 +900,8 @@ def _base_stats(base: dict) -> dict:
 
 def _finished_students(cfg: dict, teacher_results: dict, out: str) -> dict:
     """``--stop-after finished``: the teacher side and the arms whose every seed is finished (a run still going, or
-    cut short), with the arms still pending named; bins only once all are done. Computes nothing."""
+    cut short), with the arms still pending named; the reward bins once all their students are done. Computes
+    nothing."""
     def done(name: str) -> Optional[dict]:
         path = os.path.join(out, f"{name}.json")
         return json.load(open(path)) if os.path.exists(path) else None
@@ -826,8 +916,13 @@ def _finished_students(cfg: dict, teacher_results: dict, out: str) -> dict:
             runs[name] = rs
         else:
             pending.append(name)
-    return {**teacher_results, "base_student": _base_stats(base), "students": arm_stats(runs, base),
-            "pending_arms": pending}
+    result = {**teacher_results, "base_student": _base_stats(base), "students": arm_stats(runs, base),
+              "pending_arms": pending}
+    expl_t, n = done("explanations_trained"), cfg["reward_bins"]
+    bin_students = [done(f"student_bin_{i + 1}of{n}") for i in range(n)]
+    if expl_t is not None and n and all(b is not None for b in bin_students):   # claim 3 is finished: its bins
+        result["bins"] = _bin_stats(reward_bins(expl_t["rows"], n), bin_students)
+    return result
 
 
 def _summary_numbers(results: dict, out: str) -> dict:
@@ -897,9 +992,11 @@ def report_markdown(r: dict) -> str:
                                                                            "vs_reference", "vs_reference_thought")]
         lines.append(f"| {name} | {' | '.join(cells)} | {(s['train_tokens_in'] or 0) / 1000:.1f}k |")
     if "bins" not in r:
-        note = (f"(partial: arms still training: {', '.join(r['pending_arms'])}; reward bins after them)"
+        note = (f"(partial: arms still training: {', '.join(r['pending_arms'])}; the reward bins too)"
                 if r.get("pending_arms") else "(no reward bins: `reward_bins` 0)")
         return "\n".join(lines + ["", note, ""])
+    if r.get("pending_arms"):
+        lines += ["", f"(partial: arms still training: {', '.join(r['pending_arms'])})"]
     qs = r["bins"]
     lines += ["", f"### {qs['n_bins']} reward bins of the trained teacher's explanations ({qs['rows_per_bin']} rows "
                   "each, one student per bin)", "", "| bin | mean reward | student accuracy |", "|---|---|---|"]
@@ -931,6 +1028,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
                    help="take the teacher-free phases (base student; reference, reference-as-thought and "
                         "worked-derivation students) from another run's --out folder with the same task, problems, "
                         "distillation and evaluation settings, e.g. a KL-weight run reusing the main run's")
+    p.add_argument("--restore", action="store_true",
+                   help="continue a run whose --out folder is gone (a fresh checkout or machine) from its published "
+                        "records (--records): every finished phase is taken from its record, the rest is computed "
+                        "(models are not in records: a phase that needs a lost teacher model stops with an error); "
+                        "refused when the records are of another configuration; no records: a new run")
     p.add_argument("--stop-after", choices=["teacher", "finished"], default=None,
                    help="teacher: stop after the teacher side (claim 1); rerun without it to continue with the "
                         "students. finished: compute nothing; summarize what the run has finished (the teacher side "
@@ -956,6 +1058,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for noisy in ("httpx", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     random.seed(args.seed)
+    folder = args.records or (RECORDS if args.profile == "full" else os.path.join(args.out, "records"))
+    if args.restore:
+        restore_run_folder(folder, args.out, cfg)
     saved = os.path.join(args.out, "config.json")
     if os.path.exists(saved):
         with open(saved) as f:
@@ -964,7 +1069,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     with open(saved, "w") as f:
         json.dump(cfg, f, indent=1)
-    folder = args.records or (RECORDS if args.profile == "full" else os.path.join(args.out, "records"))
     records = Records(args.out, folder, cfg, argv, args.reuse_from)
     records.drop_other_runs()
     records.compute = args.stop_after != "finished"

@@ -9,6 +9,9 @@ and closes it at once (an empty thought); one forward pass over the prompt, the 
 students are evaluated greedily (the paper's protocol); this says how much of an arm's accuracy is decided by that
 single token rather than by what the explanations taught.
 
+A student whose model is not in the run folder (a run restored from its records: ``evidence.py --restore``) is
+named in the record's ``missing`` list, not probed.
+
 Writes ``<out>/thought_probe.json`` and a record (bench/record.py: command, commit, machine load, per-item outcomes,
 wall time) to ``<out>/records/thought_probe.json``, published like the run's phase records (``--records``; default
 ``docs/results/evidence/`` for a ``full``-profile run).
@@ -70,17 +73,27 @@ def main(argv: list[str] | None = None) -> None:
     session = records.start("thought_probe")
     style, (tok, _) = ev._style(), ev._tokenizer_and_builder(cfg)
     prompts = [ev.student_prompt(tok, it.prompt, style) for it in ev.eval_items(cfg)]
-    results = {}
-    for arm in sorted(os.listdir(os.path.join(args.out, "students"))):
+    results, missing = {}, []
+    for arm in sorted(_finished_students(args.out)):
         path = os.path.join(args.out, "students", arm, "model")
-        if not os.path.isdir(path):
+        if not os.path.isdir(path):   # a run restored from its records (--restore) has the results, not the models
+            log.warning("%s: its model %s is not here (a run restored from its records): not probed", arm, path)
+            missing.append(arm)
             continue
         results[arm] = probe_student(load_causal_lm(path).eval(), tok, prompts, style, cfg["eval_batch"])
         log.info("%s: P(empty thought) %.3f, greedy empty thought on %.1f%% of %d items", arm,
                  results[arm]["p_empty_thought"], 100 * results[arm]["greedy_empty_thought"], results[arm]["n"])
     with open(os.path.join(args.out, "thought_probe.json"), "w") as f:
         json.dump(results, f, indent=1)
-    records.write(session, {"students": results})
+    records.write(session, {"students": results, "missing": missing})
+
+
+def _finished_students(out: str) -> list[str]:
+    """The students of the run's finished phases (``student_*.json``) and any other model under ``students/``."""
+    names = {f[len("student_"):-len(".json")] for f in os.listdir(out) if f.startswith("student_") and
+             f.endswith(".json")}
+    folder = os.path.join(out, "students")
+    return sorted(names | (set(os.listdir(folder)) if os.path.isdir(folder) else set()))
 
 
 if __name__ == "__main__":

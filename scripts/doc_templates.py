@@ -636,8 +636,11 @@ def evidence_thought_probe(ctx: Ctx) -> str:
                 f"--out .scratch/evidence` (~7 min; writes `{path}`).")
     rows = [[arm, f"{100 * r['greedy_empty_thought']:.1f}%", f"{r['p_empty_thought']:.2f}"]
             for arm, r in rec["numbers"]["students"].items()]
+    missing = rec["numbers"].get("missing") or []
+    gone = (f" Not probed (their models were lost with the run folder; the run continued from its records): "
+            f"{', '.join(missing)}." if missing else "")
     return "\n".join(table(["student", "greedy empty thought", "P(empty thought)"], rows)
-                     + ["", f"Record: {source(ctx, path, rec)} (run {rec.get('run_id')})."])
+                     + ["", f"Record: {source(ctx, path, rec)} (run {rec.get('run_id')}).{gone}"])
 
 
 def evidence_walltimes(ctx: Ctx) -> str:

@@ -187,7 +187,9 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
         partial = evidence.main(["--profile", "smoke", "--out", out, "--stop-after", "finished"])
     assert not [r.getMessage() for r in caplog.records if r.getMessage().endswith(": start")]
     os.rename(held + ".held", held)
-    assert partial["pending_arms"] == ["trained_worst_of_k"] and "bins" not in partial
+    assert partial["pending_arms"] == ["trained_worst_of_k"]
+    # the reward bins are trained before the random-/worst-of-K controls: finished, they are summarized already
+    assert json.dumps(partial["bins"], sort_keys=True) == json.dumps(results["bins"], sort_keys=True)
     assert json.dumps(partial["students"], sort_keys=True) == json.dumps(
         {k: v for k, v in results["students"].items() if k != "trained_worst_of_k"}, sort_keys=True)
     with pytest.raises(evidence.PhaseNotFinished, match="phase teacher_sft is not finished"):
@@ -204,6 +206,7 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
         assert p["n"] == 8 and 0.0 <= p["p_empty_thought"] <= 1.0 and p["greedy_empty_thought"] in {
             k / 8 for k in range(9)}
     _settings_run_reuses_the_teacher_free_phases(out, tmp_path, caplog)
+    _a_lost_run_folder_continues_from_its_records(out, results, tmp_path, caplog)
 
 
 def _settings_run_reuses_the_teacher_free_phases(main_out: str, tmp_path, caplog) -> None:
@@ -245,6 +248,52 @@ def _settings_run_reuses_the_teacher_free_phases(main_out: str, tmp_path, caplog
     with pytest.raises(ValueError, match="distill_steps"):   # another budget: not the same students
         evidence.main(["--profile", "smoke", "--out", str(tmp_path / "ev-other"), "--reuse-from", main_out,
                        "--set", "distill_steps=3", "--set", "reward_bins=0", "--set", 'arms=["reference"]'])
+
+
+def _a_lost_run_folder_continues_from_its_records(out: str, results: dict, tmp_path, caplog) -> None:
+    """--restore: a run whose folder is gone (a fresh checkout: models and all) continues from its published records
+    alone: the finished phases are taken as they were (no model is loaded for them), the missing ones computed."""
+    import shutil
+
+    published = str(tmp_path / "published")
+    shutil.copytree(os.path.join(out, "records"), published)
+    os.remove(os.path.join(published, "student_trained_worst_of_k_s1.json"))   # the phase the run was in
+    with open(os.path.join(out, "run.json")) as f:
+        run_id = json.load(f)["run_id"]
+    os.rename(out, out + ".gone")   # the run folder is lost: its models with it
+    try:
+        _restore(published, run_id, results, tmp_path, caplog)
+    finally:
+        os.rename(out + ".gone", out)
+
+
+def _restore(published: str, run_id: str, results: dict, tmp_path, caplog) -> None:
+    fresh = str(tmp_path / "ev-restored")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=evidence.log.name):
+        again = evidence.main(["--profile", "smoke", "--out", fresh, "--records", published, "--restore"])
+    started = {r.getMessage().split()[1].rstrip(":") for r in caplog.records if r.getMessage().endswith(": start")}
+    assert started == {"student_trained_worst_of_k_s1"}, started   # only it: the teachers were never needed
+    assert not os.path.exists(os.path.join(fresh, "grpo")) and not os.path.exists(os.path.join(fresh, "teacher_sft"))
+    with open(os.path.join(published, "student_trained_worst_of_k_s1.json")) as f:
+        assert json.load(f)["run_id"] == run_id, "the restored run publishes under the run's own id"
+    for arm in ("reference", "trained", "trained_best_of_k"):
+        assert json.dumps(again["students"][arm], sort_keys=True) == json.dumps(results["students"][arm], sort_keys=True)
+    assert json.dumps(again["bins"], sort_keys=True) == json.dumps(results["bins"], sort_keys=True)
+    from experiments import thought_probe  # probes the students whose models are here, names the others
+    thought_probe.main(["--out", fresh, "--records", published])
+    with open(os.path.join(published, "thought_probe.json")) as f:
+        probe = json.load(f)["numbers"]
+    assert set(probe["students"]) == {"trained_worst_of_k_s1"}
+    assert {"reference_s0", "trained_s1", "bin_1of4"} <= set(probe["missing"]) and len(probe["missing"]) == 8 * 2 + 4 - 1
+    # a missing phase that needs a model the records do not hold stops with the reason, naming the phase
+    os.remove(os.path.join(published, "heldout_after.json"))
+    with pytest.raises(FileNotFoundError, match="phase grpo finished but its model"):
+        evidence.main(["--profile", "smoke", "--out", str(tmp_path / "ev-restored-2"), "--records", published,
+                       "--restore"])
+    with pytest.raises(SystemExit):   # records of another configuration are refused
+        evidence.main(["--profile", "smoke", "--out", str(tmp_path / "ev-restored-3"), "--records", published,
+                       "--restore", "--set", "grpo_steps=3"])
 
 
 def _render_from_the_records(out: str, tmp_path) -> None:
