@@ -315,8 +315,8 @@ def restore_run_folder(folder: str, out: str, cfg: dict) -> int:
     run_ids = sorted({r["run_id"] for r in phases.values()})
     if len(run_ids) != 1:
         raise SystemExit(f"--restore: {folder} mixes the records of runs {run_ids}")
-    differ = sorted(k for k in set(cfg) | set(phases[next(iter(phases))]["config"])
-                    if k != "out" and cfg.get(k) != phases[next(iter(phases))]["config"].get(k))
+    differ = sorted({k for rec in phases.values() for k in set(cfg) | set(rec["config"])
+                     if k != "out" and cfg.get(k) != rec["config"].get(k)})
     if differ:
         raise SystemExit(f"--restore: the records in {folder} are of another configuration ({differ} differ): "
                          "restore with the run's own profile and settings")

@@ -100,6 +100,35 @@ def test_unknown_override_is_refused(tmp_path):
         evidence.main(["--profile", "smoke", "--out", str(tmp_path), "--set", "nope=1"])
 
 
+def test_restore_takes_one_run_of_the_same_configuration(tmp_path):
+    cfg = dict(evidence.PROFILES["smoke"], out=str(tmp_path / "old"), seed=0, profile="smoke")
+    published = tmp_path / "published"
+    published.mkdir()
+
+    def record(name: str, run_id: str, **config) -> None:
+        rec = {"bench": "evidence", "variant": name, "run_id": run_id, "config": {**cfg, **config},
+               "numbers": {"seconds": 1.0, "rows": [name]}}
+        (published / f"{name}.json").write_text(json.dumps(rec))
+
+    out = str(tmp_path / "new")
+    assert evidence.restore_run_folder(str(published), out, cfg) == 0   # no records: a new run
+    record("teacher_sft", "run-a")
+    record("grpo", "run-a")
+    (published / "summary.json").write_text(json.dumps({"bench": "evidence", "run_id": "run-a", "numbers": {}}))
+    assert evidence.restore_run_folder(str(published), out, {**cfg, "out": out}) == 2   # the summary is no phase
+    with open(os.path.join(out, "grpo.json")) as f:
+        assert json.load(f) == {"seconds": 1.0, "rows": ["grpo"]}
+    with open(os.path.join(out, "run.json")) as f:
+        assert json.load(f)["run_id"] == "run-a"
+    assert evidence.restore_run_folder(str(published), out, cfg) == 0   # phases already there are kept
+    record("heldout_before", "run-a", grpo_steps=7)
+    with pytest.raises(SystemExit, match=r"\['grpo_steps'\] differ"):
+        evidence.restore_run_folder(str(published), str(tmp_path / "other"), cfg)
+    record("heldout_before", "run-b")
+    with pytest.raises(SystemExit, match="mixes the records of runs"):
+        evidence.restore_run_folder(str(published), str(tmp_path / "other"), cfg)
+
+
 @pytest.mark.slow
 def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     out = str(tmp_path / "ev")
