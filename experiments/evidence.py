@@ -939,14 +939,24 @@ def _phase_seconds(out: str) -> dict[str, float]:
 
 def _bin_stats(bins: list[list[dict]], students: list[dict]) -> dict:
     """Claim 3: each reward bin's mean reward against its student's greedy accuracy (CI over items); Pearson and
-    Spearman over the bins, each with its p-value (None when every bin's student has the same accuracy)."""
+    Spearman over the bins, each with its p-value (None when every bin's student has the same accuracy); and two
+    paired tests over the evaluation items (bootstrap CI): the top bin's student minus the bottom bin's, and the
+    upper half of the bins' students minus the lower half (per item, the mean over each half's students)."""
     from scipy import stats
 
     rewards = [sum(r["reward"] for r in b) / len(b) for b in bins]
     accs = [s["accuracy"]["mean"] for s in students]
     pearson = stats.pearsonr(rewards, accs) if len(set(accs)) > 1 else None
     spearman = stats.spearmanr(rewards, accs) if len(set(accs)) > 1 else None
+    half = len(students) // 2
+
+    def half_mean(group: list[dict]) -> list[float]:
+        return [sum(float(s["correct"][i]) for s in group) / len(group) for i in range(len(group[0]["correct"]))]
+
     return {"n_bins": len(bins), "rows_per_bin": len(bins[0]), "mean_reward": rewards,
+            "top_minus_bottom": paired_difference(students[-1]["correct"], students[0]["correct"]),
+            "upper_minus_lower_half": mean_ci([u - lo for u, lo in zip(half_mean(students[-half:]),
+                                                                        half_mean(students[:half]))]),
             "reward_range": [[b[0]["reward"], b[-1]["reward"]] for b in bins],
             "accuracy": accs, "accuracy_ci": [s["accuracy"]["ci95_bootstrap"] for s in students],
             "truncated": [s["truncated"] for s in students],

@@ -579,9 +579,15 @@ def evidence_bins(ctx: Ctx) -> str:
     phases = [f"student_bin_{i}of{q['n_bins']}" for i in range(1, q["n_bins"] + 1)]
     header = ["bin", "reward range", "mean reward", "student accuracy", "truncated",
               *(["explanations with right steps and the answer"] if audit_bins else [])]
+    paired = ""
+    if "top_minus_bottom" in q:
+        paired = (f" Paired over the evaluation items: the top bin's student minus the bottom bin's "
+                  f"{_pp(q['top_minus_bottom'])} points; the upper {q['n_bins'] // 2} bins' students minus the "
+                  f"lower {q['n_bins'] // 2} bins' (per item, the mean over each half) "
+                  f"{_pp(q['upper_minus_lower_half'])} points.")
     return "\n".join(table(header, rows) + [
         "", f"{q['n_bins']} bins of {q['rows_per_bin']} explanations. Correlation of the bins' mean reward with their "
-            f"student's accuracy: {corr}.",
+            f"student's accuracy: {corr}.{paired}",
         "", _evidence_source(ctx, rec, ("explanations_trained", *phases))
         + (f" Explanation audit: {source(ctx, f'{EVIDENCE}/explanation_audit.json', audit)}." if audit else "")])
 

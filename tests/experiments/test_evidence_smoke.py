@@ -151,6 +151,9 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     bins = results["bins"]
     assert bins["n_bins"] == 4 and bins["rows_per_bin"] == 8   # 8 problems x best_of_k 4 = 32 rows
     assert bins["mean_reward"] == sorted(bins["mean_reward"])  # bins are ordered by reward
+    top, bottom = (json.load(open(os.path.join(out, f"student_bin_{i}of4.json")))["accuracy"]["mean"] for i in (4, 1))
+    assert bins["top_minus_bottom"]["mean"] == pytest.approx(top - bottom) and bins["top_minus_bottom"]["n"] == 8
+    assert -1.0 <= bins["upper_minus_lower_half"]["mean"] <= 1.0 and bins["upper_minus_lower_half"]["n"] == 8
     seeds = {json.load(open(os.path.join(out, f"student_trained_s{i}.json")))["seed"] for i in range(2)}
     assert seeds == {0, 1}, "each seed of an arm is its own training run"
     # the explanation audit reads the run's records (smoke: published in the run folder, never in docs/)
