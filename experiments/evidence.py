@@ -315,7 +315,10 @@ def restore_run_folder(folder: str, out: str, cfg: dict) -> int:
     run_ids = sorted({r["run_id"] for r in phases.values()})
     if len(run_ids) != 1:
         raise SystemExit(f"--restore: {folder} mixes the records of runs {run_ids}")
-    differ = sorted({k for rec in phases.values() for k in set(cfg) | set(rec["config"])
+    # a phase reused from another run (--reuse-from: a settings run's base and reference students) carries that
+    # run's configuration: only the settings it depends on must match
+    differ = sorted({k for rec in phases.values()
+                     for k in (SHARED_SETTINGS if rec.get("reused_from") else set(cfg) | set(rec["config"]))
                      if k != "out" and cfg.get(k) != rec["config"].get(k)})
     if differ:
         raise SystemExit(f"--restore: the records in {folder} are of another configuration ({differ} differ): "

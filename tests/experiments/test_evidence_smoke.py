@@ -121,6 +121,17 @@ def test_restore_takes_one_run_of_the_same_configuration(tmp_path):
     with open(os.path.join(out, "run.json")) as f:
         assert json.load(f)["run_id"] == "run-a"
     assert evidence.restore_run_folder(str(published), out, cfg) == 0   # phases already there are kept
+    # a phase reused from another run (a settings run's reference students) keeps that run's configuration: only
+    # the teacher-free settings must match
+    record("student_reference_s0", "run-a", kl_coef=[0.0, 0.0])
+    rec = json.loads((published / "student_reference_s0.json").read_text())
+    (published / "student_reference_s0.json").write_text(json.dumps({**rec, "reused_from": {"out": "main"}}))
+    assert evidence.restore_run_folder(str(published), out, cfg) == 1
+    (published / "student_reference_s0.json").write_text(json.dumps({**rec, "reused_from": {"out": "main"},
+                                                                      "config": {**rec["config"], "distill_steps": 9}}))
+    with pytest.raises(SystemExit, match=r"\['distill_steps'\] differ"):
+        evidence.restore_run_folder(str(published), str(tmp_path / "other"), cfg)
+    (published / "student_reference_s0.json").unlink()
     record("heldout_before", "run-a", grpo_steps=7)
     with pytest.raises(SystemExit, match=r"\['grpo_steps'\] differ"):
         evidence.restore_run_folder(str(published), str(tmp_path / "other"), cfg)
