@@ -1005,7 +1005,8 @@ def report_markdown(r: dict) -> str:
                                                                            "vs_reference", "vs_reference_thought")]
         lines.append(f"| {name} | {' | '.join(cells)} | {(s['train_tokens_in'] or 0) / 1000:.1f}k |")
     if "bins" not in r:
-        note = (f"(partial: arms still training: {', '.join(r['pending_arms'])}; the reward bins too)"
+        bins_too = "; the reward bins too" if r.get("config", {}).get("reward_bins") else ""
+        note = (f"(partial: arms still training: {', '.join(r['pending_arms'])}{bins_too})"
                 if r.get("pending_arms") else "(no reward bins: `reward_bins` 0)")
         return "\n".join(lines + ["", note, ""])
     if r.get("pending_arms"):

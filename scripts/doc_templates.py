@@ -620,9 +620,13 @@ def evidence_explanation_audit(ctx: Ctx) -> str:
                                                         ("states_answer", "has_equation", "steps_right",
                                                          "right_to_answer"))])
         rv = rec["numbers"].get("reward_vs_steps", {})
+        def rho(sp: list) -> str:   # undefined (NaN) when the term is constant, e.g. r_KL with KL weight 0
+            return (f"Spearman rho {sp[0]:+.2f}, p = {sp[1]:.2g}" if sp[0] == sp[0]
+                    else "Spearman undefined: the term is constant")
+
         terms = "; ".join(f"{t} {rv[t]['right_minus_wrong']:+.3f} [{rv[t]['ci95_bootstrap'][0]:+.3f}, "
-                          f"{rv[t]['ci95_bootstrap'][1]:+.3f}] (Spearman rho {rv[t]['spearman'][0]:+.2f}, "
-                          f"p = {rv[t]['spearman'][1]:.2g})" for t in ("reward", "r_ss", "r_kl") if t in rv)
+                          f"{rv[t]['ci95_bootstrap'][1]:+.3f}] ({rho(rv[t]['spearman'])})"
+                          for t in ("reward", "r_ss", "r_kl") if t in rv)
         notes.append(f"- {run}: of the trained teacher's explanations with an equation ({rv.get('n', 0)}; "
                      f"{rv.get('n_right', 0)} with every step right), right minus wrong steps: {terms or '-'}. "
                      f"Record: {source(ctx, path, rec)} (run {rec.get('run_id')}).")
