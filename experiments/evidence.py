@@ -623,6 +623,29 @@ def arm_stats(runs: dict[str, list[dict]], base: dict, baselines: tuple[str, ...
     return out
 
 
+# The reward's own pick among the trained teacher's K samples against the controls that pick without it (or
+# against it): (minuend, subtrahend) pairs of teacher arms.
+SELECTION_PAIRS = (("trained_best_of_k", "trained_random_of_k"), ("trained_best_of_k", "trained_worst_of_k"),
+                   ("trained_random_of_k", "trained_worst_of_k"))
+
+
+def selection_stats(runs: dict[str, list[dict]], base: dict) -> dict:
+    """Does picking by reward help? For each pair of :data:`SELECTION_PAIRS` whose arms have all their seeds: the
+    paired difference (seed i against seed i, item against item; :func:`seeds_items_ci`), greedy and avg@k, named
+    ``best_minus_random``, ``best_minus_worst``, ``random_minus_worst``. Empty when no pair is finished."""
+    pairs = [(a, b) for a, b in SELECTION_PAIRS if a in runs and b in runs]
+    if not pairs:
+        return {}
+    picks = sorted({arm for pair in pairs for arm in pair})
+    stats = arm_stats({a: runs[a] for a in picks}, base, baselines=tuple(b for _, b in pairs))
+
+    def short(arm: str) -> str:
+        return arm.removeprefix("trained_").removesuffix("_of_k")
+
+    return {f"{short(a)}_minus_{short(b)}": {"greedy": stats[a][f"vs_{b}"],
+                                             "avg_at_k": stats[a].get(f"avg_at_k_vs_{b}")} for a, b in pairs}
+
+
 def reward_bins(rows: list[dict], n_bins: int) -> list[list[dict]]:
     """The rows sorted by reward, cut into ``n_bins`` bins of equal size (the ``len % n_bins`` highest-reward rows
     are left out, so every bin's student gets the same number of rows)."""
@@ -878,7 +901,7 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     runs = {name: done[name] for name in cfg["arms"]}
     base = _phase(records, "base_student", lambda: {})
     results = {**teacher_results, "base_student": _base_stats(base), "students": arm_stats(runs, base),
-               **({"bins": _bin_stats(bins, bin_students)} if bins else {}),
+               **_selection(runs, base), **({"bins": _bin_stats(bins, bin_students)} if bins else {}),
                "phase_seconds": _phase_seconds(out)}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -887,6 +910,12 @@ def run(cfg: dict, stop_after: Optional[str] = None, records: Optional[Records] 
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(report_markdown(results))
     return results
+
+
+def _selection(runs: dict[str, list[dict]], base: dict) -> dict:
+    """``{"selection": ...}`` (:func:`selection_stats`) when a pair of teacher picks is finished, else nothing."""
+    sel = selection_stats(runs, base)
+    return {"selection": sel} if sel else {}
 
 
 def _base_stats(base: dict) -> dict:
@@ -920,7 +949,7 @@ def _finished_students(cfg: dict, teacher_results: dict, out: str) -> dict:
         else:
             pending.append(name)
     result = {**teacher_results, "base_student": _base_stats(base), "students": arm_stats(runs, base),
-              "pending_arms": pending}
+              **_selection(runs, base), "pending_arms": pending}
     expl_t, n = done("explanations_trained"), cfg["reward_bins"]
     bin_students = [done(f"student_bin_{i + 1}of{n}") for i in range(n)]
     if expl_t is not None and n and all(b is not None for b in bin_students):   # claim 3 is finished: its bins

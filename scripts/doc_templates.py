@@ -509,9 +509,24 @@ def evidence_students(ctx: Ctx) -> str:
                            rows) + [
         "", f"{cfg.get('distill_seeds', '?')} training seeds per arm; every CI is a 95% bootstrap over seeds and "
             f"items; paired differences compare seed i with seed i on the same items.",
+        *_selection_line(n.get("selection"), cfg),
         *(["", f"**Partial**: the run is not finished; arms still training: {', '.join(n['pending_arms'])} (a row "
                 "appears once all its seeds are done)."] if n.get("pending_arms") else []),
         "", _evidence_source(ctx, rec, ("base_student", *seeds))])
+
+
+def _selection_line(sel: Optional[dict], cfg: dict) -> list[str]:
+    """Does picking by reward help? The paired differences between the trained teacher's picks (evidence.py's
+    ``selection``: best-, random-, worst-of-K), greedy and avg@k, in percentage points."""
+    if not sel:
+        return []
+    k, samples = cfg.get("best_of_k", "K"), cfg.get("eval_samples", "k")
+    label = {"best_minus_random": f"best minus random of {k}", "best_minus_worst": f"best minus worst of {k}",
+             "random_minus_worst": f"random minus worst of {k}"}
+    parts = [f"{label.get(name, name)}: greedy {_pp(d['greedy'])}"
+             + (f", avg@{samples} {_pp(d['avg_at_k'])}" if d.get("avg_at_k") else "") for name, d in sel.items()]
+    return ["", "Picking by reward (the trained teacher's students, paired seed with seed and item with item; pp): "
+                + "; ".join(parts) + "."]
 
 
 def evidence_settings(ctx: Ctx) -> str:

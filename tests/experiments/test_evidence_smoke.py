@@ -81,6 +81,32 @@ def test_arm_stats_pairs_seed_with_seed_and_item_with_item():
     assert "vs_reference" not in stats["reference"] and t["k"] == 2 and t["train_tokens_in"] == 100
 
 
+def test_selection_pairs_the_reward_picks_seed_with_seed():
+    def run(correct):
+        return {"correct": correct, "sampled_correct": [2 * c for c in correct], "samples_per_item": 2,
+                "truncated": 0, "rows": 4, "train_tokens_in": 10}
+
+    base = {"correct": [False] * 4}
+    best = [run([True, True, True, False]), run([True, True, False, False])]
+    worst = [run([True, False, False, False]), run([False, True, False, False])]
+    assert evidence.selection_stats({"trained_best_of_k": best}, base) == {}   # no pair finished: nothing
+    sel = evidence.selection_stats({"trained_best_of_k": best, "trained_worst_of_k": worst,
+                                    "reference": [run([False] * 4)] * 2}, base)
+    assert set(sel) == {"best_minus_worst"}   # only the finished pair; other arms play no part
+    d = sel["best_minus_worst"]
+    # seed 0: 3/4 - 1/4, seed 1: 2/4 - 1/4; no item where best is wrong and worst right, seed against seed
+    assert d["greedy"]["per_seed"] == [0.5, 0.25] and d["greedy"]["ci95_bootstrap"][0] >= 0.0
+    assert d["avg_at_k"]["mean"] == pytest.approx(d["greedy"]["mean"]) and d["greedy"]["seeds"] == 2
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import doc_templates
+
+    lines = doc_templates._selection_line(sel, {"best_of_k": 4, "eval_samples": 8})
+    assert lines[-1].count("best minus worst of 4: greedy +37.5 [") == 1 and "avg@8 +37.5" in lines[-1]
+
+
 def test_reward_bins_are_equal_sized_and_ordered():
     rows = [{"reward": r} for r in (5, 1, 4, 2, 3, 0, 9)]
     bins = evidence.reward_bins(rows, 3)
@@ -231,6 +257,10 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     assert not [r.getMessage() for r in caplog.records if r.getMessage().endswith(": start")]
     os.rename(held + ".held", held)
     assert partial["pending_arms"] == ["trained_worst_of_k"]
+    # picking by reward: the finished pair only while worst-of-K trains, all three pairs once it is done
+    assert set(partial["selection"]) == {"best_minus_random"} and set(results["selection"]) == {
+        "best_minus_random", "best_minus_worst", "random_minus_worst"}
+    assert partial["selection"]["best_minus_random"] == results["selection"]["best_minus_random"]
     # the reward bins are trained before the random-/worst-of-K controls: finished, they are summarized already
     assert json.dumps(partial["bins"], sort_keys=True) == json.dumps(results["bins"], sort_keys=True)
     assert json.dumps(partial["students"], sort_keys=True) == json.dumps(
@@ -358,6 +388,7 @@ def _render_from_the_records(out: str, tmp_path) -> None:
     for _, label in doc_templates.STUDENTS:
         assert label.format(k=4) in students
     assert "student_reference_thought_s1.json" in students and "student_bin_4of4.json" in bins
+    assert students.count("Picking by reward") == 1 and "random minus worst of 4: greedy " in students
     assert len([line for line in bins.splitlines() if line.startswith("| ") and line[2].isdigit()]) == 4
     assert "explanations with right steps and the answer" in bins and "explanation_audit.json" in bins
     audit = doc_templates.evidence_explanation_audit(ctx)
