@@ -623,16 +623,18 @@ def arm_stats(runs: dict[str, list[dict]], base: dict, baselines: tuple[str, ...
     return out
 
 
-# The reward's own pick among the trained teacher's K samples against the controls that pick without it (or
-# against it): (minuend, subtrahend) pairs of teacher arms.
-SELECTION_PAIRS = (("trained_best_of_k", "trained_random_of_k"), ("trained_best_of_k", "trained_worst_of_k"),
-                   ("trained_random_of_k", "trained_worst_of_k"))
+# The reward's own pick among the trained teacher's K samples against the picks made without it (sample 0, a
+# seeded random one: the K samples are drawn alike, so both are random picks) or against it (the worst):
+# (minuend, subtrahend) pairs of teacher arms.
+SELECTION_PAIRS = (("trained_best_of_k", "trained"), ("trained_best_of_k", "trained_random_of_k"),
+                   ("trained_best_of_k", "trained_worst_of_k"), ("trained_random_of_k", "trained_worst_of_k"))
 
 
 def selection_stats(runs: dict[str, list[dict]], base: dict) -> dict:
     """Does picking by reward help? For each pair of :data:`SELECTION_PAIRS` whose arms have all their seeds: the
     paired difference (seed i against seed i, item against item; :func:`seeds_items_ci`), greedy and avg@k, named
-    ``best_minus_random``, ``best_minus_worst``, ``random_minus_worst``. Empty when no pair is finished."""
+    ``best_minus_sample0``, ``best_minus_random``, ``best_minus_worst``, ``random_minus_worst``. Empty when no pair
+    is finished."""
     pairs = [(a, b) for a, b in SELECTION_PAIRS if a in runs and b in runs]
     if not pairs:
         return {}
@@ -640,7 +642,7 @@ def selection_stats(runs: dict[str, list[dict]], base: dict) -> dict:
     stats = arm_stats({a: runs[a] for a in picks}, base, baselines=tuple(b for _, b in pairs))
 
     def short(arm: str) -> str:
-        return arm.removeprefix("trained_").removesuffix("_of_k")
+        return "sample0" if arm == "trained" else arm.removeprefix("trained_").removesuffix("_of_k")
 
     return {f"{short(a)}_minus_{short(b)}": {"greedy": stats[a][f"vs_{b}"],
                                              "avg_at_k": stats[a].get(f"avg_at_k_vs_{b}")} for a, b in pairs}

@@ -509,24 +509,23 @@ def evidence_students(ctx: Ctx) -> str:
                            rows) + [
         "", f"{cfg.get('distill_seeds', '?')} training seeds per arm; every CI is a 95% bootstrap over seeds and "
             f"items; paired differences compare seed i with seed i on the same items.",
-        *_selection_line(n.get("selection"), cfg),
+        *(["", "Picking by reward (the trained teacher's students, paired seed with seed and item with item; pp): "
+               f"{_selection_text(n['selection'], cfg)}."] if n.get("selection") else []),
         *(["", f"**Partial**: the run is not finished; arms still training: {', '.join(n['pending_arms'])} (a row "
                 "appears once all its seeds are done)."] if n.get("pending_arms") else []),
         "", _evidence_source(ctx, rec, ("base_student", *seeds))])
 
 
-def _selection_line(sel: Optional[dict], cfg: dict) -> list[str]:
+def _selection_text(sel: Optional[dict], cfg: dict) -> str:
     """Does picking by reward help? The paired differences between the trained teacher's picks (evidence.py's
-    ``selection``: best-, random-, worst-of-K), greedy and avg@k, in percentage points."""
-    if not sel:
-        return []
+    ``selection``: best-of-K against sample 0, random- and worst-of-K), greedy and avg@k, in percentage points; ""
+    when the run has none."""
     k, samples = cfg.get("best_of_k", "K"), cfg.get("eval_samples", "k")
-    label = {"best_minus_random": f"best minus random of {k}", "best_minus_worst": f"best minus worst of {k}",
-             "random_minus_worst": f"random minus worst of {k}"}
-    parts = [f"{label.get(name, name)}: greedy {_pp(d['greedy'])}"
-             + (f", avg@{samples} {_pp(d['avg_at_k'])}" if d.get("avg_at_k") else "") for name, d in sel.items()]
-    return ["", "Picking by reward (the trained teacher's students, paired seed with seed and item with item; pp): "
-                + "; ".join(parts) + "."]
+    label = {"best_minus_sample0": f"best of {k} minus sample 0", "best_minus_random": f"best minus random of {k}",
+             "best_minus_worst": f"best minus worst of {k}", "random_minus_worst": f"random minus worst of {k}"}
+    return "; ".join(f"{label.get(name, name)}: greedy {_pp(d['greedy'])}"
+                     + (f", avg@{samples} {_pp(d['avg_at_k'])}" if d.get("avg_at_k") else "")
+                     for name, d in (sel or {}).items())
 
 
 def evidence_settings(ctx: Ctx) -> str:
@@ -556,7 +555,9 @@ def evidence_settings(ctx: Ctx) -> str:
                      arm("trained_best_of_k", "vs_reference"), arm("trained_best_of_k", "avg_at_k_vs_reference")])
         pending = (f" **Partial**: arms still training: {', '.join(n['pending_arms'])}."
                    if n.get("pending_arms") else "")
-        notes.append(f"{name}: {source(ctx, path, rec)} (run {rec.get('run_id')}).{pending}")
+        picking = (f" Picking by reward (paired; pp): {_selection_text(n['selection'], cfg)}."
+                   if n.get("selection") and path != f"{EVIDENCE}/summary.json" else "")   # the main run's: section 3
+        notes.append(f"{name}: {source(ctx, path, rec)} (run {rec.get('run_id')}).{picking}{pending}")
     if not rows:
         return ("Not yet measured at this commit (the KL weights and the reward's student): run `make evidence` "
                 "then `make evidence-settings` (~3 h per setting; writes `docs/results/evidence-settings/`).")

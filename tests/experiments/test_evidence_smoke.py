@@ -103,8 +103,8 @@ def test_selection_pairs_the_reward_picks_seed_with_seed():
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import doc_templates
 
-    lines = doc_templates._selection_line(sel, {"best_of_k": 4, "eval_samples": 8})
-    assert lines[-1].count("best minus worst of 4: greedy +37.5 [") == 1 and "avg@8 +37.5" in lines[-1]
+    text = doc_templates._selection_text(sel, {"best_of_k": 4, "eval_samples": 8})
+    assert text.startswith("best minus worst of 4: greedy +37.5 [") and "avg@8 +37.5" in text and ";" not in text
 
 
 def test_reward_bins_are_equal_sized_and_ordered():
@@ -258,8 +258,8 @@ def test_smoke_profile_runs_every_phase_and_resumes(tmp_path, caplog):
     os.rename(held + ".held", held)
     assert partial["pending_arms"] == ["trained_worst_of_k"]
     # picking by reward: the finished pair only while worst-of-K trains, all three pairs once it is done
-    assert set(partial["selection"]) == {"best_minus_random"} and set(results["selection"]) == {
-        "best_minus_random", "best_minus_worst", "random_minus_worst"}
+    assert set(partial["selection"]) == {"best_minus_sample0", "best_minus_random"} and set(results["selection"]) == {
+        "best_minus_sample0", "best_minus_random", "best_minus_worst", "random_minus_worst"}
     assert partial["selection"]["best_minus_random"] == results["selection"]["best_minus_random"]
     # the reward bins are trained before the random-/worst-of-K controls: finished, they are summarized already
     assert json.dumps(partial["bins"], sort_keys=True) == json.dumps(results["bins"], sort_keys=True)
@@ -310,6 +310,10 @@ def _settings_run_reuses_the_teacher_free_phases(main_out: str, tmp_path, caplog
     block = doc_templates.evidence_settings(doc_templates.Ctx(root, "docs/results.md"))
     assert "| kl-1 |" in block and "| paper (main run) |" in block and "kl-0: not yet measured" in block, block
     assert set(res["students"]) == {"reference", "trained", "trained_best_of_k"} and "bins" not in res
+    # a settings run picks best-of-K against sample 0 (its only other teacher pick), in its note; the main run's
+    # picks are section 3's, not repeated here
+    assert set(res["selection"]) == {"best_minus_sample0"}
+    assert block.count("Picking by reward") == 1 and "best of 4 minus sample 0: greedy" in block
     with open(os.path.join(main_out, "student_reference_s1.json")) as f, \
             open(os.path.join(out, "student_reference_s1.json")) as g:
         assert json.load(f)["correct"] == json.load(g)["correct"]
